@@ -1,0 +1,231 @@
+"""Typed configuration: one dataclass per component, registered with Hydra's ConfigStore.
+
+The YAML files under ``conf/`` only compose and override these. Every field is documented here, once.
+``validate()`` runs on every rank before any process group exists, so a bad value fails fast and names the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING  # noqa: F401  (re-exported for YAML schemas)
+
+POLICIES = ("sarathi", "orca", "vllm", "static", "fcfs")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+WORKLOADS = ("default", "jsonl", "trace", "synthetic")
+ARRIVALS = ("all", "trace", "poisson")
+DISTRIBUTIONS = ("uniform", "zipf", "lognormal")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the key and what to set instead."""
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+@dataclass
+class ModelConfig:
+    # Local Hugging Face model folder (config.json + safetensors). None: the embedded SmolLM2-135M-Instruct.
+    path: str | None = None
+    # Attention backend: auto (flash-attn on CUDA when importable, else SDPA), sdpa, or flash.
+    attention: str = "auto"
+    # Longest prompt + output allowed; None: the model's max_position_embeddings.
+    max_model_len: int | None = None
+
+    def validate(self) -> None:
+        _check(self.attention in ("auto", "sdpa", "flash"), "model.attention", self.attention, "use auto, sdpa or flash")
+        if self.max_model_len is not None:
+            _check(self.max_model_len >= 2, "model.max_model_len", self.max_model_len, "must be >= 2")
+
+
+@dataclass
+class PipelineConfig:
+    # Number of pipeline stages; must equal the torchrun world size (pp-sweep launches this many ranks).
+    stages: int = 1
+    # Manual split, e.g. [10, 20]: number of decoder layers per stage. None: balanced by cost.
+    layers_per_stage: list[int] | None = None
+    # Micro-batches in flight at once. None: one per stage. Must be >= stages so every stage has work.
+    num_microbatches: int | None = None
+
+    def validate(self) -> None:
+        _check(self.stages >= 1, "pipeline.stages", self.stages, "must be >= 1")
+        if self.layers_per_stage is not None:
+            _check(len(self.layers_per_stage) == self.stages, "pipeline.layers_per_stage", self.layers_per_stage,
+                   f"needs one entry per stage ({self.stages} entries, pipeline.stages={self.stages})")
+            _check(all(n >= 1 for n in self.layers_per_stage), "pipeline.layers_per_stage", self.layers_per_stage,
+                   "every stage needs at least one layer")
+        if self.num_microbatches is not None:
+            _check(self.num_microbatches >= self.stages, "pipeline.num_microbatches", self.num_microbatches,
+                   f"must be >= pipeline.stages ({self.stages}) so that every stage has work")
+
+    @property
+    def depth(self) -> int:
+        return self.num_microbatches or self.stages
+
+
+@dataclass
+class SchedulerConfig:
+    # Batching policy: sarathi (chunked prefills + piggybacked decodes), orca, vllm, static, or fcfs (simple).
+    policy: str = "sarathi"
+    # Most tokens in one micro-batch (prefill chunk tokens + decode tokens).
+    token_budget: int = 256
+    # Largest prefill chunk of one request in one micro-batch.
+    chunk_size: int = 256
+    # Most requests running (holding KV cache) at once.
+    max_num_seqs: int = 256
+    # Round chunk sizes so a micro-batch's token count is a multiple of this (0: off).
+    tile: int = 0
+    # When set, no micro-batch's predicted time (cost model) exceeds this many milliseconds.
+    tbt_slo_ms: float | None = None
+    # Balance micro-batches by predicted time (cost model) rather than by token count.
+    time_balanced: bool = True
+    # Cost model coefficients file (JSON); None: profile the stages at start-up.
+    cost_model_path: str | None = None
+
+    def validate(self) -> None:
+        _check(self.policy in POLICIES, "scheduler.policy", self.policy, f"use one of {', '.join(POLICIES)}")
+        _check(self.token_budget >= 1, "scheduler.token_budget", self.token_budget, "must be >= 1")
+        _check(self.chunk_size >= 1, "scheduler.chunk_size", self.chunk_size, "must be >= 1")
+        _check(self.max_num_seqs >= 1, "scheduler.max_num_seqs", self.max_num_seqs, "must be >= 1")
+        _check(self.tile >= 0, "scheduler.tile", self.tile, "must be >= 0 (0 turns tiling off)")
+        if self.tbt_slo_ms is not None:
+            _check(self.tbt_slo_ms > 0, "scheduler.tbt_slo_ms", self.tbt_slo_ms, "must be > 0, or null to turn off")
+
+
+@dataclass
+class CacheConfig:
+    # Tokens per KV-cache block.
+    block_size: int = 16
+    # Blocks per stage. None: as many as cache.memory_gib holds on the stage with the most layers.
+    num_blocks: int | None = None
+    # KV-cache memory budget per stage in GiB, used when cache.num_blocks is None.
+    memory_gib: float = 0.5
+
+    def validate(self) -> None:
+        _check(self.block_size >= 1, "cache.block_size", self.block_size, "must be >= 1")
+        if self.num_blocks is not None:
+            _check(self.num_blocks >= 1, "cache.num_blocks", self.num_blocks, "must be >= 1")
+        _check(self.memory_gib > 0, "cache.memory_gib", self.memory_gib, "must be > 0")
+
+
+@dataclass
+class WorkloadConfig:
+    # default (built-in prompts), jsonl (request file), trace (CSV of lengths), synthetic.
+    kind: str = "default"
+    # Input file for jsonl and trace workloads.
+    path: str | None = None
+    # Requests to sample (trace, synthetic).
+    num_requests: int = 64
+    # Seed for sampling requests, lengths, token ids and arrivals.
+    seed: int = 0
+    # Multiply trace lengths by this (trace workloads on a CPU need e.g. 0.125).
+    length_scale: float = 1.0
+    # Arrivals: all (offline, at time 0), trace (arrived_at column), poisson (at workload.rate per second).
+    arrival: str = "all"
+    # Poisson arrival rate, requests per second.
+    rate: float = 1.0
+    # synthetic: length distribution (uniform, zipf, lognormal).
+    distribution: str = "uniform"
+    # synthetic: mean prompt length in tokens.
+    prefill_len: int = 128
+    # synthetic: prefill:decode token ratio (decode mean = prefill_len / pd_ratio).
+    pd_ratio: float = 4.0
+    # Default max_tokens for requests that do not set it (default and jsonl workloads).
+    max_tokens: int = 32
+
+    def validate(self) -> None:
+        _check(self.kind in WORKLOADS, "workload.kind", self.kind, f"use one of {', '.join(WORKLOADS)}")
+        if self.kind in ("jsonl", "trace"):
+            _check(bool(self.path), "workload.path", self.path, f"workload={self.kind} needs a file path")
+        _check(self.num_requests >= 1, "workload.num_requests", self.num_requests, "must be >= 1")
+        _check(self.length_scale > 0, "workload.length_scale", self.length_scale, "must be > 0")
+        _check(self.arrival in ARRIVALS, "workload.arrival", self.arrival, f"use one of {', '.join(ARRIVALS)}")
+        _check(self.rate > 0, "workload.rate", self.rate, "must be > 0")
+        _check(self.distribution in DISTRIBUTIONS, "workload.distribution", self.distribution,
+               f"use one of {', '.join(DISTRIBUTIONS)}")
+        _check(self.prefill_len >= 1, "workload.prefill_len", self.prefill_len, "must be >= 1")
+        _check(self.pd_ratio > 0, "workload.pd_ratio", self.pd_ratio, "must be > 0")
+        _check(self.max_tokens >= 1, "workload.max_tokens", self.max_tokens, "must be >= 1")
+
+
+@dataclass
+class TracerConfig:
+    # Record compute/send/wait/plan events and write trace.json, bubbles.json and timeline.png.
+    enabled: bool = True
+    # Preallocated events per rank; recording stops (with a warning) when full.
+    capacity: int = 200_000
+    # Ping-pong rounds per rank for the clock-offset estimate.
+    clock_sync_rounds: int = 50
+    # Write timeline.png (needs matplotlib).
+    timeline: bool = True
+
+
+@dataclass
+class RuntimeConfig:
+    # Seconds any rank waits on another before failing the job.
+    timeout_s: float = 300.0
+    # Intra-op threads per rank (one per rank by default: ranks share the machine's cores).
+    threads: int = 1
+    # Show a progress bar on rank 0 when stdout is a terminal.
+    progress: bool = True
+
+    def validate(self) -> None:
+        _check(self.timeout_s > 0, "runtime.timeout_s", self.timeout_s, "must be > 0")
+        _check(self.threads >= 1, "runtime.threads", self.threads, "must be >= 1")
+
+
+@dataclass
+class DebugConfig:
+    # Sleep this long in every compute step of debug.delay_stage (to test the tracer).
+    stage_delay_ms: float = 0.0
+    # Stage that debug.stage_delay_ms applies to.
+    delay_stage: int = 1
+    # Raise an exception on this stage (to test failure handling); None: off.
+    fail_stage: int | None = None
+    # ...after this many micro-batches on that stage.
+    fail_after: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    tracer: TracerConfig = field(default_factory=TracerConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    # auto: CUDA with NCCL when a GPU exists, else CPU with gloo.
+    device: str = "auto"
+    # auto: float32 on CPU, bfloat16 on CUDA.
+    dtype: str = "auto"
+    # Where outputs.jsonl, metrics.json and the bubble reports go (set from hydra.run.dir by launch.run).
+    output_dir: str = "."
+
+    def validate(self) -> None:
+        _check(self.device in DEVICES, "device", self.device, f"use one of {', '.join(DEVICES)}")
+        _check(self.dtype in DTYPES, "dtype", self.dtype, f"use one of {', '.join(DTYPES)}")
+        for part in (self.model, self.pipeline, self.scheduler, self.workload, self.cache, self.runtime):
+            part.validate()
+        d = self.debug
+        if d.fail_stage is not None:
+            _check(0 <= d.fail_stage < self.pipeline.stages, "debug.fail_stage", d.fail_stage,
+                   f"must name a stage in 0..{self.pipeline.stages - 1}")
+
+
+def register_configs() -> None:
+    """Register every schema with Hydra's ConfigStore (the YAML under conf/ composes on top of these)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for group, node in (("model", ModelConfig), ("pipeline", PipelineConfig), ("scheduler", SchedulerConfig),
+                        ("workload", WorkloadConfig), ("cache", CacheConfig), ("tracer", TracerConfig),
+                        ("runtime", RuntimeConfig), ("debug", DebugConfig)):
+        cs.store(group=group, name=f"base_{group}", node=node)

@@ -1,0 +1,65 @@
+"""What a user asks for: a request with its prompt and sampling parameters, validated up front."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RequestError(ValueError):
+    """A request is invalid; the message names the request id and the field to change."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick and when to stop. temperature 0 is greedy; top_k 0 and top_p 1 turn those filters off."""
+
+    max_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    prompt_token_ids: tuple[int, ...]
+    params: SamplingParams = SamplingParams()
+    # Seconds after the job starts at which the request arrives (0: offline, all at once).
+    arrival_s: float = 0.0
+    prompt: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Request({self.id!r}, prompt={len(self.prompt_token_ids)} tok, max_tokens={self.params.max_tokens})"
+
+
+def validate_request(req: Request, *, max_model_len: int, vocab_size: int) -> None:
+    """Raise RequestError naming the request and the field to change if the request cannot run."""
+    p, rid = req.params, req.id
+    n = len(req.prompt_token_ids)
+    if n == 0:
+        raise RequestError(f"request {rid!r}: the prompt is empty; give a non-empty 'prompt' or 'prompt_token_ids'")
+    if n >= max_model_len:
+        raise RequestError(
+            f"request {rid!r}: prompt has {n} tokens but the model allows at most {max_model_len - 1} "
+            f"(model.max_model_len={max_model_len} includes at least one output token); shorten the prompt")
+    bad = [t for t in req.prompt_token_ids if not 0 <= t < vocab_size]
+    if bad:
+        raise RequestError(f"request {rid!r}: token id {bad[0]} in 'prompt_token_ids' is outside the "
+                           f"vocabulary [0, {vocab_size})")
+    if p.max_tokens < 1:
+        raise RequestError(f"request {rid!r}: 'max_tokens'={p.max_tokens} must be >= 1")
+    if p.temperature < 0:
+        raise RequestError(f"request {rid!r}: 'temperature'={p.temperature} must be >= 0 (0 is greedy)")
+    if not 0 < p.top_p <= 1:
+        raise RequestError(f"request {rid!r}: 'top_p'={p.top_p} must be in (0, 1]")
+    if p.top_k < 0:
+        raise RequestError(f"request {rid!r}: 'top_k'={p.top_k} must be >= 0 (0 turns it off)")
+    if req.arrival_s < 0:
+        raise RequestError(f"request {rid!r}: arrival time {req.arrival_s} must be >= 0")

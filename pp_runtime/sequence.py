@@ -1,0 +1,63 @@
+"""The planner's bookkeeping for one request: tokens so far, KV blocks held, status and timings."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from pp_runtime.request import Request
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    seq_id: int
+    request: Request
+    output_token_ids: list[int] = field(default_factory=list)
+    # Tokens whose keys and values are in the KV cache (every stage's).
+    num_computed: int = 0
+    status: SeqStatus = SeqStatus.WAITING
+    block_table: list[int] = field(default_factory=list)
+    # Part of a micro-batch that has not come back yet (a request is never in two at once).
+    in_flight: bool = False
+    # In-flight slot the request is pinned to (balances decodes across micro-batches); -1: none.
+    slot: int = -1
+    finish_reason: str | None = None
+    error: str | None = None
+    num_preemptions: int = 0
+    # Wall-clock seconds since job start.
+    first_token_s: float | None = None
+    token_times_s: list[float] = field(default_factory=list)
+    finish_s: float | None = None
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.request.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prompt_len + len(self.output_token_ids)
+
+    @property
+    def num_uncomputed(self) -> int:
+        return self.num_tokens - self.num_computed
+
+    @property
+    def in_prefill(self) -> bool:
+        """More than the last token is missing from the cache: a prompt (or a recompute) is being processed."""
+        return self.num_uncomputed > 1 or not self.output_token_ids
+
+    def token_ids(self, start: int, n: int) -> tuple[int, ...]:
+        prompt = self.request.prompt_token_ids
+        if start + n <= len(prompt):
+            return tuple(prompt[start:start + n])
+        return tuple((list(prompt) + self.output_token_ids)[start:start + n])
+
+    def __repr__(self) -> str:
+        return (f"Seq({self.seq_id}, {self.request.id!r}, {self.status.value}, computed={self.num_computed}/"
+                f"{self.num_tokens}, out={len(self.output_token_ids)})")

@@ -1,0 +1,6 @@
+import os
+import sys
+
+# Tests import the project from the checkout (pip install -e . does the same).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("OMP_NUM_THREADS", "1")

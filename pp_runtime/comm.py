@@ -1,0 +1,157 @@
+"""All point-to-point traffic between pipeline stages, over torch.distributed.
+
+The stages form a ring: stage k sends each micro-batch's activations to stage k+1, and the last stage sends
+the sampled token ids back to stage 0. A message is a fixed-size header (kind, micro-batch id, metadata
+bytes, activation rows), the pickled metadata (the plan, or the sampled tokens) and, for activations, a
+``[rows, hidden]`` tensor. Headers and metadata always travel over a gloo group on the CPU; activations over
+the default group (NCCL on CUDA, the same gloo group on the CPU). Sends are asynchronous, and the next
+header is received in the background while the stage computes.
+
+Every wait has a timeout (``runtime.timeout_s``). A rank that fails writes its error into the job's store
+(``report_failure``), so a peer that loses it can say which stage failed and why.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import deque
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from pp_runtime.tracer import EventKind, Tracer
+
+DATA, STOP = 0, 1
+_HEADER_LEN = 4  # kind, micro-batch id, metadata bytes, activation rows
+_ERROR_KEY = "pp_runtime/error"
+
+
+class PipelineError(RuntimeError):
+    """A stage failed, or a peer did not answer within runtime.timeout_s."""
+
+
+@dataclass
+class Message:
+    kind: int
+    mb_id: int
+    meta: Any = None
+    tensor: torch.Tensor | None = None
+
+
+class Transport:
+    def __init__(self, rank: int, world_size: int, *, device: torch.device, hidden_size: int, dtype: torch.dtype,
+                 timeout_s: float, tracer: Tracer, cpu_group=None):
+        self.rank, self.world_size = rank, world_size
+        self.next, self.prev = (rank + 1) % world_size, (rank - 1) % world_size
+        self.device, self.hidden_size, self.dtype = device, hidden_size, dtype
+        self.timeout = timedelta(seconds=timeout_s)
+        self.tracer = tracer
+        self.cpu_group = cpu_group  # None: the default group (gloo on the CPU)
+        self.data_group = None
+        self._sends: deque[tuple[list, tuple]] = deque()  # (works, tensors kept alive until sent)
+        self._header: torch.Tensor | None = None
+        self._header_work = None
+
+    # ---- sending -----------------------------------------------------------------------------------------
+    def send(self, mb_id: int, meta: Any, tensor: torch.Tensor | None = None) -> None:
+        """Send to the next stage without blocking: metadata (any picklable) and optionally ``[rows, hidden]``."""
+        t0 = self.tracer.now_ns()
+        payload = torch.frombuffer(bytearray(pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL)), dtype=torch.uint8)
+        rows = 0 if tensor is None else tensor.shape[0]
+        header = torch.tensor([DATA, mb_id, payload.numel(), rows], dtype=torch.int64)
+        works = [dist.isend(header, self.next, group=self.cpu_group),
+                 dist.isend(payload, self.next, group=self.cpu_group)]
+        keep: tuple = (header, payload)
+        if tensor is not None:
+            tensor = tensor.contiguous()
+            works.append(dist.isend(tensor, self.next, group=self.data_group))
+            keep += (tensor,)
+        self._sends.append((works, keep))
+        self._reap()
+        self.tracer.record(EventKind.SEND, t0, self.tracer.now_ns(), mb_id)
+
+    def send_stop(self) -> None:
+        header = torch.tensor([STOP, -1, 0, 0], dtype=torch.int64)
+        self._sends.append(([dist.isend(header, self.next, group=self.cpu_group)], (header,)))
+
+    def _reap(self) -> None:
+        while self._sends and all(w.is_completed() for w in self._sends[0][0]):
+            self._sends.popleft()
+
+    def flush(self) -> None:
+        """Wait until every send has been received."""
+        while self._sends:
+            works, _ = self._sends.popleft()
+            for w in works:
+                self._wait(w, "send to", self.next)
+
+    # ---- receiving ---------------------------------------------------------------------------------------
+    def _post_header(self) -> None:
+        self._header = torch.empty(_HEADER_LEN, dtype=torch.int64)
+        self._header_work = dist.irecv(self._header, self.prev, group=self.cpu_group)
+
+    def recv(self) -> Message:
+        """Block (up to the timeout) for the next message from the previous stage; time blocked is a WAIT."""
+        if self._header_work is None:
+            self._post_header()
+        t0 = self.tracer.now_ns()
+        self._wait(self._header_work, "receive from", self.prev)
+        kind, mb_id, nbytes, rows = self._header.tolist()
+        self._header_work = None
+        if kind == STOP:
+            self.tracer.record(EventKind.WAIT, t0, self.tracer.now_ns())
+            return Message(STOP, -1)
+        payload = torch.empty(nbytes, dtype=torch.uint8)
+        works = [dist.irecv(payload, self.prev, group=self.cpu_group)]
+        tensor = None
+        if rows:
+            tensor = torch.empty(rows, self.hidden_size, dtype=self.dtype, device=self.device)
+            works.append(dist.irecv(tensor, self.prev, group=self.data_group))
+        for w in works:
+            self._wait(w, "receive from", self.prev)
+        self._post_header()  # the next header arrives while this micro-batch computes
+        self.tracer.record(EventKind.WAIT, t0, self.tracer.now_ns(), mb_id)
+        return Message(DATA, mb_id, pickle.loads(payload.numpy().tobytes()), tensor)
+
+    def _wait(self, work, what: str, peer: int) -> None:
+        try:
+            work.wait(self.timeout)
+        except Exception as exc:  # noqa: BLE001 - gloo/NCCL raise plain RuntimeErrors
+            cause = failure_message()
+            if cause:
+                raise PipelineError(f"stage {self.rank}: aborting, {cause}") from exc
+            raise PipelineError(f"stage {self.rank}: failed to {what} stage {peer} within runtime.timeout_s="
+                                f"{self.timeout.total_seconds():g}s ({exc}); stage {peer} failed or hangs") from exc
+
+
+def _store():
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - no process group, or the store is gone
+        return None
+
+
+def report_failure(stage: int, exc: BaseException) -> None:
+    """Record the first failure in the job's store so every other stage can name it."""
+    store = _store()
+    if store is None:
+        return
+    try:
+        store.compare_set(_ERROR_KEY, "", f"stage {stage} failed: {type(exc).__name__}: {exc}")
+    except Exception:  # noqa: BLE001 - the store itself may be gone with the failing rank
+        pass
+
+
+def failure_message() -> str | None:
+    store = _store()
+    if store is None:
+        return None
+    try:
+        if store.check([_ERROR_KEY]):
+            return store.get(_ERROR_KEY).decode()
+    except Exception:  # noqa: BLE001
+        return None
+    return None

@@ -1,0 +1,45 @@
+"""A stage's paged KV cache: one key and one value tensor per owned layer, in fixed-size blocks.
+
+Layout per layer: ``[num_blocks, block_size, num_kv_heads, head_dim]`` (what flash-attn's paged kernels take).
+Which blocks belong to which request is decided on rank 0 (``BlockManager``) and arrives in the plan.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def kv_geometry(hf_config) -> tuple[int, int]:
+    """(num_kv_heads, head_dim) of a Hugging Face decoder config."""
+    heads = hf_config.num_attention_heads
+    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
+    return kv_heads, head_dim
+
+
+def bytes_per_block(num_layers: int, block_size: int, hf_config, dtype: torch.dtype) -> int:
+    kv_heads, head_dim = kv_geometry(hf_config)
+    return 2 * num_layers * block_size * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def num_blocks_for_budget(memory_gib: float, *, max_layers_per_stage: int, block_size: int, hf_config,
+                          dtype: torch.dtype) -> int:
+    """Blocks that fit ``memory_gib`` on the stage with the most layers (every stage gets the same count)."""
+    return max(1, int(memory_gib * 2**30) // bytes_per_block(max_layers_per_stage, block_size, hf_config, dtype))
+
+
+class KVCache:
+    def __init__(self, layer_ids: list[int], *, num_blocks: int, block_size: int, hf_config,
+                 dtype: torch.dtype, device: torch.device):
+        kv_heads, head_dim = kv_geometry(hf_config)
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self._local = {layer: i for i, layer in enumerate(layer_ids)}
+        shape = (len(layer_ids), num_blocks, block_size, kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    def layer(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key and value blocks of a global layer index: each ``[num_blocks, block_size, kv_heads, head_dim]``."""
+        i = self._local[layer_idx]
+        return self.k[i], self.v[i]

@@ -1,0 +1,74 @@
+"""Split a model's decoder layers into contiguous per-stage ranges, balanced by cost.
+
+A stage plan is data: one ``range`` of global layer indices per stage. Stage 0 also owns the embeddings and
+the last stage the final norm and LM head, whose cost is weighed in as "layer equivalents".
+"""
+
+from __future__ import annotations
+
+from pp_runtime.config import ConfigError
+
+# Share of a micro-batch's tokens that reach the LM head (decode tokens and last prefill chunks). The head's
+# cost scales with it; a quarter is a middle ground between prefill-heavy (few) and decode-heavy (all) mixes.
+HEAD_TOKEN_FRACTION = 0.25
+
+
+def layer_params(hf_config) -> int:
+    """Weights in one decoder layer (attention projections + MLP), the unit of cost."""
+    h = hf_config.hidden_size
+    heads = hf_config.num_attention_heads
+    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(hf_config, "head_dim", None) or h // heads
+    inter = getattr(hf_config, "intermediate_size", None) or getattr(hf_config, "n_inner", None) or 4 * h
+    gated = 3 if hasattr(hf_config, "intermediate_size") else 2  # SwiGLU has gate, up and down projections
+    return 2 * h * heads * head_dim + 2 * h * kv_heads * head_dim + gated * h * inter
+
+
+def head_cost_layers(hf_config) -> float:
+    """LM head cost in layer equivalents (vocab x hidden matmul on the share of tokens that are sampled)."""
+    return hf_config.vocab_size * hf_config.hidden_size * HEAD_TOKEN_FRACTION / layer_params(hf_config)
+
+
+def partition_layers(num_layers: int, num_stages: int, *, head_cost: float = 0.0,
+                     layers_per_stage: list[int] | None = None) -> list[range]:
+    """Contiguous layer ranges, one per stage, minimising the most expensive stage.
+
+    ``head_cost`` is the last stage's extra cost in layer equivalents. ``layers_per_stage`` overrides.
+    """
+    if num_stages > num_layers:
+        raise ConfigError(f"pipeline.stages={num_stages} is more than the model's {num_layers} decoder layers; "
+                          f"lower pipeline.stages (and --nproc_per_node) to at most {num_layers}")
+    if layers_per_stage is not None:
+        if len(layers_per_stage) != num_stages or sum(layers_per_stage) != num_layers or min(layers_per_stage) < 1:
+            raise ConfigError(f"pipeline.layers_per_stage={list(layers_per_stage)} must have {num_stages} entries "
+                              f"of at least 1 that add up to the model's {num_layers} layers")
+        counts = list(layers_per_stage)
+    else:
+        counts = _balanced_counts(num_layers, num_stages, head_cost)
+    ranges, start = [], 0
+    for n in counts:
+        ranges.append(range(start, start + n))
+        start += n
+    return ranges
+
+
+def _balanced_counts(num_layers: int, num_stages: int, head_cost: float) -> list[int]:
+    # best[s][i]: the lowest bottleneck for layers [0, i) over stages [0, s); choice[s][i]: where stage s-1 starts.
+    inf = float("inf")
+    best = [[inf] * (num_layers + 1) for _ in range(num_stages + 1)]
+    choice = [[0] * (num_layers + 1) for _ in range(num_stages + 1)]
+    best[0][0] = 0.0
+    for s in range(1, num_stages + 1):
+        extra = head_cost if s == num_stages else 0.0
+        for i in range(s, num_layers + 1):
+            for j in range(s - 1, i):
+                # Ties go to the split that gives earlier stages more layers, for a stable, readable plan.
+                cost = max(best[s - 1][j], (i - j) + extra)
+                if cost < best[s][i] - 1e-9:
+                    best[s][i], choice[s][i] = cost, j
+    counts, i = [], num_layers
+    for s in range(num_stages, 0, -1):
+        j = choice[s][i]
+        counts.append(i - j)
+        i = j
+    return counts[::-1]

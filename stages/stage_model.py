@@ -1,0 +1,125 @@
+"""One pipeline stage of a Hugging Face decoder-only model: the modules a stage owns, and nothing else.
+
+The model classes are transformers' own. We build the full model on the ``meta`` device (no memory), keep
+the modules this stage owns (embeddings on stage 0, a range of decoder layers, final norm and LM head on the
+last stage), materialise only those and load their weights from safetensors. Attention goes through the
+``pp_paged`` backend registered with transformers, so no pipeline logic lives in model code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pp_runtime import attention
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Where an architecture keeps its parts (module paths in the ``*ForCausalLM`` model)."""
+
+    embed: str
+    layers: str
+    norm: str
+    head: str
+    rotary: str | None = None  # rotary embedding module (None: learned positions)
+    pos_embed: str | None = None  # learned position embedding (GPT-2)
+
+
+_LLAMA_LIKE = Arch(embed="model.embed_tokens", layers="model.layers", norm="model.norm", head="lm_head",
+                   rotary="model.rotary_emb")
+ARCHS: dict[str, Arch] = {
+    "llama": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "gpt2": Arch(embed="transformer.wte", layers="transformer.h", norm="transformer.ln_f", head="lm_head",
+                 pos_embed="transformer.wpe"),
+}
+
+
+def arch_of(hf_config) -> Arch:
+    try:
+        return ARCHS[hf_config.model_type]
+    except KeyError:
+        raise ValueError(f"model type {hf_config.model_type!r} is not supported; supported: {sorted(ARCHS)} "
+                         f"(add its module paths to stages.stage_model.ARCHS)") from None
+
+
+class StageModel(nn.Module):
+    """Runs one stage on a packed micro-batch: ``[T]`` token ids (stage 0) or ``[T, hidden]`` activations in,
+    ``[T, hidden]`` activations or ``[S, vocab]`` logits of the sampled rows (last stage) out."""
+
+    def __init__(self, hf_config, layers: list[nn.Module], layer_ids: list[int], *, embed=None, pos_embed=None,
+                 rotary=None, norm=None, head=None):
+        super().__init__()
+        self.config = hf_config
+        self.layer_ids = layer_ids
+        self.embed, self.pos_embed, self.rotary, self.norm, self.head = embed, pos_embed, rotary, norm, head
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def is_first(self) -> bool:
+        return self.embed is not None
+
+    @property
+    def is_last(self) -> bool:
+        return self.head is not None
+
+    @torch.inference_mode()
+    def forward(self, inputs: torch.Tensor, positions: torch.Tensor, meta: attention.AttentionMetadata,
+                sample_rows: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            h = self.embed(inputs)  # [T, hidden]
+            if self.pos_embed is not None:
+                h = h + self.pos_embed(positions)
+        else:
+            h = inputs
+        h = h.unsqueeze(0)  # [1, T, hidden]: the packed micro-batch is one "sequence" to the HF layers
+        position_ids = positions.unsqueeze(0)
+        pos_emb = self.rotary(h, position_ids=position_ids) if self.rotary is not None else None
+        for layer in self.layers:
+            h = layer(h, attention_mask=None, position_ids=position_ids, position_embeddings=pos_emb, pp_attn=meta)
+        h = h[0]
+        if self.head is None:
+            return h
+        h = self.norm(h[sample_rows])  # [S, hidden]
+        return self.head(h).float()  # [S, vocab]
+
+
+def build_stage_model(model_dir: str, hf_config, layer_range: range, *, num_stages: int, stage: int,
+                      device: torch.device, dtype: torch.dtype) -> StageModel:
+    """Build and load the modules ``stage`` owns; the rest of the model never leaves the meta device."""
+    from transformers import AutoModelForCausalLM
+
+    from stages.weights import load_owned_weights
+
+    attention.register()
+    arch = arch_of(hf_config)
+    with torch.device("meta"):
+        full = AutoModelForCausalLM.from_config(hf_config, attn_implementation=attention.NAME, dtype=dtype)
+    first, last = stage == 0, stage == num_stages - 1
+    all_layers = full.get_submodule(arch.layers)
+    owned: dict[str, nn.Module] = {f"{arch.layers}.{i}": all_layers[i] for i in layer_range}
+    if first:
+        owned[arch.embed] = full.get_submodule(arch.embed)
+        if arch.pos_embed:
+            owned[arch.pos_embed] = full.get_submodule(arch.pos_embed)
+    if last:
+        owned[arch.norm] = full.get_submodule(arch.norm)
+        owned[arch.head] = full.get_submodule(arch.head)
+    for module in owned.values():
+        module.to_empty(device=device)
+    load_owned_weights(model_dir, owned, hf_config, device=device, dtype=dtype, embed_name=arch.embed)
+    if first and last and getattr(hf_config, "tie_word_embeddings", False):
+        owned[arch.head].weight = owned[arch.embed].weight  # one copy, as in the HF model
+    rotary = None
+    if arch.rotary:
+        with torch.device(device):
+            rotary = type(full.get_submodule(arch.rotary))(config=hf_config)
+    model = StageModel(hf_config, [owned[f"{arch.layers}.{i}"] for i in layer_range], list(layer_range),
+                       embed=owned.get(arch.embed), pos_embed=owned.get(arch.pos_embed) if arch.pos_embed else None,
+                       rotary=rotary, norm=owned.get(arch.norm) if last else None,
+                       head=owned.get(arch.head) if last else None)
+    return model.eval()

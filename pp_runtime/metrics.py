@@ -1,0 +1,86 @@
+"""Job metrics in the vocabulary of vLLM's ``benchmark_serving``, and the per-request ``outputs.jsonl`` record.
+
+Times on a ``Sequence`` are seconds since job start; latency metrics are reported in milliseconds.
+Definitions (``arrival`` is ``Request.arrival_s``):
+
+- completed: finished with a finish reason other than ``"rejected"`` and no error. Token totals, throughputs
+  and latencies count completed requests only, as vLLM counts only successful ones.
+- ttft: ``first_token_s - arrival``; e2el: ``finish_s - arrival``;
+- tpot: ``(finish_s - first_token_s) / (outputs - 1)``, for requests with more than one output token;
+- itl: every gap between consecutive entries of ``token_times_s`` (one entry per output token), all requests.
+
+Statistics of an empty set (e.g. no request produced two tokens) are ``None``, not 0, so that "not
+measured" is not mistaken for "instant"; throughputs over ``wall_s <= 0`` are 0.0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pp_runtime.sequence import Sequence
+
+_MS = 1000.0
+
+
+def compute_metrics(seqs: list[Sequence], *, wall_s: float) -> dict:
+    """Counts, throughputs and mean / median / p90 / p99 of ttft, tpot, itl and e2el (ms) over ``seqs``."""
+    done = [s for s in seqs if _completed(s)]
+    input_tokens = sum(s.prompt_len for s in done)
+    output_tokens = sum(len(s.output_token_ids) for s in done)
+    per_s = (1.0 / wall_s) if wall_s > 0 else 0.0
+    out: dict = {
+        "num_requests": len(seqs),
+        "completed": len(done),
+        "rejected": sum(s.finish_reason == "rejected" for s in seqs),
+        "total_input_tokens": input_tokens,
+        "total_output_tokens": output_tokens,
+        "duration_s": wall_s,
+        "request_throughput": len(done) * per_s,
+        "output_throughput": output_tokens * per_s,
+        "total_token_throughput": (input_tokens + output_tokens) * per_s,
+    }
+    ttft = [s.first_token_s - s.request.arrival_s for s in done if s.first_token_s is not None]
+    tpot = [(s.finish_s - s.first_token_s) / (len(s.output_token_ids) - 1)
+            for s in done if len(s.output_token_ids) > 1 and s.first_token_s is not None and s.finish_s is not None]
+    itl = [gap for s in done for gap in np.diff(s.token_times_s).tolist()]
+    e2el = [s.finish_s - s.request.arrival_s for s in done if s.finish_s is not None]
+    for name, values in (("ttft", ttft), ("tpot", tpot), ("itl", itl), ("e2el", e2el)):
+        out.update(_stats(name, values))
+    return out
+
+
+def request_record(seq: Sequence, text: str | None) -> dict:
+    """One ``outputs.jsonl`` line; ``text`` only when given, ``error`` only when the sequence has one."""
+    arrival = seq.request.arrival_s
+    record: dict = {
+        "id": seq.request.id,
+        "prompt_tokens": seq.prompt_len,
+        "output_token_ids": list(seq.output_token_ids),
+    }
+    if text is not None:
+        record["text"] = text
+    record.update({
+        "finish_reason": seq.finish_reason,
+        "ttft_s": None if seq.first_token_s is None else seq.first_token_s - arrival,
+        "e2e_s": None if seq.finish_s is None else seq.finish_s - arrival,
+        "num_preemptions": seq.num_preemptions,
+    })
+    if seq.error is not None:
+        record["error"] = seq.error
+    return record
+
+
+def _completed(seq: Sequence) -> bool:
+    return seq.finish_reason is not None and seq.finish_reason != "rejected" and seq.error is None
+
+
+def _stats(name: str, values_s: list[float]) -> dict:
+    if not values_s:
+        return {f"{k}_{name}_ms": None for k in ("mean", "median", "p90", "p99")}
+    ms = np.asarray(values_s, dtype=float) * _MS
+    return {
+        f"mean_{name}_ms": float(ms.mean()),
+        f"median_{name}_ms": float(np.median(ms)),
+        f"p90_{name}_ms": float(np.percentile(ms, 90)),
+        f"p99_{name}_ms": float(np.percentile(ms, 99)),
+    }

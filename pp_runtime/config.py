@@ -45,15 +45,15 @@ class ModelConfig:
 
 @dataclass
 class PipelineConfig:
-    # Number of pipeline stages; must equal the torchrun world size (pp-sweep launches this many ranks).
-    stages: int = 1
+    # Number of pipeline stages = torchrun ranks (pp-sweep launches this many). None: the torchrun world size.
+    stages: int | None = None
     # Manual split, e.g. [10, 20]: number of decoder layers per stage. None: balanced by cost.
     layers_per_stage: list[int] | None = None
     # Micro-batches in flight at once. None: one per stage. Must be >= stages so every stage has work.
     num_microbatches: int | None = None
 
     def validate(self) -> None:
-        _check(self.stages >= 1, "pipeline.stages", self.stages, "must be >= 1")
+        _check(self.stages is not None and self.stages >= 1, "pipeline.stages", self.stages, "must be >= 1")
         if self.layers_per_stage is not None:
             _check(len(self.layers_per_stage) == self.stages, "pipeline.layers_per_stage", self.layers_per_stage,
                    f"needs one entry per stage ({self.stages} entries, pipeline.stages={self.stages})")

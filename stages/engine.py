@@ -1,0 +1,78 @@
+"""Rank 0's loop: plan a micro-batch, run stage 0 on it, send it down the pipeline, fold tokens back.
+
+Up to ``depth`` micro-batches are in flight, so every stage has work; rank 0 plans the next micro-batch while
+the later stages compute the earlier ones. With one stage the loop runs the whole model in place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from pp_runtime.comm import STOP, PipelineError, Transport
+from pp_runtime.plan import MicroBatch
+from pp_runtime.planner import Planner
+from pp_runtime.sequence import Sequence
+from pp_runtime.tracer import EventKind, Tracer
+from stages.executor import StageExecutor
+from stages.faults import Faults
+
+
+class Engine:
+    def __init__(self, planner: Planner, executor: StageExecutor, transport: Transport | None, tracer: Tracer, *,
+                 depth: int, faults: Faults, on_finish: Callable[[Sequence], None] = lambda s: None):
+        self.planner = planner
+        self.executor = executor
+        self.transport = transport
+        self.tracer = tracer
+        self.depth = depth
+        self.faults = faults
+        self.on_finish = on_finish
+
+    def run(self) -> float:
+        """Serve every request the planner holds; returns the wall time in seconds."""
+        planner, tracer = self.planner, self.tracer
+        start = time.monotonic()
+        in_flight: deque[MicroBatch] = deque()
+        while planner.has_unfinished():
+            now = time.monotonic() - start
+            if len(in_flight) < self.depth:
+                t0 = tracer.now_ns()
+                mb = planner.schedule(now)
+                tracer.record(EventKind.PLAN, t0, tracer.now_ns(), -1 if mb is None else mb.id)
+                if mb is not None:
+                    self._launch(mb, in_flight, start)
+                    continue
+            if in_flight:
+                msg = self.transport.recv()
+                mb = in_flight.popleft()
+                if msg.kind == STOP or msg.mb_id != mb.id:
+                    raise PipelineError(f"stage 0 expected tokens of micro-batch {mb.id}, got {msg}")
+                self._finish(planner.postprocess(mb, msg.meta, time.monotonic() - start))
+                continue
+            wake = planner.next_arrival_s()
+            if wake is None:
+                raise RuntimeError(f"planner is stuck: nothing in flight, nothing schedulable, "
+                                   f"{len(planner.running)} running, {len(planner.waiting)} waiting")
+            time.sleep(max(0.0, wake - (time.monotonic() - start)))  # online mode: wait for the next arrival
+        if self.transport is not None:
+            self.transport.send_stop()
+            if self.transport.recv().kind != STOP:
+                raise PipelineError("stage 0 expected the stop message to come back round the pipeline")
+            self.transport.flush()
+        return time.monotonic() - start
+
+    def _launch(self, mb: MicroBatch, in_flight: deque, start: float) -> None:
+        with self.tracer.span(EventKind.COMPUTE, mb.id, mb.num_prefill_tokens, mb.num_decode_tokens):
+            self.faults.on_compute(0)
+            out = self.executor.execute(mb)
+        if self.transport is None:  # one stage: out holds the sampled tokens
+            self._finish(self.planner.postprocess(mb, out, time.monotonic() - start))
+        else:
+            self.transport.send(mb.id, mb, out)
+            in_flight.append(mb)
+
+    def _finish(self, seqs: list[Sequence]) -> None:
+        for seq in seqs:
+            self.on_finish(seq)

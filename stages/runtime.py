@@ -1,0 +1,67 @@
+"""One rank's part of a job once the ranks have met: build the stage, run it, gather traces, write results."""
+
+from __future__ import annotations
+
+import logging
+import torch
+import torch.distributed as dist
+
+from pp_runtime import attention
+from pp_runtime.comm import Transport
+from pp_runtime.kv_cache import KVCache
+from pp_runtime.tracer import Tracer
+from stages.executor import StageExecutor
+from stages.faults import Faults
+from stages.stage_model import build_stage_model
+
+log = logging.getLogger("pp_runtime")
+
+
+def run_stage(plan) -> dict | None:
+    """Build this rank's stage and run it; rank 0 also plans, writes outputs.jsonl, metrics.json and reports."""
+    cfg, rank, world = plan.cfg, plan.rank, plan.world_size
+    layers = plan.layer_ranges[rank]
+    tracer = Tracer(rank, capacity=cfg.tracer.capacity, enabled=cfg.tracer.enabled, device=plan.device)
+    model = build_stage_model(plan.model_dir, plan.hf_config, layers, num_stages=world, stage=rank,
+                              device=plan.device, dtype=plan.dtype)
+    cache = KVCache(list(layers), num_blocks=plan.num_blocks, block_size=cfg.cache.block_size,
+                    hf_config=plan.hf_config, dtype=plan.dtype, device=plan.device)
+    backend = attention.choose_backend(cfg.model.attention, plan.device, cfg.cache.block_size)
+    executor = StageExecutor(model, cache, device=plan.device, backend=backend)
+    log.info("stage %d: layers %d-%d%s%s, %d KV blocks of %d tokens, %s attention, %s %s", rank, layers.start,
+             layers.stop - 1, " + embeddings" if model.is_first else "", " + LM head" if model.is_last else "",
+             plan.num_blocks, cfg.cache.block_size, backend, plan.device, str(plan.dtype).removeprefix("torch."))
+    transport = None
+    clock_error_ns = 0
+    if world > 1:
+        cpu_group = dist.new_group(backend="gloo") if plan.device.type == "cuda" else None
+        transport = Transport(rank, world, device=plan.device, hidden_size=plan.hf_config.hidden_size,
+                              dtype=plan.dtype, timeout_s=cfg.runtime.timeout_s, tracer=tracer, cpu_group=cpu_group)
+        if cfg.tracer.enabled:
+            from pp_runtime.clock import estimate_clock_offset
+
+            offset, clock_error_ns = estimate_clock_offset(rank, rounds=cfg.tracer.clock_sync_rounds, group=cpu_group)
+            tracer.set_clock_offset(offset, clock_error_ns)
+    faults = Faults(cfg.debug)
+    if rank == 0:
+        from stages.driver import drive
+
+        result = drive(plan, executor, transport, tracer, faults)
+    else:
+        from stages.worker import serve
+
+        serve(rank, executor, transport, tracer, faults)
+        result = None
+    events = {rank: tracer.events()}
+    errors = {rank: clock_error_ns}
+    if world > 1:
+        gathered = [None] * world if rank == 0 else None
+        dist.gather_object((events[rank], clock_error_ns), gathered, dst=0, group=transport.cpu_group)
+        if rank == 0:
+            events = {r: g[0] for r, g in enumerate(gathered)}
+            errors = {r: g[1] for r, g in enumerate(gathered)}
+    if rank == 0:
+        from stages.driver import finish_reports
+
+        finish_reports(plan, result, events, errors)
+    return result

@@ -1,0 +1,70 @@
+"""The bubble reports of one run directory, written by rank 0 at the end of a job and by ``pp-report``.
+
+A run directory holds ``events.npz`` (the raw events: arrays ``stage0``, ``stage1``, ... and ``clock_error_ns``,
+rows of (stage, error)), from which everything else is derived: ``trace.json`` (Chrome/Perfetto trace),
+``bubbles.json`` (``compute_bubbles`` plus the policy and each stage's clock error) and ``timeline.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from pp_runtime.bubbles import compute_bubbles
+from pp_runtime.trace_export import chrome_trace, validate_chrome_trace
+
+EVENTS_FILE = "events.npz"
+
+
+def write_reports(run_dir: str, events: dict[int, np.ndarray], *, policy: str, clock_errors_ns: dict[int, int],
+                  timeline: bool = True) -> dict:
+    """Write events.npz, trace.json, bubbles.json and (if ``timeline``) timeline.png into ``run_dir``.
+
+    Returns the bubbles dict as written to bubbles.json.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    errors = {int(s): int(clock_errors_ns.get(s, 0)) for s in events}
+    arrays = {f"stage{int(s)}": np.asarray(ev, dtype=np.int64).reshape(-1, 6) for s, ev in events.items()}
+    error_rows = np.array(sorted(errors.items()), dtype=np.int64).reshape(-1, 2)  # [stages, 2]: stage, error
+    np.savez(os.path.join(run_dir, EVENTS_FILE), clock_error_ns=error_rows, **arrays)
+
+    trace = chrome_trace(events, metadata={"policy": policy, "clock_error_ns": {str(s): e for s, e in errors.items()}})
+    validate_chrome_trace(trace)
+    _write_json(os.path.join(run_dir, "trace.json"), trace, indent=None)
+
+    bubbles = compute_bubbles(events)
+    for stage, figures in bubbles["stages"].items():
+        figures["clock_error_ns"] = errors[int(stage)]
+    bubbles["policy"] = policy
+    _write_json(os.path.join(run_dir, "bubbles.json"), bubbles, indent=2)
+
+    if timeline:
+        from pp_runtime.timeline import draw_timeline
+
+        title = f"{policy}: bubble fraction {bubbles['pipeline']['bubble_fraction']:.1%} ({len(events)} stages)"
+        draw_timeline(events, os.path.join(run_dir, "timeline.png"), title=title)
+    return bubbles
+
+
+def load_events(run_dir: str) -> dict[int, np.ndarray]:
+    """Read stage -> events back from ``run_dir/events.npz``."""
+    with np.load(os.path.join(run_dir, EVENTS_FILE)) as data:
+        return {int(k.removeprefix("stage")): data[k] for k in data.files if k.startswith("stage")}
+
+
+def load_clock_errors(run_dir: str) -> dict[int, int]:
+    """Read stage -> clock-offset error (ns) back from ``run_dir/events.npz`` (empty if it was not saved)."""
+    with np.load(os.path.join(run_dir, EVENTS_FILE)) as data:
+        if "clock_error_ns" not in data.files:
+            return {}
+        return {int(s): int(e) for s, e in data["clock_error_ns"].reshape(-1, 2)}
+
+
+def _write_json(path: str, obj: dict, *, indent: int | None) -> None:
+    # Write then rename, so a reader never sees half a report if the job dies mid-write.
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=indent)
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Command-line tools of pp-runtime (console entry points point at their ``main``)."""

@@ -1,0 +1,26 @@
+"""A failing stage ends the whole job quickly and non-zero, and every rank's error names the failing stage."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.jobs import run_job_outcomes
+from tests.tiny_models import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_tiny_model("llama", tmp_path_factory.mktemp("m") / "llama", num_layers=3)
+
+
+@pytest.mark.parametrize("stages,fail_after", [(2, 0), (3, 2)])
+def test_injected_failure_on_stage_1_ends_every_rank(model, tmp_path, stages, fail_after):
+    outcomes = run_job_outcomes(stages, [f"model.path={model}", "workload=synthetic", "workload.num_requests=6",
+                                         "workload.prefill_len=8", "workload.pd_ratio=1", "scheduler=fcfs",
+                                         "scheduler.token_budget=8", "cache.num_blocks=64", "cache.block_size=4",
+                                         "debug.fail_stage=1", f"debug.fail_after={fail_after}",
+                                         "runtime.timeout_s=60", f"output_dir={tmp_path}"], timeout=90)
+    for o in outcomes:
+        assert o.exitcode not in (0, None), f"rank {o.rank} exited {o.exitcode}"
+        assert "stage 1" in o.error, f"rank {o.rank}: {o.error}"
+    assert "injected failure on stage 1" in outcomes[1].error

@@ -64,7 +64,8 @@ def _app(dcfg: DictConfig) -> None:
         sys.exit(2)
     except Exception as exc:
         log.exception("stage %d failed", rank)
-        print(f"error on stage {rank}: {exc}", file=sys.stderr)
+        text = str(exc)
+        print(f"error: {text}" if text.startswith("stage ") else f"error on stage {rank}: {text}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -1,0 +1,44 @@
+"""Run pipeline jobs under torchrun from benchmark scripts and read back their metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_torchrun(nproc: int, overrides: list[str], out_dir: Path, *, timeout_s: float = 3600) -> dict:
+    """One job: ``torchrun --nproc_per_node=nproc -m launch.run overrides``; returns its metrics.json."""
+    out_dir = Path(out_dir)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "launch.run", f"pipeline.stages={nproc}", "runtime.progress=false", *overrides,
+           f"hydra.run.dir={out_dir}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"job failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    metrics["job_wall_s"] = time.monotonic() - start
+    return metrics
+
+
+def machine() -> str:
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+        cpu = model
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} cores ({cpu}), {gpu}, torch {torch.__version__}"

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pp_runtime import attention
 from pp_runtime.config import Config, ConfigError
 from pp_runtime.kv_cache import num_blocks_for_budget
 from pp_runtime.request import Request
@@ -42,6 +43,7 @@ class JobPlan:
     layer_ranges: list[range]
     num_blocks: int
     requests: list[Request]
+    attention_backend: str
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
@@ -75,6 +77,10 @@ def prepare(cfg: Config) -> JobPlan:
     torch.set_num_threads(cfg.runtime.threads)
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", rank)))
     dtype = resolve_dtype(cfg.dtype, device)
+    try:
+        backend = attention.choose_backend(cfg.model.attention, device, cfg.cache.block_size)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.model.path is not None:
         if not (Path(cfg.model.path) / "config.json").exists():
             raise FileNotFoundError(f"model.path={cfg.model.path!r} is not a Hugging Face model folder "
@@ -94,7 +100,7 @@ def prepare(cfg: Config) -> JobPlan:
     requests = load_workload(cfg.workload, tokenizer=tokenizer, max_model_len=max_model_len,
                              vocab_size=hf_config.vocab_size)
     return JobPlan(cfg, rank, world, device, dtype, model_dir, hf_config, tokenizer, max_model_len, ranges,
-                   num_blocks, requests)
+                   num_blocks, requests, backend)
 
 
 def _load_tokenizer(model_dir: str):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING  # noqa: F401  (re-exported for YAML schemas)
+from omegaconf import MISSING
 
 POLICIES = ("sarathi", "orca", "vllm", "static", "fcfs")
 DEVICES = ("auto", "cpu", "cuda")
@@ -30,8 +30,9 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 @dataclass
 class ModelConfig:
-    # Local Hugging Face model folder (config.json + safetensors). None: the embedded SmolLM2-135M-Instruct.
-    path: str | None = None
+    # Local Hugging Face model folder (config.json + safetensors). null: the embedded SmolLM2-135M-Instruct.
+    # Mandatory in the schema so that `model=local` without `model.path=DIR` fails; conf/model/smollm2.yaml sets null.
+    path: str | None = MISSING
     # Attention backend: auto (flash-attn on CUDA when importable, else SDPA), sdpa, or flash.
     attention: str = "auto"
     # Longest prompt + output allowed; None: the model's max_position_embeddings.
@@ -164,6 +165,10 @@ class TracerConfig:
     # Write timeline.png (needs matplotlib).
     timeline: bool = True
 
+    def validate(self) -> None:
+        _check(self.capacity >= 1, "tracer.capacity", self.capacity, "must be >= 1")
+        _check(self.clock_sync_rounds >= 1, "tracer.clock_sync_rounds", self.clock_sync_rounds, "must be >= 1")
+
 
 @dataclass
 class RuntimeConfig:
@@ -190,6 +195,16 @@ class DebugConfig:
     # ...after this many micro-batches on that stage.
     fail_after: int = 0
 
+    def validate(self, num_stages: int) -> None:
+        _check(self.stage_delay_ms >= 0, "debug.stage_delay_ms", self.stage_delay_ms, "must be >= 0")
+        if self.stage_delay_ms:
+            _check(0 <= self.delay_stage < num_stages, "debug.delay_stage", self.delay_stage,
+                   f"must name a stage in 0..{num_stages - 1}")
+        _check(self.fail_after >= 0, "debug.fail_after", self.fail_after, "must be >= 0")
+        if self.fail_stage is not None:
+            _check(0 <= self.fail_stage < num_stages, "debug.fail_stage", self.fail_stage,
+                   f"must name a stage in 0..{num_stages - 1}")
+
 
 @dataclass
 class Config:
@@ -211,12 +226,10 @@ class Config:
     def validate(self) -> None:
         _check(self.device in DEVICES, "device", self.device, f"use one of {', '.join(DEVICES)}")
         _check(self.dtype in DTYPES, "dtype", self.dtype, f"use one of {', '.join(DTYPES)}")
-        for part in (self.model, self.pipeline, self.scheduler, self.workload, self.cache, self.runtime):
+        for part in (self.model, self.pipeline, self.scheduler, self.workload, self.cache, self.tracer,
+                     self.runtime):
             part.validate()
-        d = self.debug
-        if d.fail_stage is not None:
-            _check(0 <= d.fail_stage < self.pipeline.stages, "debug.fail_stage", d.fail_stage,
-                   f"must name a stage in 0..{self.pipeline.stages - 1}")
+        self.debug.validate(self.pipeline.stages)
 
 
 def register_configs() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -55,11 +56,11 @@ def validate_request(req: Request, *, max_model_len: int, vocab_size: int) -> No
                            f"vocabulary [0, {vocab_size})")
     if p.max_tokens < 1:
         raise RequestError(f"request {rid!r}: 'max_tokens'={p.max_tokens} must be >= 1")
-    if p.temperature < 0:
+    if not math.isfinite(p.temperature) or p.temperature < 0:
         raise RequestError(f"request {rid!r}: 'temperature'={p.temperature} must be >= 0 (0 is greedy)")
-    if not 0 < p.top_p <= 1:
+    if not (math.isfinite(p.top_p) and 0 < p.top_p <= 1):
         raise RequestError(f"request {rid!r}: 'top_p'={p.top_p} must be in (0, 1]")
     if p.top_k < 0:
         raise RequestError(f"request {rid!r}: 'top_k'={p.top_k} must be >= 0 (0 turns it off)")
-    if req.arrival_s < 0:
-        raise RequestError(f"request {rid!r}: arrival time {req.arrival_s} must be >= 0")
+    if not math.isfinite(req.arrival_s) or req.arrival_s < 0:
+        raise RequestError(f"request {rid!r}: 'arrival_s'={req.arrival_s} must be a finite number >= 0")

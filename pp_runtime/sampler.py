@@ -24,7 +24,7 @@ def sample(logits: torch.Tensor, pieces: list[Piece]) -> list[int]:
 
 def _sample_one(row: torch.Tensor, p: Piece) -> int:
     params = p.params
-    row = row / params.temperature
+    row = (row - row.max()) / params.temperature  # shift first: a tiny temperature must not overflow to inf
     if params.top_k and params.top_k < row.numel():
         kth = torch.topk(row, params.top_k).values[-1]
         row = row.masked_fill(row < kth, float("-inf"))

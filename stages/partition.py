@@ -61,8 +61,8 @@ def _balanced_counts(num_layers: int, num_stages: int, head_cost: float) -> list
     for s in range(1, num_stages + 1):
         extra = head_cost if s == num_stages else 0.0
         for i in range(s, num_layers + 1):
-            for j in range(s - 1, i):
-                # Ties go to the split that gives earlier stages more layers, for a stable, readable plan.
+            for j in range(i - 1, s - 2, -1):
+                # Largest j first with a strict '<': ties give earlier stages more layers (the last has the head).
                 cost = max(best[s - 1][j], (i - j) + extra)
                 if cost < best[s][i] - 1e-9:
                     best[s][i], choice[s][i] = cost, j

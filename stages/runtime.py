@@ -6,7 +6,6 @@ import logging
 import torch
 import torch.distributed as dist
 
-from pp_runtime import attention
 from pp_runtime.comm import Transport
 from pp_runtime.kv_cache import KVCache
 from pp_runtime.tracer import Tracer
@@ -26,7 +25,7 @@ def run_stage(plan) -> dict | None:
                               device=plan.device, dtype=plan.dtype)
     cache = KVCache(list(layers), num_blocks=plan.num_blocks, block_size=cfg.cache.block_size,
                     hf_config=plan.hf_config, dtype=plan.dtype, device=plan.device)
-    backend = attention.choose_backend(cfg.model.attention, plan.device, cfg.cache.block_size)
+    backend = plan.attention_backend
     executor = StageExecutor(model, cache, device=plan.device, backend=backend)
     log.info("stage %d: layers %d-%d%s%s, %d KV blocks of %d tokens, %s attention, %s %s", rank, layers.start,
              layers.stop - 1, " + embeddings" if model.is_first else "", " + LM head" if model.is_last else "",

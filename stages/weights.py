@@ -31,7 +31,6 @@ def load_owned_weights(model_dir: str, owned: dict[str, nn.Module], hf_config, *
     """
     model_dir = Path(model_dir)
     where = _index(model_dir)
-    prefix = _base_prefix(where)
     wanted: dict[str, tuple[nn.Module, str]] = {}
     for path, module in owned.items():
         for name, _ in list(module.named_parameters()) + list(module.named_buffers()):
@@ -43,7 +42,7 @@ def load_owned_weights(model_dir: str, owned: dict[str, nn.Module], hf_config, *
     by_file: dict[str, list[tuple[str, str]]] = {}
     missing = []
     for full_name in wanted:
-        key = _find_key(full_name, where, prefix, hf_config, embed_name)
+        key = _find_key(full_name, where, hf_config, embed_name)
         if key is None:
             missing.append(full_name)
         else:
@@ -63,18 +62,14 @@ def load_owned_weights(model_dir: str, owned: dict[str, nn.Module], hf_config, *
                     current.copy_(tensor)
 
 
-def _base_prefix(where: dict[str, str]) -> str | None:
-    return None if not where else next(iter(where)).split(".")[0]
-
-
-def _find_key(full_name: str, where: dict[str, str], prefix: str | None, hf_config, embed_name: str) -> str | None:
+def _find_key(full_name: str, where: dict[str, str], hf_config, embed_name: str) -> str | None:
     if full_name in where:
         return full_name
     # Some checkpoints (e.g. original GPT-2) store the base model without its "transformer."/"model." prefix.
-    head, _, rest = full_name.partition(".")
+    _, _, rest = full_name.partition(".")
     if rest in where:
         return rest
     if full_name.startswith("lm_head.") and getattr(hf_config, "tie_word_embeddings", False):
         tied = embed_name + "." + full_name.split(".", 1)[1]
-        return _find_key(tied, where, prefix, hf_config, embed_name) if tied != full_name else None
+        return _find_key(tied, where, hf_config, embed_name) if tied != full_name else None
     return None

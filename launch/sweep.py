@@ -1,0 +1,392 @@
+"""``pp-sweep [-m] scheduler=sarathi,orca scheduler.token_budget=256,512 pipeline.stages=1,2 [fixed overrides]``.
+
+Expands a Hydra-style sweep (comma lists, ``range(...)`` and ``choice(...)`` are axes; Hydra's own override
+parser and basic sweeper do the expansion) and runs every combination as its own torchrun job, one after the
+other, through torch's elastic launcher: ``pipeline.stages`` ranks of ``python -m launch.run`` with the job's
+overrides, a standalone c10d rendezvous on 127.0.0.1 on a port the OS picks, and
+``hydra.run.dir=<out>/<NN>_<slug>``. The ranks' stdout and stderr go to ``<job dir>/torchrun/``.
+
+Each job's config is composed and validated here first, so a bad value fails that job at once without starting
+ranks. A failed job (non-zero exit, or over ``--timeout``) is recorded with the tail of its error and the sweep
+goes on. ``--with-hf-baseline`` adds one run of ``scripts.hf_baseline`` with the fixed overrides. At the end
+``summary.csv``, ``summary.md`` and ``summary.png`` go into ``--out`` (default ``multirun/<date>/<time>``) and
+the table is printed. Exit code: 0 when every job succeeded, 1 when any failed, 2 for malformed overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import multiprocessing as mp
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parent.parent
+_TAIL_LINES = 15
+HF_JOB = "hf_baseline"
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str  # directory under the sweep dir, "<index>_<slug>"
+    swept: dict[str, str]  # swept key -> this job's value, as written on the command line
+    overrides: tuple[str, ...]  # every override of the job, fixed ones included
+
+
+@dataclass
+class JobResult:
+    job: Job
+    status: str  # ok, failed or timeout
+    seconds: float = 0.0
+    error: str | None = None  # tail of the failing rank's stderr (or why the job did not start)
+    metrics: dict | None = None
+
+
+class SweepError(ValueError):
+    """The sweep itself is malformed (an override that does not parse, an unsupported sweep kind)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sweep described by ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = argparse.ArgumentParser(prog="pp-sweep", description="Run a Hydra-style sweep of pp-runtime jobs, "
+                                     "one torchrun job per combination, and summarise them.")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides; comma lists are sweep axes")
+    parser.add_argument("-m", "--multirun", action="store_true", help="accepted for familiarity; always a sweep")
+    parser.add_argument("--out", help="sweep directory (default: multirun/<date>/<time>)")
+    parser.add_argument("--dry-run", action="store_true", help="list the jobs and exit")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per job before it is killed")
+    parser.add_argument("--with-hf-baseline", action="store_true",
+                        help="also run scripts/hf_baseline.py once with the fixed overrides")
+    parser.add_argument("--hf-batch-size", type=int, default=8, help="static batch size of the HF baseline")
+    args = parser.parse_intermixed_args(argv)  # overrides may come before and after the options
+    try:
+        axes, fixed, jobs = expand(args.overrides)
+    except SweepError as exc:
+        print(f"pp-sweep: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out or time.strftime("multirun/%Y-%m-%d/%H-%M-%S")).resolve()
+    checked = [(job, *_check(job)) for job in jobs]
+    if args.dry_run:
+        for job, nproc, problem in checked:
+            print(f"{job.name}: nproc={nproc} {' '.join(job.overrides)}" + (f"  [{problem}]" if problem else ""))
+        if args.with_hf_baseline:
+            print(f"{HF_JOB}: python -m scripts.hf_baseline --batch-size {args.hf_batch_size} {' '.join(fixed)}")
+        return 0
+
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"pp-sweep: {len(jobs)} job(s) into {out}")
+    results: list[JobResult] = []
+    try:
+        for i, (job, nproc, problem) in enumerate(checked, 1):
+            print(f"[{i}/{len(jobs)}] {job.name} ({nproc} rank(s)) ...", end=" ", flush=True)
+            result = JobResult(job, "failed", error=problem) if problem else \
+                _run_job(job, out / job.name, nproc=nproc, timeout=args.timeout)
+            results.append(result)
+            print(_status_line(result), flush=True)
+        if args.with_hf_baseline:
+            print(f"[hf] {HF_JOB} ...", end=" ", flush=True)
+            results.append(_run_hf_baseline(fixed, out / HF_JOB, batch_size=args.hf_batch_size,
+                                            timeout=args.timeout))
+            print(_status_line(results[-1]), flush=True)
+    except KeyboardInterrupt:
+        print("\npp-sweep: interrupted; summarising the finished jobs", file=sys.stderr)
+    print(write_summary(out, axes, results))
+    print(f"summary in {out / 'summary.md'}, {out / 'summary.csv'}, {out / 'summary.png'}")
+    return 0 if results and all(r.status == "ok" for r in results) else 1
+
+
+def expand(overrides: list[str]) -> tuple[list[str], list[str], list[Job]]:
+    """Split ``overrides`` into sweep axes and fixed overrides, and list one Job per combination.
+
+    Returns (swept keys, fixed overrides without ``hydra.*``, jobs in Hydra's order: the first axis varies
+    slowest). ``hydra.run.dir`` / ``hydra.sweep.dir`` are dropped: every job gets its own run directory.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise SweepError(str(exc)) from None
+    parsed = [o for o in parsed if o.key_or_group not in ("hydra.run.dir", "hydra.sweep.dir")]
+    last = {o.get_key_element(): o for o in parsed}  # a repeated key: the last one wins, at the first's place
+    keys = list(last)  # the basic sweeper's order
+    axes = [key for key, o in last.items() if o.is_sweep_override()]
+    try:
+        (combos,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    except (HydraException, AssertionError) as exc:
+        raise SweepError(f"cannot expand the sweep ({exc or 'glob() needs the config'}); list the values "
+                         f"as a,b,c or use range(start,stop,step)") from None
+    fixed = [entry for key, entry in zip(keys, combos[0]) if key not in axes and not key.startswith("hydra.")]
+    width = len(str(len(combos) - 1))
+    jobs = []
+    for index, combo in enumerate(combos):
+        swept = {key: entry[len(key) + 1:] for key, entry in zip(keys, combo) if key in axes}
+        slug = "_".join(f"{key.lstrip('+~').split('.')[-1]}-{value}" for key, value in swept.items())
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", slug)[:80].strip("_")
+        name = f"{index:0{width}d}_{slug}" if slug else f"{index:0{width}d}"
+        jobs.append(Job(name, swept, tuple(combo)))
+    return axes, fixed, jobs
+
+
+def _check(job: Job) -> tuple[int, str | None]:
+    """(ranks to start, None) when the job's config composes and validates, else (1, the error)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from pp_runtime.config import ConfigError, register_configs
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(_REPO / "conf"), version_base=None):
+            overrides = [o for o in job.overrides if not o.lstrip("+~").startswith("hydra.")]
+            cfg = OmegaConf.to_object(compose("config", overrides=overrides))
+        if cfg.pipeline.stages is None:  # launch.run takes the world size, and we start one rank
+            cfg.pipeline.stages = 1
+        cfg.validate()
+    except (HydraException, OmegaConfBaseException, ConfigError) as exc:
+        return 1, f"config error: {exc}"
+    return cfg.pipeline.stages, None
+
+
+def _run_job(job: Job, job_dir: Path, *, nproc: int, timeout: float) -> JobResult:
+    """One torchrun job in an agent process of its own (its own process group, so a timeout ends every rank)."""
+    import torch.distributed.launcher.api  # noqa: F401  (imported once here, so a forked agent starts at once)
+
+    log_dir = job_dir / "torchrun"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (log_dir / "failure.json", job_dir / "metrics.json"):  # from an earlier sweep into this dir
+        stale.unlink(missing_ok=True)
+    args = ["-m", "launch.run", *job.overrides, f"hydra.run.dir={_quote(str(job_dir))}"]
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    agent = ctx.Process(target=_agent_main, args=(nproc, args, str(log_dir)), name=f"pp-sweep-{job.name}")
+    start = time.monotonic()
+    agent.start()
+    try:
+        agent.join(timeout)
+    finally:
+        timed_out = agent.is_alive()
+        if timed_out:
+            _end_group(agent)
+    seconds = time.monotonic() - start
+    if timed_out:
+        return JobResult(job, "timeout", seconds, f"timed out after {timeout:g}s\n" + _error_tail(log_dir, 0))
+    if agent.exitcode != 0:
+        failure = _read_json(log_dir / "failure.json") or {}
+        rank = failure.get("rank", 0)
+        code = failure.get("exitcode")
+        head = (f"the launcher exited with {agent.exitcode}" if code is None else
+                f"rank {rank} was killed by signal {-code}" if code < 0 else f"rank {rank} exited with {code}")
+        return JobResult(job, "failed", seconds, head + "\n" + _error_tail(log_dir, rank))
+    metrics = _read_json(job_dir / "metrics.json")
+    if metrics is None:
+        return JobResult(job, "failed", seconds, f"the job exited 0 but wrote no {job_dir / 'metrics.json'}")
+    return JobResult(job, "ok", seconds, metrics=metrics)
+
+
+def _agent_main(nproc: int, args: list[str], log_dir: str) -> None:
+    """Runs in the agent process: the elastic agent starts ``nproc`` ranks of ``python <args>`` and waits."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    os.setpgrp()
+    with open(os.path.join(log_dir, "agent.log"), "ab", buffering=0) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    os.environ["PYTHONPATH"] = _pythonpath()
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1,
+                          logs_specs=DefaultLogsSpecs(log_dir=log_dir, redirects=Std.ALL))
+    try:
+        elastic_launch(config, sys.executable)(*args)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        Path(log_dir, "failure.json").write_text(json.dumps({"rank": rank, "exitcode": failure.exitcode}))
+        sys.exit(1)
+
+
+def _end_group(agent) -> None:
+    """SIGTERM the agent's process group (the agent then stops its ranks), SIGKILL whatever is left."""
+    for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(agent.pid, sig)
+        except ProcessLookupError:  # not its own group yet (or gone): end the agent alone
+            if agent.is_alive():
+                os.kill(agent.pid, sig)
+        agent.join(grace)
+        if not agent.is_alive():
+            try:  # ranks that outlived the agent
+                os.killpg(agent.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
+
+
+def _run_hf_baseline(fixed: list[str], out_dir: Path, *, batch_size: int, timeout: float) -> JobResult:
+    job = Job(HF_JOB, {}, tuple(fixed))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "scripts.hf_baseline", "--out", str(out_dir), "--batch-size", str(batch_size),
+           *fixed]
+    env = dict(os.environ, PYTHONPATH=_pythonpath())
+    start = time.monotonic()
+    with open(out_dir / "hf_baseline.log", "w") as log:
+        try:
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+    seconds = time.monotonic() - start
+    tail = _tail(out_dir / "hf_baseline.log")
+    if rc is None:
+        return JobResult(job, "timeout", seconds, f"timed out after {timeout:g}s\n{tail}")
+    metrics = _read_json(out_dir / "metrics.json") if rc == 0 else None
+    if metrics is None:
+        return JobResult(job, "failed", seconds, f"exited with {rc}\n{tail}")
+    return JobResult(job, "ok", seconds, metrics=metrics)
+
+
+def _pythonpath() -> str:
+    """PYTHONPATH with this checkout first, so ``-m launch.run`` works from any directory, installed or not."""
+    return os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))
+
+
+def _error_tail(log_dir: Path, rank: int) -> str:
+    stderr = sorted(log_dir.glob(f"*/attempt_*/{rank}/stderr.log"))
+    text = _tail(stderr[-1]) if stderr else ""
+    return text or _tail(log_dir / "agent.log")
+
+
+def _tail(path: Path, lines: int = _TAIL_LINES) -> str:
+    try:
+        kept = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return "\n".join(kept[-lines:])
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _quote(value: str) -> str:
+    """A Hydra override value for an arbitrary path (quoted so that '=', ',' or spaces stay literal)."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def write_summary(out: Path, axes: list[str], results: list[JobResult]) -> str:
+    """Write summary.csv, summary.md and summary.png into ``out``; returns the markdown table."""
+    header = ["job", *axes, "status", *(m[1] for m in _METRICS)]
+    rows = [[r.job.name, *(r.job.swept.get(a, "") for a in axes), r.status,
+             *(_fmt(_metric(r, key), digits) for _, _, key, digits in _METRICS)] for r in results]
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["job", *axes, "status", *(m[0] for m in _METRICS), "seconds", "error"])
+        for r in results:
+            writer.writerow([r.job.name, *(r.job.swept.get(a, "") for a in axes), r.status,
+                             *("" if _metric(r, key) is None else _metric(r, key) for _, _, key, _ in _METRICS),
+                             f"{r.seconds:.1f}", r.error or ""])
+    table = _markdown_table(header, rows)
+    text = (f"# Sweep summary\n\nTTFT and TBT (inter-token latency) percentiles in ms; bubble = pipeline bubble "
+            f"fraction; blank = not measured.\n\n{table}\n")
+    for r in (r for r in results if r.status != "ok"):
+        text += f"\n## {r.job.name}: {r.status}\n\n`{' '.join(r.job.overrides)}`\n\n```\n{r.error or ''}\n```\n"
+    (out / "summary.md").write_text(text)
+    _plot(out / "summary.png", axes, results)
+    return table
+
+
+# (summary.csv column, summary.md header, metrics.json key, decimals shown)
+_METRICS = (
+    ("output_throughput", "tokens/s", "output_throughput", 1),
+    ("ttft_p50_ms", "TTFT p50", "median_ttft_ms", 1),
+    ("ttft_p99_ms", "TTFT p99", "p99_ttft_ms", 1),
+    ("tbt_p50_ms", "TBT p50", "median_itl_ms", 2),
+    ("tbt_p99_ms", "TBT p99", "p99_itl_ms", 2),
+    ("pipeline_bubble_fraction", "bubble", "pipeline_bubble_fraction", 3),
+)
+
+
+def _metric(result: JobResult, key: str) -> float | None:
+    """A number from the job's metrics.json; None when missing, null (an empty statistic) or not finite."""
+    value = (result.metrics or {}).get(key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    cells = [header, *([c.replace("|", "\\|") for c in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _plot(path: Path, axes: list[str], results: list[JobResult]) -> None:
+    """Bubble fraction and throughput per job, bars grouped by the first swept key's values."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    jobs = [r for r in results if r.job.name != HF_JOB]
+    x_key, rest = (axes[0], axes[1:]) if axes else (None, [])
+    x_of = (lambda r: r.job.swept[x_key]) if x_key else (lambda r: r.job.name)
+    categories = list(dict.fromkeys(map(x_of, jobs)))
+    groups = list(dict.fromkeys(tuple(r.job.swept[k] for k in rest) for r in jobs))
+    width = 0.8 / max(len(groups), 1)
+    fig = Figure(figsize=(max(6.0, 1.0 + 0.5 * len(jobs)), 7.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    panels = fig.subplots(2, 1, sharex=True)
+    for ax, key, title in zip(panels, ("pipeline_bubble_fraction", "output_throughput"),
+                              ("pipeline bubble fraction", "output throughput (tokens/s)")):
+        for g, group in enumerate(groups):
+            label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(rest, group)) or None
+            members = {x_of(r): r for r in jobs if tuple(r.job.swept[k] for k in rest) == group}
+            xs = [c + (g - (len(groups) - 1) / 2) * width for c in range(len(categories))]
+            values = [_metric(members[c], key) if c in members else None for c in categories]
+            ax.bar(xs, [math.nan if v is None else v for v in values], width, label=label)
+            for x, c, v in zip(xs, categories, values):
+                if c in members and members[c].status != "ok":
+                    ax.text(x, 0, members[c].status, rotation=90, ha="center", va="bottom", fontsize=8, color="red")
+        baseline = next((r for r in results if r.job.name == HF_JOB), None)
+        if baseline is not None and _metric(baseline, key) is not None:
+            ax.axhline(_metric(baseline, key), color="gray", linestyle="--", label="hf-generate")
+        ax.set_title(title)
+        ax.set_xlim(-0.5, len(categories) - 0.5)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    panels[-1].set_xticks(range(len(categories)), categories)
+    panels[-1].set_xlabel(x_key or "job")
+    fig.savefig(path, dpi=100)
+
+
+def _status_line(result: JobResult) -> str:
+    if result.status == "ok":
+        tput = result.metrics.get("output_throughput")
+        rate = f", {tput:.1f} tok/s" if isinstance(tput, (int, float)) and math.isfinite(tput) else ""
+        return f"ok ({result.seconds:.1f}s{rate})"
+    last = (result.error or "").strip().splitlines()
+    return f"{result.status.upper()} ({result.seconds:.1f}s): {last[-1] if last else 'no error output'}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

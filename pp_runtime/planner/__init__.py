@@ -1,11 +1,24 @@
-"""Micro-batch planners. ``make_planner`` picks the policy named by ``scheduler.policy``."""
+"""Micro-batch planners. ``make_planner`` picks the policy named by ``scheduler.policy``.
+
+sarathi (default): chunked prefills + stall-free decodes, balanced by a cost model across in-flight slots.
+orca: iteration-level batching, whole prompts. vllm: prefill-first, never mixed. static: request-level
+batches. fcfs: the simple token-budget baseline.
+"""
 
 from __future__ import annotations
 
 from pp_runtime.planner.base import Planner
+from pp_runtime.planner.cost_model import CostModel, CostModelError, profile_points
 from pp_runtime.planner.fcfs import FcfsPlanner
+from pp_runtime.planner.orca import OrcaPlanner
+from pp_runtime.planner.sarathi import SarathiPlanner
+from pp_runtime.planner.static import StaticPlanner
+from pp_runtime.planner.vllm import VllmPlanner
 
-_POLICIES: dict[str, type[Planner]] = {"fcfs": FcfsPlanner}
+_POLICIES: dict[str, type[Planner]] = {
+    "sarathi": SarathiPlanner, "orca": OrcaPlanner, "vllm": VllmPlanner, "static": StaticPlanner,
+    "fcfs": FcfsPlanner,
+}
 
 
 def make_planner(cfg, **kwargs) -> Planner:
@@ -17,4 +30,4 @@ def make_planner(cfg, **kwargs) -> Planner:
     return cls(cfg, **kwargs)
 
 
-__all__ = ["Planner", "make_planner"]
+__all__ = ["CostModel", "CostModelError", "Planner", "make_planner", "profile_points"]

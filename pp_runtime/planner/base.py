@@ -2,12 +2,15 @@
 
 Pure bookkeeping over ``Sequence`` objects: no tensors, no torch.distributed. A policy subclass decides
 *which* tokens go into the next micro-batch (``_select``); this base class owns everything policies share:
-arrivals, FCFS queues, KV-block reservation with preemption by recompute, stop conditions and timings.
+arrivals, the FCFS queue, KV-block reservation with preemption by recompute, stop conditions and timings.
+
+Every queue operation is O(1) or O(log n) so that planning a micro-batch costs time linear in the requests
+it touches, not in the requests the job holds.
 """
 
 from __future__ import annotations
 
-import bisect
+import heapq
 from collections import deque
 from collections.abc import Iterable
 
@@ -15,12 +18,14 @@ from pp_runtime.block_manager import BlockManager
 from pp_runtime.config import SchedulerConfig
 from pp_runtime.plan import MicroBatch, Piece
 from pp_runtime.request import Request
-from pp_runtime.sequence import Sequence, SeqStatus
+from pp_runtime.sequence import SeqStatus, Sequence
 
 
 class Planner:
     def __init__(self, cfg: SchedulerConfig, *, num_blocks: int, block_size: int, num_slots: int,
                  max_model_len: int, eos_token_ids: Iterable[int] = (), cost_model=None):
+        if num_slots < 1:
+            raise ValueError(f"num_slots={num_slots} must be >= 1 (micro-batches in flight: pipeline.depth)")
         self.cfg = cfg
         self.blocks = BlockManager(num_blocks, block_size)
         self.num_slots = num_slots
@@ -28,11 +33,15 @@ class Planner:
         self.eos_token_ids = frozenset(eos_token_ids)
         self.cost_model = cost_model
         self.seqs: list[Sequence] = []
-        self._future: list[tuple[float, int]] = []  # (arrival_s, seq_id), not yet arrived
+        self._future: list[tuple[float, int]] = []  # heap of (arrival_s, seq_id), not yet arrived
         self.waiting: deque[Sequence] = deque()  # arrived, not admitted (FCFS; preempted go first)
-        self.running: list[Sequence] = []  # admitted and holding KV blocks, in admission order
+        # Admitted and holding KV blocks, in admission order (a dict as an ordered set: O(1) removal).
+        self.running: dict[Sequence, None] = {}
         self.finished: list[Sequence] = []
         self._next_mb_id = 0
+        self._preempted_this_build = False
+        self._decode_turn = 0
+        self._tables: dict[int, tuple[int, ...]] = {}  # seq_id -> block table as last put into a piece
 
     # ---- requests in -------------------------------------------------------------------------------------
     def add_request(self, req: Request) -> Sequence:
@@ -47,7 +56,7 @@ class Planner:
                          f"{self.blocks.num_blocks}; raise cache.num_blocks or cache.memory_gib, or lower max_tokens")
             self._finish(seq, "rejected", req.arrival_s)
             return seq
-        bisect.insort(self._future, (req.arrival_s, seq.seq_id))
+        heapq.heappush(self._future, (req.arrival_s, seq.seq_id))
         return seq
 
     def has_unfinished(self) -> bool:
@@ -58,25 +67,27 @@ class Planner:
 
     def _release_arrivals(self, now: float) -> None:
         while self._future and self._future[0][0] <= now:
-            _, sid = self._future.pop(0)
+            _, sid = heapq.heappop(self._future)
             self.waiting.append(self.seqs[sid])
 
     # ---- planning ----------------------------------------------------------------------------------------
     def schedule(self, now: float) -> MicroBatch | None:
         """The next micro-batch, or None when nothing can run now (all in flight, or nothing arrived)."""
         self._release_arrivals(now)
+        self._preempted_this_build = False
         work = self._select(now)
         if not work:
             return None
         pieces = []
         for seq, n in work:
-            start = seq.num_computed
+            start, total, out = seq.num_computed, seq.num_tokens, seq.output_token_ids  # hot loop: read once
             seq.in_flight = True
-            done_prefill = start + n == seq.num_tokens
+            # A decode carries the last sampled token: no need to slice prompt + outputs for it.
+            decode = total - start == 1 and bool(out)
             pieces.append(Piece(
-                seq_id=seq.seq_id, start=start, token_ids=seq.token_ids(start, n),
-                block_table=tuple(seq.block_table), is_prefill=seq.in_prefill, sample=done_prefill,
-                params=seq.request.params, step=len(seq.output_token_ids)))
+                seq_id=seq.seq_id, start=start, token_ids=(out[-1],) if decode else seq.token_ids(start, n),
+                block_table=self._table(seq), is_prefill=not decode, sample=start + n == total,
+                params=seq.request.params, step=len(out)))
         mb = MicroBatch(self._next_mb_id, tuple(pieces))
         self._next_mb_id += 1
         return mb
@@ -84,50 +95,112 @@ class Planner:
     def _select(self, now: float) -> list[tuple[Sequence, int]]:
         """Policy hook: which sequences, and how many of their uncomputed tokens, go into the next micro-batch.
 
-        Implementations must call ``_reserve`` (or ``_admit``) for every entry they return.
+        Every entry must come from a successful ``_reserve`` or ``_admit`` in this call: those hold the KV
+        blocks and mark the sequence in flight, so that nothing later in the same build preempts it.
         """
         raise NotImplementedError
 
     # ---- helpers for policies ----------------------------------------------------------------------------
-    def _schedulable(self) -> list[Sequence]:
+    def _ready(self) -> list[Sequence]:
+        """Running sequences not in flight, in admission order."""
         return [s for s in self.running if not s.in_flight]
 
-    def _admit(self, seq: Sequence, num_tokens: int) -> bool:
-        """Move the head of the waiting queue to running with ``num_tokens`` reserved, if the blocks are free.
+    def _admit(self, seq: Sequence, num_tokens: int, *, take: bool = True) -> bool:
+        """Move ``seq``, the head of the waiting queue, to running with ``num_tokens`` reserved, if blocks are free.
 
-        Admission never preempts: a new request waits for blocks instead of evicting a running one.
+        Admission never preempts, and never happens in a build that preempted: the freed blocks are for the
+        running requests, and readmitting a victim at once would only thrash. ``take`` marks ``seq`` in flight
+        (it goes into the micro-batch being built).
         """
-        if len(self.running) >= self.cfg.max_num_seqs or not self.blocks.can_allocate(seq, num_tokens):
+        if self.waiting[0] is not seq:
+            raise RuntimeError(f"{seq!r} is not the head of the waiting queue; admission is first come, first served")
+        if (self._preempted_this_build or len(self.running) >= self.cfg.max_num_seqs
+                or not self.blocks.can_allocate(seq, num_tokens)):
             return False
-        self.waiting.remove(seq)
+        self.waiting.popleft()
         seq.status = SeqStatus.RUNNING
-        self.running.append(seq)
+        self.running[seq] = None
         self.blocks.allocate(seq, num_tokens)
+        seq.in_flight = take
         return True
 
     def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
-        """Reserve blocks for ``num_tokens`` more tokens of running ``seq``, preempting if the cache is full.
+        """Reserve blocks for ``num_tokens`` more tokens of running ``seq`` and mark it in flight.
 
-        Preempts the most recently admitted running request that is not in flight (not ``seq`` itself);
-        returns False if that is not enough, and the caller leaves ``seq`` for a later micro-batch.
+        If the cache is short, preempts running requests admitted after ``seq`` that are not in flight, most
+        recent first, but only when that frees enough; otherwise preempts nothing and returns False, and the
+        caller leaves ``seq`` for a later micro-batch.
         """
-        while not self.blocks.can_allocate(seq, num_tokens):
-            victim = next((s for s in reversed(self.running) if s is not seq and not s.in_flight), None)
-            if victim is None or self.running.index(victim) < self.running.index(seq):
-                return False
-            self._preempt(victim)
+        if seq.num_computed + num_tokens <= len(seq.block_table) * self.blocks.block_size:
+            seq.in_flight = True  # fast path, most decodes: the last block has room
+            return True
+        short = self.blocks.blocks_needed(seq, num_tokens) - self.blocks.num_free
+        if short > 0:
+            victims = []
+            for victim in reversed(self.running):
+                if victim is seq:
+                    return False  # everyone younger is in flight or too small: wait for them to return
+                if not victim.in_flight:
+                    victims.append(victim)
+                    short -= len(victim.block_table)
+                    if short <= 0:
+                        break
+            for victim in victims:
+                self._preempt(victim)
         self.blocks.allocate(seq, num_tokens)
+        seq.in_flight = True
         return True
+
+    def _take_decodes(self, seqs: list[Sequence], room: int, work: list[tuple[Sequence, int]]) -> int:
+        """Add one decode token for each decoding, not-in-flight sequence of ``seqs``, at most ``room``.
+
+        Returns the tokens taken. When ``room`` is short, the start rotates from call to call so that every
+        decode gets its turn. Sequences whose next block cannot be had are left for a later micro-batch.
+        """
+        k = self._decode_turn % len(seqs) if seqs else 0
+        taken = 0
+        for i, seq in enumerate(seqs[k:] + seqs[:k]):
+            if taken >= room:
+                self._decode_turn = k + i  # the next call starts with the first one left out
+                break
+            if not seq.in_flight and seq.status is SeqStatus.RUNNING and not seq.in_prefill and self._reserve(seq, 1):
+                work.append((seq, 1))
+                taken += 1
+        return taken
+
+    def _admit_whole_prompts(self, room: int, work: list[tuple[Sequence, int]]) -> None:
+        """Admit waiting requests in FCFS order with their whole prompt (plus outputs, for a recompute) while
+        they fit ``room``; the first one goes in regardless if ``work`` is still empty."""
+        while self.waiting:
+            seq = self.waiting[0]
+            n = seq.num_uncomputed
+            if (n > room and work) or not self._admit(seq, n):
+                return
+            work.append((seq, n))
+            room -= n
 
     def _preempt(self, seq: Sequence) -> None:
         """Free a sequence's blocks and queue it first in line to be recomputed (prompt + outputs so far)."""
+        self._on_release(seq)
         self.blocks.free(seq)
-        self.running.remove(seq)
+        del self.running[seq]
+        self._tables.pop(seq.seq_id, None)
         seq.num_computed = 0
         seq.status = SeqStatus.WAITING
         seq.slot = -1
         seq.num_preemptions += 1
+        self._preempted_this_build = True
         self.waiting.appendleft(seq)
+
+    def _on_release(self, seq: Sequence) -> None:
+        """Policy hook: ``seq`` leaves the running set (finished or preempted)."""
+
+    def _table(self, seq: Sequence) -> tuple[int, ...]:
+        # Block tables only grow between frees, so the cached tuple is rebuilt once per new block, not per piece.
+        table = self._tables.get(seq.seq_id)
+        if table is None or len(table) != len(seq.block_table):
+            table = self._tables[seq.seq_id] = tuple(seq.block_table)
+        return table
 
     # ---- results back ------------------------------------------------------------------------------------
     def postprocess(self, mb: MicroBatch, sampled: list[int], now: float) -> list[Sequence]:
@@ -163,9 +236,12 @@ class Planner:
 
     def _finish(self, seq: Sequence, reason: str, now: float) -> None:
         if seq.status is SeqStatus.RUNNING:
-            self.running.remove(seq)
+            self._on_release(seq)
+            del self.running[seq]
         self.blocks.free(seq)
+        self._tables.pop(seq.seq_id, None)
         seq.status = SeqStatus.FINISHED
         seq.finish_reason = reason
         seq.finish_s = now
         self.finished.append(seq)
+

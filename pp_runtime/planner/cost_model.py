@@ -1,0 +1,211 @@
+"""Predicted seconds of a micro-batch on each pipeline stage, fitted from timings of synthetic shapes.
+
+Per stage ``s``: ``t_s = c0[s] + c_tok[s] * num_tokens + c_attn[s] * attn_work``, where ``attn_work`` is the
+sum over the micro-batch's pieces of ``num_tokens * context_len``: linear layers cost per token, attention per
+(token, cached token) pair, so a chunk deep into a long prompt costs more than a fresh one of the same size.
+Stage 0 carries the embeddings and the last stage the LM head, hence separate coefficients per stage.
+
+A piece is a ``plan.Piece`` or a ``(num_tokens, context_len)`` pair. The runtime times each shape of
+``profile_points`` on every stage and hands the rows to ``CostModel.fit``; this module only does the maths.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+_KEYS = ("c0", "c_tok", "c_attn")
+_FIX = "set scheduler.cost_model_path to a file written by CostModel.to_json, or to null to profile at start-up"
+
+
+class CostModelError(ValueError):
+    """A cost-model file or sample set is unusable; the message names the file, key or stage to fix."""
+
+
+def work(pieces: Iterable) -> tuple[int, int]:
+    """``(num_tokens, attn_work)`` of a micro-batch: its tokens, and the sum of num_tokens * context_len."""
+    tokens = attn = 0
+    for p in pieces:
+        n, ctx = p if isinstance(p, tuple) else (p.num_tokens, p.context_len)
+        tokens += n
+        attn += n * ctx
+    return tokens, attn
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Per-stage coefficients in seconds: fixed, per token, per (token x context) pair."""
+
+    c0: tuple[float, ...]
+    c_tok: tuple[float, ...]
+    c_attn: tuple[float, ...]
+
+    def __post_init__(self):
+        for key in _KEYS:
+            object.__setattr__(self, key, tuple(float(v) for v in getattr(self, key)))
+        if not len(self.c0) == len(self.c_tok) == len(self.c_attn) >= 1:
+            raise CostModelError(f"cost model needs one c0, c_tok and c_attn per stage, got "
+                                 f"{len(self.c0)}, {len(self.c_tok)} and {len(self.c_attn)}")
+        for key in _KEYS:
+            bad = [v for v in getattr(self, key) if not (math.isfinite(v) and v >= 0)]
+            if bad:
+                raise CostModelError(f"cost model {key}={list(getattr(self, key))} has {bad[0]}; "
+                                     f"every coefficient must be a finite number >= 0")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.c0)
+
+    # ---- prediction --------------------------------------------------------------------------------------
+    def stage_times(self, num_tokens: int, attn_work: float) -> list[float]:
+        """Seconds on each stage for a micro-batch of ``num_tokens`` tokens and ``attn_work`` pairs."""
+        return [a + b * num_tokens + c * attn_work for a, b, c in zip(self.c0, self.c_tok, self.c_attn)]
+
+    def predict(self, pieces: Iterable) -> list[float]:
+        """Seconds on each stage for a micro-batch made of ``pieces``."""
+        return self.stage_times(*work(pieces))
+
+    def predict_max(self, pieces: Iterable) -> float:
+        """Seconds on the bottleneck stage: what the micro-batch costs the pipeline."""
+        return max(self.predict(pieces))
+
+    def max_chunk(self, num_tokens: int, attn_work: float, *, prefix: int, limit_s: float, cap: int) -> int:
+        """Most tokens (at most ``cap``) a chunk starting at position ``prefix`` can add to a micro-batch of
+        ``num_tokens`` tokens and ``attn_work`` pairs while every stage stays within ``limit_s`` seconds.
+
+        A chunk of n tokens adds ``c_tok * n + c_attn * n * (prefix + n)`` per stage: solved in closed form.
+        """
+        best = cap
+        for t, b, a in zip(self.stage_times(num_tokens, attn_work), self.c_tok, self.c_attn):
+            room = limit_s - t
+            if room < 0:
+                return 0
+            lin = b + a * prefix
+            if a > 0 or lin > 0:
+                # Positive root of a n^2 + lin n - room, in the form that does not cancel when a is tiny.
+                n = 2 * room / (lin + math.sqrt(lin * lin + 4 * a * room))
+                best = min(best, int(n) if n < cap else cap)
+        while best > 0 and not self._fits(num_tokens, attn_work, prefix, best, limit_s):
+            best -= 1  # float rounding at the boundary
+        return max(best, 0)
+
+    def _fits(self, num_tokens: int, attn_work: float, prefix: int, n: int, limit_s: float) -> bool:
+        return max(self.stage_times(num_tokens + n, attn_work + n * (prefix + n))) <= limit_s
+
+    # ---- construction ------------------------------------------------------------------------------------
+    @classmethod
+    def default(cls, num_stages: int) -> CostModel:
+        """Rough CPU numbers for a ~135M-parameter model (one float32 core per stage), split over the stages.
+
+        Whole model: ~4 ms per token in the linear layers and ~1.5 us per (token, context) pair in attention;
+        each stage pays ~5 ms fixed (weights streamed through the cache, Python, send/recv). Stage 0 adds the
+        embedding gather, the last stage the LM head and sampling.
+        """
+        if num_stages < 1:
+            raise CostModelError(f"num_stages={num_stages} must be >= 1")
+        c0 = [5e-3] * num_stages
+        c_tok = [4e-3 / num_stages] * num_stages
+        c_tok[0] += 2e-5
+        c0[-1] += 2e-3
+        c_tok[-1] += 2e-4
+        return cls(tuple(c0), tuple(c_tok), (1.5e-6 / num_stages,) * num_stages)
+
+    @classmethod
+    def fit(cls, samples: Iterable[tuple[int, int, float, float]]) -> CostModel:
+        """Least-squares fit from measured rows ``(stage, num_tokens, attn_work, seconds)``.
+
+        Stages are 0 .. max stage seen, each needing at least 3 rows. Coefficients are kept >= 0: one that
+        would come out negative is fixed at 0 and the others are refitted without it.
+        """
+        rows: dict[int, list[tuple[float, float, float]]] = {}
+        for stage, n, attn, secs in samples:
+            rows.setdefault(int(stage), []).append((float(n), float(attn), float(secs)))
+        if not rows:
+            raise CostModelError("no timing samples to fit; time the shapes of profile_points on every stage")
+        coefs = []
+        for stage in range(max(rows) + 1):
+            got = rows.get(stage, [])
+            if len(got) < 3:
+                raise CostModelError(f"stage {stage} has {len(got)} timing samples; fitting needs at least 3 "
+                                     f"per stage (time every shape of profile_points on every stage)")
+            coefs.append(_nonneg_lstsq(np.array(got)))
+        return cls(*(tuple(c[i] for c in coefs) for i in range(3)))
+
+    # ---- files -------------------------------------------------------------------------------------------
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({k: list(v) for k, v in asdict(self).items()}, indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> CostModel:
+        """Load coefficients written by ``to_json``; a malformed file raises naming the file and the key."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as e:
+            raise CostModelError(f"cannot read cost model file {str(path)!r} ({e.strerror}); {_FIX}") from None
+        except json.JSONDecodeError as e:
+            raise CostModelError(f"cost model file {str(path)!r} is not JSON ({e.msg}, line {e.lineno}); "
+                                 f"{_FIX}") from None
+        if not isinstance(data, dict):
+            raise CostModelError(f"cost model file {str(path)!r} must hold an object with keys {list(_KEYS)}")
+        values = {}
+        for key in _KEYS:
+            v = data.get(key)
+            if not (isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                       for x in v)):
+                raise CostModelError(f"cost model file {str(path)!r}: key {key!r} must be a non-empty list of "
+                                     f"numbers, one per stage, got {v!r}; {_FIX}")
+            values[key] = v
+        try:
+            return cls(**values)
+        except CostModelError as e:
+            raise CostModelError(f"cost model file {str(path)!r}: {e}") from None
+
+
+def _nonneg_lstsq(rows: np.ndarray) -> list[float]:
+    """Least squares of seconds on [1, num_tokens, attn_work], coefficients clamped at 0 (active set)."""
+    x = np.column_stack([np.ones(len(rows)), rows[:, 0], rows[:, 1]])  # [num_rows, 3]
+    y = rows[:, 2]
+    scale = np.abs(x).max(axis=0)
+    scale[scale == 0] = 1.0
+    xs = x / scale  # columns of similar magnitude: attn_work is ~1e6 times num_tokens
+    active = [0, 1, 2]
+    coef = np.zeros(3)
+    while active:
+        sol, *_ = np.linalg.lstsq(xs[:, active], y, rcond=None)
+        if sol.min() >= 0:
+            coef[active] = sol
+            break
+        active.pop(int(np.argmin(sol)))
+    return [float(c) for c in coef / scale]
+
+
+def profile_points(max_tokens: int, *, max_context_len: int = 4096) -> list[list[tuple[int, int]]]:
+    """Synthetic micro-batch shapes to time on every stage, as lists of ``(num_tokens, context_len)`` pieces.
+
+    Covers fresh prefills of several sizes up to ``max_tokens`` (the token budget), chunks deep into a long
+    prompt (prefix up to ``max_context_len``), and pure decode batches over short and long contexts: enough
+    spread in tokens and attention work for ``CostModel.fit`` to separate the three coefficients.
+    """
+    if max_tokens < 1 or max_context_len < 1:
+        raise CostModelError(f"profile_points needs max_tokens >= 1 and max_context_len >= 1, got "
+                             f"{max_tokens} and {max_context_len}")
+    cap = max_context_len
+    m = min(max_tokens, cap)  # a piece never holds more tokens than its context
+    sizes = sorted({max(1, m // 8), max(1, m // 4), max(1, m // 2), m})
+    shapes = [[(n, n)] for n in sizes]  # fresh prefill: attention over the chunk itself
+    for n in sorted({max(1, m // 4), m}):
+        for prefix in (m, 3 * m, cap):  # later chunks of a long prompt
+            shapes.append([(n, min(cap, n + prefix))])
+    for d in sorted({1, min(m, 16), min(m, 64)}):
+        for ctx in sorted({min(cap, 128), min(cap, 1024)}):
+            shapes.append([(1, ctx)] * d)  # decodes
+    unique = []
+    for s in shapes:
+        if s not in unique:
+            unique.append(s)
+    return unique

@@ -1,0 +1,132 @@
+"""Cost model: prediction, least-squares fit, the closed-form chunk solver, JSON files, profile shapes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pp_runtime.planner.cost_model import CostModel, CostModelError, profile_points, work
+
+TRUE = CostModel(c0=(3e-3, 2e-3, 4e-3), c_tok=(1e-4, 8e-5, 2e-4), c_attn=(2e-8, 2e-8, 3e-8))
+
+
+def rows_for(model: CostModel, shapes) -> list[tuple[int, int, int, float]]:
+    """What the runtime hands to fit: (stage, num_tokens, attn_work, seconds) per shape and stage."""
+    rows = []
+    for shape in shapes:
+        for stage, t in enumerate(model.predict(shape)):
+            rows.append((stage, *work(shape), t))
+    return rows
+
+
+def test_predict_follows_the_formula_per_stage():
+    pieces = [(10, 10), (1, 300), (4, 54)]  # fresh chunk, decode, later chunk
+    attn = 10 * 10 + 1 * 300 + 4 * 54
+    expect = [TRUE.c0[s] + TRUE.c_tok[s] * 15 + TRUE.c_attn[s] * attn for s in range(3)]
+    assert TRUE.predict(pieces) == pytest.approx(expect)
+    assert TRUE.predict_max(pieces) == pytest.approx(max(expect))
+
+
+def test_fit_recovers_known_coefficients_from_exact_samples():
+    fitted = CostModel.fit(rows_for(TRUE, profile_points(256)))
+    for key in ("c0", "c_tok", "c_attn"):
+        assert np.allclose(getattr(fitted, key), getattr(TRUE, key), rtol=1e-6, atol=1e-12), key
+
+
+def test_fit_keeps_coefficients_non_negative_and_refits_the_rest():
+    # Timings that fall slightly with attention work: plain least squares would give c_attn < 0.
+    shapes = profile_points(64)
+    rows = [(0, n, a, 1e-3 + 2e-5 * n - 1e-12 * a) for n, a in (work(s) for s in shapes)]
+    fitted = CostModel.fit(rows)
+    assert fitted.c_attn == (0.0,)
+    assert fitted.c_tok[0] > 0 and fitted.c0[0] > 0
+
+
+def test_fit_names_the_stage_that_lacks_samples():
+    rows = rows_for(TRUE, profile_points(32))
+    rows = [r for r in rows if r[0] != 1]
+    with pytest.raises(CostModelError, match="stage 1 has 0 timing samples"):
+        CostModel.fit(rows)
+    with pytest.raises(CostModelError, match="no timing samples"):
+        CostModel.fit([])
+
+
+def test_json_round_trip(tmp_path):
+    path = tmp_path / "cost.json"
+    TRUE.to_json(path)
+    assert CostModel.from_json(path) == TRUE
+    assert CostModel.from_json(str(path)).num_stages == 3
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{not json", "is not JSON"),
+    ("[1, 2]", "must hold an object"),
+    ('{"c0": [1e-3], "c_tok": [1e-4]}', "key 'c_attn'"),
+    ('{"c0": [1e-3], "c_tok": ["fast"], "c_attn": [0]}', "key 'c_tok'"),
+    ('{"c0": [1e-3, 1e-3], "c_tok": [1e-4], "c_attn": [0]}', "one c0, c_tok and c_attn per stage"),
+    ('{"c0": [-1e-3], "c_tok": [1e-4], "c_attn": [0]}', "c0=.*-0.001.*>= 0"),
+])
+def test_malformed_file_names_the_file_and_key(tmp_path, text, match):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(CostModelError, match=match) as err:
+        CostModel.from_json(path)
+    assert "bad.json" in str(err.value)
+
+
+def test_missing_file_says_what_to_set(tmp_path):
+    with pytest.raises(CostModelError, match="scheduler.cost_model_path"):
+        CostModel.from_json(tmp_path / "nope.json")
+
+
+def test_default_is_valid_and_weights_the_end_stages():
+    for stages in (1, 2, 4):
+        m = CostModel.default(stages)
+        assert m.num_stages == stages
+        assert all(v > 0 for v in m.c0 + m.c_tok + m.c_attn)
+    m = CostModel.default(4)
+    t = m.predict([(128, 128)])
+    assert t[0] > t[1] and t[3] > t[1] and t[1] == t[2]  # embedding on stage 0, LM head on the last
+    json.dumps(list(m.c0))  # plain floats
+
+
+@settings(max_examples=200, deadline=None)
+@given(tokens=st.integers(0, 300), attn=st.integers(0, 100_000), prefix=st.integers(0, 5000),
+       limit_ms=st.floats(0.0, 60.0), cap=st.integers(0, 400))
+def test_max_chunk_is_the_largest_chunk_within_the_limit(tokens, attn, prefix, limit_ms, cap):
+    limit = limit_ms / 1e3
+    n = TRUE.max_chunk(tokens, attn, prefix=prefix, limit_s=limit, cap=cap)
+
+    def fits(k):
+        return max(TRUE.stage_times(tokens + k, attn + k * (prefix + k))) <= limit
+
+    assert 0 <= n <= cap
+    assert n == 0 or fits(n)
+    assert n == cap or not fits(n + 1)
+
+
+def test_profile_points_cover_prefill_long_prefix_and_decode():
+    shapes = profile_points(256, max_context_len=2048)
+    fresh = [s for s in shapes if len(s) == 1 and s[0][0] == s[0][1] and s[0][0] > 1]
+    long_prefix = [s for s in shapes if len(s) == 1 and s[0][1] > s[0][0] > 1]
+    decodes = [s for s in shapes if all(n == 1 for n, _ in s)]
+    assert len({s[0][0] for s in fresh}) >= 3
+    assert any(ctx - n >= 512 for (n, ctx), in long_prefix)
+    assert len({len(s) for s in decodes}) >= 2 and len({s[0][1] for s in decodes}) >= 2
+    assert all(n <= 256 and n <= ctx <= 2048 for s in shapes for n, ctx in s)
+    assert len(shapes) == len({tuple(s) for s in shapes}) <= 24
+    x = np.array([[1, *work(s)] for s in shapes], dtype=float)
+    assert np.linalg.matrix_rank(x / x.max(axis=0)) == 3  # the three coefficients are separable
+    assert profile_points(256, max_context_len=2048) == shapes
+
+
+def test_profile_points_work_for_tiny_budgets_and_caches():
+    for m, cap in ((1, 8), (2, 8), (3, 8), (256, 8), (256, 1)):
+        shapes = profile_points(m, max_context_len=cap)
+        assert shapes and all(1 <= n <= m and n <= ctx <= cap for s in shapes for n, ctx in s), (m, cap)
+    with pytest.raises(CostModelError, match="max_tokens >= 1"):
+        profile_points(0)

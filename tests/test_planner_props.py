@@ -1,0 +1,218 @@
+"""Property tests: every policy, random workloads, driven like the runtime with a fake model and KV cache.
+
+The fake sampler is a deterministic function of (request, step), so whatever the schedule, preemptions
+included, each request's outputs are known in advance. A fake KV cache records which token each stage wrote
+at each (block, offset): every piece must find its whole prefix there, so a block handed to two requests,
+a chunk skipped or computed twice, or a recompute that starts from the wrong place is caught.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pp_runtime.block_manager import blocks_for
+from pp_runtime.config import SchedulerConfig
+from pp_runtime.plan import MicroBatch, Piece
+from pp_runtime.planner import CostModel, make_planner
+from pp_runtime.planner.drive import drive
+from pp_runtime.request import Request, SamplingParams
+from pp_runtime.sequence import SeqStatus
+
+POLICIES = ("sarathi", "orca", "vllm", "static", "fcfs")
+VOCAB = 40
+EOS = 0
+MAX_MODEL_LEN = 128
+
+
+def fake_token(seed: int, seq_id: int, step: int) -> int:
+    """The token 'sampled' at a step: a hash of (seed, request, step), EOS about once in VOCAB steps."""
+    h = (seed * 0x9E3779B1 + seq_id * 0x85EBCA77 + step * 0xC2B2AE3D) & 0xFFFFFFFF
+    h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
+    return (h ^ (h >> 12)) % VOCAB
+
+
+def expected_outputs(req: Request, seq_id: int, seed: int) -> list[int]:
+    out: list[int] = []
+    limit = min(req.params.max_tokens, MAX_MODEL_LEN - len(req.prompt_token_ids))
+    while len(out) < limit:
+        out.append(fake_token(seed, seq_id, len(out)))
+        if out[-1] == EOS and not req.params.ignore_eos:
+            break
+    return out
+
+
+class Harness:
+    """Checks every micro-batch as it launches against the plan invariants, and plays the model."""
+
+    def __init__(self, planner, requests: list[Request], seed: int):
+        self.p = planner
+        self.cfg = planner.cfg
+        self.seed = seed
+        self.bs = planner.blocks.block_size
+        self.expected = [list(r.prompt_token_ids) + expected_outputs(r, i, seed) for i, r in enumerate(requests)]
+        self.cells: dict[tuple[int, int], tuple[int, int]] = {}  # (block, offset) -> (seq_id, position)
+        self.in_flight: set[int] = set()
+        self.computed = [0] * len(requests)
+        self.preemptions = [0] * len(requests)
+        self.running_seen: set[int] = set()  # running as of the last launch
+
+    def sample(self, piece: Piece) -> int:
+        return fake_token(self.seed, piece.seq_id, piece.step)
+
+    def on_schedule(self, mb: MicroBatch) -> None:
+        ids = [pc.seq_id for pc in mb.pieces]
+        assert len(set(ids)) == len(ids), f"{mb!r} holds a request twice"
+        assert not self.in_flight & set(ids), f"{mb!r} holds a request already in flight"
+        self.in_flight |= set(ids)
+        self._check_budget(mb)
+        for piece in mb.pieces:
+            self._check_piece(piece)
+        self._check_policy(mb)
+        self.running_seen = {s.seq_id for s in self.p.running}
+
+    def on_return(self, mb: MicroBatch) -> None:
+        self.in_flight -= {pc.seq_id for pc in mb.pieces}
+        for pc in mb.pieces:
+            self.computed[pc.seq_id] = pc.context_len
+
+    # ---- invariants --------------------------------------------------------------------------------------
+    def _check_budget(self, mb: MicroBatch) -> None:
+        budget = self.cfg.token_budget
+        if self.cfg.policy in ("orca", "vllm", "static"):
+            alone = len(mb.pieces) == 1 and mb.pieces[0].is_prefill
+            assert mb.num_tokens <= budget or alone, f"{mb!r} exceeds token_budget={budget}"
+        else:
+            assert mb.num_tokens <= budget, f"{mb!r} exceeds token_budget={budget}"
+        model, slo = self.p.cost_model, self.cfg.tbt_slo_ms
+        if slo is not None and self.cfg.policy == "sarathi":
+            t = model.predict_max(mb.pieces)
+            assert t <= slo / 1e3 * (1 + 1e-9) or mb.num_tokens == 1, f"{mb!r} predicted {t * 1e3:.3f} ms > SLO"
+
+    def _check_piece(self, pc: Piece) -> None:
+        sid, seq = pc.seq_id, self.p.seqs[pc.seq_id]
+        exp = self.expected[sid]
+        if seq.num_preemptions > self.preemptions[sid]:
+            self.preemptions[sid] = seq.num_preemptions
+            self.computed[sid] = 0  # recompute from scratch
+        assert pc.start == self.computed[sid], f"{pc!r} starts at {pc.start}, cache holds {self.computed[sid]}"
+        assert list(pc.token_ids) == exp[pc.start:pc.context_len], f"{pc!r} carries the wrong tokens"
+        assert len(pc.block_table) >= blocks_for(pc.context_len, self.bs), f"{pc!r} lacks KV blocks"
+        for pos in range(pc.start):  # the prefix must still be in the cache, written by this request
+            cell = self.cells.get((pc.block_table[pos // self.bs], pos % self.bs))
+            assert cell == (sid, pos), f"{pc!r}: position {pos} was overwritten by {cell}"
+        for pos in range(pc.start, pc.context_len):
+            self.cells[(pc.block_table[pos // self.bs], pos % self.bs)] = (sid, pos)
+        assert pc.sample == (pc.context_len == seq.num_tokens), f"{pc!r} samples at the wrong place"
+        assert pc.step == len(seq.output_token_ids)
+        assert pc.is_prefill or pc.num_tokens == 1
+        if self.cfg.policy in ("orca", "vllm", "static") and pc.is_prefill:
+            assert pc.start == 0 and pc.sample, f"{pc!r}: {self.cfg.policy} never chunks a prompt"
+        if self.cfg.policy in ("sarathi", "fcfs"):
+            assert pc.num_tokens <= self.cfg.chunk_size or not pc.is_prefill
+
+    def _check_policy(self, mb: MicroBatch) -> None:
+        policy = self.cfg.policy
+        if policy == "vllm":
+            assert len({pc.is_prefill for pc in mb.pieces}) == 1, f"{mb!r}: vllm mixed prefill and decode"
+        if policy == "static":
+            # Running just before this launch: those seen at the last launch that have not finished since.
+            before = {i for i in self.running_seen if self.p.seqs[i].status is not SeqStatus.FINISHED}
+            admitted = {s.seq_id for s in self.p.running} - before
+            assert not admitted or not before, f"static admitted {admitted} while {before} still run"
+        if policy == "sarathi":
+            self._check_stall_free(mb)
+
+    def _check_stall_free(self, mb: MicroBatch) -> None:
+        slot = self.p.slot_of[mb.id]
+        assert 0 <= slot < self.p.num_slots
+        missing = [s for s in self.p.running if s.slot == slot and not s.in_flight and not s.in_prefill
+                   and self.p.blocks.can_allocate(s, 1)]
+        if not missing:
+            return
+        slo = self.cfg.tbt_slo_ms
+        full = mb.num_tokens >= self.cfg.token_budget or (slo is not None and any(
+            self.p.cost_model.predict_max([*mb.pieces, (1, s.num_tokens)]) > slo / 1e3 for s in missing))
+        assert full and mb.num_prefill_tokens == 0, f"{mb!r} (slot {slot}) left out ready decodes {missing}"
+
+
+def run(policy: str, requests: list[Request], *, seed: int, num_blocks: int, block_size: int, num_slots: int,
+        cost_model=None, **sched) -> tuple[object, Harness]:
+    cfg = SchedulerConfig(policy=policy, **sched)
+    planner = make_planner(cfg, num_blocks=num_blocks, block_size=block_size, num_slots=num_slots,
+                           max_model_len=MAX_MODEL_LEN, eos_token_ids=[EOS], cost_model=cost_model)
+    for r in requests:
+        planner.add_request(r)
+    h = Harness(planner, requests, seed)
+    drive(planner, h.sample, on_schedule=h.on_schedule, on_return=h.on_return, max_micro_batches=20_000)
+    return planner, h
+
+
+@st.composite
+def workloads(draw, *, with_model: bool | None = None, max_prompt: int = 40, max_outputs: int = 10):
+    """Requests, cache and scheduler settings; ``with_model`` forces a cost model on (or off) if not None."""
+    n = draw(st.integers(1, 10))
+    requests = []
+    for i in range(n):
+        plen = draw(st.integers(1, max_prompt))
+        params = SamplingParams(max_tokens=draw(st.integers(1, max_outputs)), ignore_eos=draw(st.booleans()))
+        arrival = draw(st.one_of(st.just(0.0), st.floats(0, 0.03)))
+        prompt = tuple(draw(st.lists(st.integers(0, VOCAB - 1), min_size=plen, max_size=plen)))
+        requests.append(Request(f"r{i}", prompt, params, arrival_s=arrival))
+    block_size = draw(st.sampled_from([1, 4, 16]))
+    need = max(blocks_for(len(r.prompt_token_ids) + r.params.max_tokens, block_size) for r in requests)
+    small = draw(st.booleans())
+    num_blocks = draw(st.integers(need, 2 * need + 2)) if small else 10_000
+    stages = draw(st.integers(1, 3))
+    model = None
+    if with_model if with_model is not None else draw(st.booleans()):
+        model = CostModel(tuple(draw(st.lists(st.floats(0, 2e-3), min_size=stages, max_size=stages))),
+                          tuple(draw(st.lists(st.floats(1e-5, 1e-3), min_size=stages, max_size=stages))),
+                          tuple(draw(st.lists(st.floats(0, 1e-4), min_size=stages, max_size=stages))))
+    sched = {"token_budget": draw(st.integers(1, 48)), "chunk_size": draw(st.integers(1, 48)),
+             "max_num_seqs": draw(st.integers(1, 8)), "tile": draw(st.sampled_from([0, 0, 4, 8])),
+             "time_balanced": draw(st.booleans())}
+    if model is not None and draw(st.booleans()):
+        # Relative to a one-token micro-batch, so that the SLO often binds (below 1: only single tokens fit).
+        sched["tbt_slo_ms"] = model.predict_max([(1, 1)]) * 1e3 * draw(st.floats(0.5, 6.0)) + 1e-6
+    return requests, dict(seed=draw(st.integers(0, 2**16)), num_blocks=num_blocks, block_size=block_size,
+                          num_slots=draw(st.integers(1, 4)), cost_model=model, **sched)
+
+
+@settings(max_examples=60, deadline=None)
+@given(policy=st.sampled_from(POLICIES), work=workloads())
+def test_every_request_finishes_with_its_outputs_and_every_plan_is_valid(policy, work):
+    check_run(policy, *work)
+
+
+@settings(max_examples=60, deadline=None)
+@given(work=workloads(with_model=True, max_prompt=12, max_outputs=24))
+def test_sarathi_with_a_cost_model_keeps_every_invariant(work):
+    # Short prompts and longer outputs: many decodes at once, so the SLO binds on decodes too.
+    check_run("sarathi", *work)
+
+
+def check_run(policy: str, requests: list[Request], kw: dict) -> None:
+    planner, h = run(policy, requests, **kw)
+    for i, seq in enumerate(planner.seqs):
+        assert seq.status is SeqStatus.FINISHED and seq.finish_reason in ("stop", "length"), seq
+        assert seq.output_token_ids == h.expected[i][len(requests[i].prompt_token_ids):], seq
+        stopped = seq.output_token_ids[-1] == EOS and not requests[i].params.ignore_eos
+        assert seq.finish_reason == ("stop" if stopped else "length")
+        if not stopped:
+            assert len(seq.output_token_ids) == requests[i].params.max_tokens
+    assert not planner.running and not planner.waiting and planner.blocks.num_free == planner.blocks.num_blocks
+    # Preemption loses nothing: a cache too big to ever preempt gives the very same outputs.
+    if kw["num_blocks"] < 10_000:
+        big, _ = run(policy, requests, **{**kw, "num_blocks": 10_000})
+        assert [s.output_token_ids for s in big.seqs] == [s.output_token_ids for s in planner.seqs]
+
+
+def test_small_cache_forces_preemption_and_loses_nothing():
+    requests = [Request(f"r{i}", tuple(range(1, 1 + 8 + i % 5)), SamplingParams(max_tokens=12, ignore_eos=True))
+                for i in range(12)]
+    for policy in ("sarathi", "orca", "vllm", "fcfs"):
+        planner, _ = run(policy, requests, seed=3, num_blocks=12, block_size=4, num_slots=2, token_budget=16,
+                         chunk_size=8)
+        assert sum(s.num_preemptions for s in planner.seqs) > 0, policy
+        assert [len(s.output_token_ids) for s in planner.seqs] == [12] * len(requests), policy

@@ -14,7 +14,7 @@ from stages.engine import Engine
 log = logging.getLogger("pp_runtime")
 
 
-def drive(plan, executor, transport, tracer, faults) -> dict:
+def drive(plan, executor, transport, tracer, faults, *, cost_model=None) -> dict:
     cfg = plan.cfg
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -22,7 +22,7 @@ def drive(plan, executor, transport, tracer, faults) -> dict:
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     planner = make_planner(cfg.scheduler, num_blocks=plan.num_blocks, block_size=cfg.cache.block_size,
                            num_slots=cfg.pipeline.depth, max_model_len=plan.max_model_len, eos_token_ids=eos_ids,
-                           cost_model=None)
+                           cost_model=cost_model)
     tok = plan.tokenizer
     progress = _progress(len(plan.requests), cfg.runtime.progress)
     with open(out_dir / "outputs.jsonl", "w") as outputs:

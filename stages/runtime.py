@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 import torch
 import torch.distributed as dist
 
@@ -41,11 +42,12 @@ def run_stage(plan) -> dict | None:
 
             offset, clock_error_ns = estimate_clock_offset(rank, rounds=cfg.tracer.clock_sync_rounds, group=cpu_group)
             tracer.set_clock_offset(offset, clock_error_ns)
+    cost_model = _cost_model(plan, executor, transport)
     faults = Faults(cfg.debug)
     if rank == 0:
         from stages.driver import drive
 
-        result = drive(plan, executor, transport, tracer, faults)
+        result = drive(plan, executor, transport, tracer, faults, cost_model=cost_model)
     else:
         from stages.worker import serve
 
@@ -64,3 +66,45 @@ def run_stage(plan) -> dict | None:
 
         finish_reports(plan, result, events, errors)
     return result
+
+
+def needs_cost_model(cfg) -> bool:
+    s = cfg.scheduler
+    return s.policy == "sarathi" and (s.time_balanced or s.tbt_slo_ms is not None)
+
+
+def _cost_model(plan, executor: StageExecutor, transport: Transport | None):
+    """Rank 0's cost model: loaded from scheduler.cost_model_path, or profiled now on every stage at once."""
+    from pp_runtime.planner.cost_model import CostModel, CostModelError
+
+    cfg, rank, world = plan.cfg, plan.rank, plan.world_size
+    if cfg.scheduler.cost_model_path:
+        if rank != 0:
+            return None
+        model = CostModel.from_json(cfg.scheduler.cost_model_path)
+        if model.num_stages != world:
+            raise CostModelError(f"scheduler.cost_model_path={cfg.scheduler.cost_model_path!r} has coefficients for "
+                                 f"{model.num_stages} stage(s) but the job has {world}")
+        return model
+    if not needs_cost_model(cfg):
+        return None
+    from stages.profiler import profile_stage
+
+    budget = cfg.scheduler.token_budget
+    # Time the contexts this job can reach, not more: decode attention over long contexts is memory-bound on a
+    # CPU and would dominate a fit meant for the job's own shapes.
+    longest = max((len(r.prompt_token_ids) + r.params.max_tokens for r in plan.requests), default=budget)
+    rows = profile_stage(rank, executor, token_budget=budget, max_context_len=min(plan.max_model_len, longest),
+                         hidden_size=plan.hf_config.hidden_size, dtype=plan.dtype)
+    if world > 1:
+        gathered = [None] * world if rank == 0 else None
+        dist.gather_object(rows, gathered, dst=0, group=transport.cpu_group)
+        rows = [r for part in gathered for r in part] if rank == 0 else rows
+    if rank != 0:
+        return None
+    model = CostModel.fit(rows)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    model.to_json(Path(cfg.output_dir) / "cost_model.json")
+    log.info("cost model fitted from %d timings (reuse with scheduler.cost_model_path=%s/cost_model.json): %s",
+             len(rows), cfg.output_dir, model)
+    return model

@@ -1,0 +1,53 @@
+"""Time synthetic micro-batches on this stage's real modules, for the planner's cost model.
+
+Every rank times the same shapes (``cost_model.profile_points``) at start-up, in parallel; rank 0 gathers the
+rows and fits one set of coefficients per stage. Timings use the stage's own KV cache (the blocks are
+scratch space before any request arrives) and the device's own clock (synchronised on CUDA).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from pp_runtime.plan import MicroBatch, Piece
+from pp_runtime.planner.cost_model import profile_points, work
+from stages.executor import StageExecutor
+
+
+def profile_stage(stage: int, executor: StageExecutor, *, token_budget: int, max_context_len: int,
+                  hidden_size: int, dtype: torch.dtype) -> list[tuple[int, int, int, float]]:
+    """Rows ``(stage, num_tokens, attn_work, seconds)``, one per shape (after one warm-up run)."""
+    cache = executor.cache
+    cap = min(max_context_len, cache.num_blocks * cache.block_size)
+    shapes = profile_points(token_budget, max_context_len=cap)
+    rows = []
+    for i, shape in enumerate(shapes):
+        mb = _fake_microbatch(shape, cache.block_size)
+        hidden = None
+        if not executor.model.is_first:
+            hidden = torch.randn(mb.num_tokens, hidden_size, dtype=dtype, device=executor.device)  # [T, hidden]
+        if i == 0:
+            executor.execute(mb, hidden)  # warm-up: first-call allocations and kernel selection
+        _sync(executor.device)
+        start = time.perf_counter()
+        executor.execute(mb, hidden)
+        _sync(executor.device)
+        n, attn = work(shape)
+        rows.append((stage, n, attn, time.perf_counter() - start))
+    return rows
+
+
+def _fake_microbatch(shape: list[tuple[int, int]], block_size: int) -> MicroBatch:
+    pieces = []
+    for seq_id, (n, ctx) in enumerate(shape):
+        table = tuple(range(-(-ctx // block_size)))  # every piece may reuse the same scratch blocks
+        pieces.append(Piece(seq_id=seq_id, start=ctx - n, token_ids=(3,) * n, block_table=table,
+                            is_prefill=n > 1, sample=True))
+    return MicroBatch(-1, tuple(pieces))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

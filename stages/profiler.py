@@ -17,8 +17,8 @@ from stages.executor import StageExecutor
 
 
 def profile_stage(stage: int, executor: StageExecutor, *, token_budget: int, max_context_len: int,
-                  hidden_size: int, dtype: torch.dtype) -> list[tuple[int, int, int, float]]:
-    """Rows ``(stage, num_tokens, attn_work, seconds)``, one per shape (after one warm-up run)."""
+                  hidden_size: int, dtype: torch.dtype) -> list[tuple[int, int, int, int, float]]:
+    """Rows ``(stage, num_tokens, attn_work, decode_ctx, seconds)``, one per shape (after one warm-up run)."""
     cache = executor.cache
     cap = min(max_context_len, cache.num_blocks * cache.block_size)
     shapes = profile_points(token_budget, max_context_len=cap)
@@ -34,8 +34,7 @@ def profile_stage(stage: int, executor: StageExecutor, *, token_budget: int, max
         start = time.perf_counter()
         executor.execute(mb, hidden)
         _sync(executor.device)
-        n, attn = work(shape)
-        rows.append((stage, n, attn, time.perf_counter() - start))
+        rows.append((stage, *work(shape), time.perf_counter() - start))
     return rows
 
 

@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 
 from pp_runtime.planner.cost_model import CostModel, CostModelError, profile_points, work
 
-TRUE = CostModel(c0=(3e-3, 2e-3, 4e-3), c_tok=(1e-4, 8e-5, 2e-4), c_attn=(2e-8, 2e-8, 3e-8))
+TRUE = CostModel(c0=(3e-3, 2e-3, 4e-3), c_tok=(1e-4, 8e-5, 2e-4), c_attn=(2e-8, 2e-8, 3e-8),
+                 c_dec=(3e-7, 2e-7, 5e-7))
 
 
-def rows_for(model: CostModel, shapes) -> list[tuple[int, int, int, float]]:
-    """What the runtime hands to fit: (stage, num_tokens, attn_work, seconds) per shape and stage."""
+def rows_for(model: CostModel, shapes) -> list[tuple[int, int, int, int, float]]:
+    """What the runtime hands to fit: (stage, num_tokens, attn_work, decode_ctx, seconds) per shape and stage."""
     rows = []
     for shape in shapes:
         for stage, t in enumerate(model.predict(shape)):
@@ -25,25 +26,26 @@ def rows_for(model: CostModel, shapes) -> list[tuple[int, int, int, float]]:
 
 def test_predict_follows_the_formula_per_stage():
     pieces = [(10, 10), (1, 300), (4, 54)]  # fresh chunk, decode, later chunk
-    attn = 10 * 10 + 1 * 300 + 4 * 54
-    expect = [TRUE.c0[s] + TRUE.c_tok[s] * 15 + TRUE.c_attn[s] * attn for s in range(3)]
+    attn = 10 * 10 + 4 * 54  # prefill pairs
+    dec = 300  # cached tokens the decode reads
+    expect = [TRUE.c0[s] + TRUE.c_tok[s] * 15 + TRUE.c_attn[s] * attn + TRUE.c_dec[s] * dec for s in range(3)]
     assert TRUE.predict(pieces) == pytest.approx(expect)
     assert TRUE.predict_max(pieces) == pytest.approx(max(expect))
 
 
 def test_fit_recovers_known_coefficients_from_exact_samples():
     fitted = CostModel.fit(rows_for(TRUE, profile_points(256)))
-    for key in ("c0", "c_tok", "c_attn"):
+    for key in ("c0", "c_tok", "c_attn", "c_dec"):
         assert np.allclose(getattr(fitted, key), getattr(TRUE, key), rtol=1e-6, atol=1e-12), key
 
 
 def test_fit_keeps_coefficients_non_negative_and_refits_the_rest():
     # Timings that fall slightly with attention work: plain least squares would give c_attn < 0.
     shapes = profile_points(64)
-    rows = [(0, n, a, 1e-3 + 2e-5 * n - 1e-12 * a) for n, a in (work(s) for s in shapes)]
+    rows = [(0, n, a, d, 1e-3 + 2e-5 * n + 1e-7 * d - 1e-12 * a) for n, a, d in (work(s) for s in shapes)]
     fitted = CostModel.fit(rows)
     assert fitted.c_attn == (0.0,)
-    assert fitted.c_tok[0] > 0 and fitted.c0[0] > 0
+    assert fitted.c_tok[0] > 0 and fitted.c0[0] > 0 and fitted.c_dec[0] > 0
 
 
 def test_fit_names_the_stage_that_lacks_samples():
@@ -66,9 +68,10 @@ def test_json_round_trip(tmp_path):
     ("{not json", "is not JSON"),
     ("[1, 2]", "must hold an object"),
     ('{"c0": [1e-3], "c_tok": [1e-4]}', "key 'c_attn'"),
-    ('{"c0": [1e-3], "c_tok": ["fast"], "c_attn": [0]}', "key 'c_tok'"),
-    ('{"c0": [1e-3, 1e-3], "c_tok": [1e-4], "c_attn": [0]}', "one c0, c_tok and c_attn per stage"),
-    ('{"c0": [-1e-3], "c_tok": [1e-4], "c_attn": [0]}', "c0=.*-0.001.*>= 0"),
+    ('{"c0": [1e-3], "c_tok": [1e-4], "c_attn": [0]}', "key 'c_dec'"),
+    ('{"c0": [1e-3], "c_tok": ["fast"], "c_attn": [0], "c_dec": [0]}', "key 'c_tok'"),
+    ('{"c0": [1e-3, 1e-3], "c_tok": [1e-4], "c_attn": [0], "c_dec": [0]}', "one c0, c_tok, c_attn and c_dec per"),
+    ('{"c0": [-1e-3], "c_tok": [1e-4], "c_attn": [0], "c_dec": [0]}', "c0=.*-0.001.*>= 0"),
 ])
 def test_malformed_file_names_the_file_and_key(tmp_path, text, match):
     path = tmp_path / "bad.json"
@@ -87,7 +90,7 @@ def test_default_is_valid_and_weights_the_end_stages():
     for stages in (1, 2, 4):
         m = CostModel.default(stages)
         assert m.num_stages == stages
-        assert all(v > 0 for v in m.c0 + m.c_tok + m.c_attn)
+        assert all(v > 0 for v in m.c0 + m.c_tok + m.c_attn + m.c_dec)
     m = CostModel.default(4)
     t = m.predict([(128, 128)])
     assert t[0] > t[1] and t[3] > t[1] and t[1] == t[2]  # embedding on stage 0, LM head on the last
@@ -95,14 +98,14 @@ def test_default_is_valid_and_weights_the_end_stages():
 
 
 @settings(max_examples=200, deadline=None)
-@given(tokens=st.integers(0, 300), attn=st.integers(0, 100_000), prefix=st.integers(0, 5000),
-       limit_ms=st.floats(0.0, 60.0), cap=st.integers(0, 400))
-def test_max_chunk_is_the_largest_chunk_within_the_limit(tokens, attn, prefix, limit_ms, cap):
+@given(tokens=st.integers(0, 300), attn=st.integers(0, 100_000), dec=st.integers(0, 20_000),
+       prefix=st.integers(0, 5000), limit_ms=st.floats(0.0, 60.0), cap=st.integers(0, 400))
+def test_max_chunk_is_the_largest_chunk_within_the_limit(tokens, attn, dec, prefix, limit_ms, cap):
     limit = limit_ms / 1e3
-    n = TRUE.max_chunk(tokens, attn, prefix=prefix, limit_s=limit, cap=cap)
+    n = TRUE.max_chunk(tokens, attn, prefix=prefix, limit_s=limit, cap=cap, decode_ctx=dec)
 
     def fits(k):
-        return max(TRUE.stage_times(tokens + k, attn + k * (prefix + k))) <= limit
+        return max(TRUE.stage_times(tokens + k, attn + k * (prefix + k), dec)) <= limit
 
     assert 0 <= n <= cap
     assert n == 0 or fits(n)
@@ -120,7 +123,7 @@ def test_profile_points_cover_prefill_long_prefix_and_decode():
     assert all(n <= 256 and n <= ctx <= 2048 for s in shapes for n, ctx in s)
     assert len(shapes) == len({tuple(s) for s in shapes}) <= 24
     x = np.array([[1, *work(s)] for s in shapes], dtype=float)
-    assert np.linalg.matrix_rank(x / x.max(axis=0)) == 3  # the three coefficients are separable
+    assert np.linalg.matrix_rank(x / x.max(axis=0)) == 4  # the four coefficients are separable
     assert profile_points(256, max_context_len=2048) == shapes
 
 

@@ -107,7 +107,7 @@ def test_sarathi_tile_never_rounds_a_chunk_to_nothing():
 
 
 # ---- sarathi: time balance and SLO ----------------------------------------------------------------------------
-ATTN_HEAVY = CostModel(c0=(1e-3,), c_tok=(1e-5,), c_attn=(1e-7,))
+ATTN_HEAVY = CostModel(c0=(1e-3,), c_tok=(1e-5,), c_attn=(1e-7,), c_dec=(1e-7,))
 
 
 def test_time_balancing_gives_later_chunks_fewer_tokens():

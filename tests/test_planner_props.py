@@ -168,6 +168,7 @@ def workloads(draw, *, with_model: bool | None = None, max_prompt: int = 40, max
     if with_model if with_model is not None else draw(st.booleans()):
         model = CostModel(tuple(draw(st.lists(st.floats(0, 2e-3), min_size=stages, max_size=stages))),
                           tuple(draw(st.lists(st.floats(1e-5, 1e-3), min_size=stages, max_size=stages))),
+                          tuple(draw(st.lists(st.floats(0, 1e-4), min_size=stages, max_size=stages))),
                           tuple(draw(st.lists(st.floats(0, 1e-4), min_size=stages, max_size=stages))))
     sched = {"token_budget": draw(st.integers(1, 48)), "chunk_size": draw(st.integers(1, 48)),
              "max_num_seqs": draw(st.integers(1, 8)), "tile": draw(st.sampled_from([0, 0, 4, 8])),

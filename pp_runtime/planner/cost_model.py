@@ -1,8 +1,12 @@
 """Predicted seconds of a micro-batch on each pipeline stage, fitted from timings of synthetic shapes.
 
-Per stage ``s``: ``t_s = c0[s] + c_tok[s] * num_tokens + c_attn[s] * attn_work``, where ``attn_work`` is the
-sum over the micro-batch's pieces of ``num_tokens * context_len``: linear layers cost per token, attention per
-(token, cached token) pair, so a chunk deep into a long prompt costs more than a fresh one of the same size.
+Per stage ``s``: ``t_s = c0[s] + c_tok[s] * num_tokens + c_attn[s] * attn_work + c_dec[s] * decode_ctx``, where
+``attn_work`` is the sum over the micro-batch's prefill pieces of ``num_tokens * context_len`` and ``decode_ctx``
+the sum of its decode tokens' context lengths: linear layers cost per token, prefill attention per (token,
+cached token) pair, so a chunk deep into a long prompt costs more than a fresh one of the same size, and decode
+attention per cached token read. The two attention terms are apart because they differ in kind: prefill
+attention is compute-bound, decode attention reads the whole cached context for one query (memory-bound; on
+a CPU several times dearer per pair).
 Stage 0 carries the embeddings and the last stage the LM head, hence separate coefficients per stage.
 
 A piece is a ``plan.Piece`` or a ``(num_tokens, context_len)`` pair. The runtime times each shape of
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-_KEYS = ("c0", "c_tok", "c_attn")
+_KEYS = ("c0", "c_tok", "c_attn", "c_dec")
 _FIX = "set scheduler.cost_model_path to a file written by CostModel.to_json, or to null to profile at start-up"
 
 
@@ -27,30 +31,39 @@ class CostModelError(ValueError):
     """A cost-model file or sample set is unusable; the message names the file, key or stage to fix."""
 
 
-def work(pieces: Iterable) -> tuple[int, int]:
-    """``(num_tokens, attn_work)`` of a micro-batch: its tokens, and the sum of num_tokens * context_len."""
-    tokens = attn = 0
+def work(pieces: Iterable) -> tuple[int, int, int]:
+    """``(num_tokens, attn_work, decode_ctx)`` of a micro-batch: its tokens, the sum of num_tokens * context_len
+    over prefill pieces, and the sum of context_len over decode pieces (a ``(1, ctx)`` tuple is a decode)."""
+    tokens = attn = dec = 0
     for p in pieces:
-        n, ctx = p if isinstance(p, tuple) else (p.num_tokens, p.context_len)
+        if isinstance(p, tuple):
+            (n, ctx), decode = p, p[0] == 1
+        else:
+            n, ctx, decode = p.num_tokens, p.context_len, not p.is_prefill
         tokens += n
-        attn += n * ctx
-    return tokens, attn
+        if decode:
+            dec += ctx
+        else:
+            attn += n * ctx
+    return tokens, attn, dec
 
 
 @dataclass(frozen=True)
 class CostModel:
-    """Per-stage coefficients in seconds: fixed, per token, per (token x context) pair."""
+    """Per-stage coefficients in seconds: fixed, per token, per prefill (token x context) pair, per decode
+    context token."""
 
     c0: tuple[float, ...]
     c_tok: tuple[float, ...]
     c_attn: tuple[float, ...]
+    c_dec: tuple[float, ...]
 
     def __post_init__(self):
         for key in _KEYS:
             object.__setattr__(self, key, tuple(float(v) for v in getattr(self, key)))
-        if not len(self.c0) == len(self.c_tok) == len(self.c_attn) >= 1:
-            raise CostModelError(f"cost model needs one c0, c_tok and c_attn per stage, got "
-                                 f"{len(self.c0)}, {len(self.c_tok)} and {len(self.c_attn)}")
+        if not len(self.c0) == len(self.c_tok) == len(self.c_attn) == len(self.c_dec) >= 1:
+            raise CostModelError(f"cost model needs one c0, c_tok, c_attn and c_dec per stage, got "
+                                 f"{len(self.c0)}, {len(self.c_tok)}, {len(self.c_attn)} and {len(self.c_dec)}")
         for key in _KEYS:
             bad = [v for v in getattr(self, key) if not (math.isfinite(v) and v >= 0)]
             if bad:
@@ -62,9 +75,11 @@ class CostModel:
         return len(self.c0)
 
     # ---- prediction --------------------------------------------------------------------------------------
-    def stage_times(self, num_tokens: int, attn_work: float) -> list[float]:
-        """Seconds on each stage for a micro-batch of ``num_tokens`` tokens and ``attn_work`` pairs."""
-        return [a + b * num_tokens + c * attn_work for a, b, c in zip(self.c0, self.c_tok, self.c_attn)]
+    def stage_times(self, num_tokens: int, attn_work: float, decode_ctx: float = 0) -> list[float]:
+        """Seconds on each stage for a micro-batch of ``num_tokens`` tokens, ``attn_work`` prefill pairs and
+        ``decode_ctx`` cached tokens read by its decodes."""
+        return [a + b * num_tokens + c * attn_work + d * decode_ctx
+                for a, b, c, d in zip(self.c0, self.c_tok, self.c_attn, self.c_dec)]
 
     def predict(self, pieces: Iterable) -> list[float]:
         """Seconds on each stage for a micro-batch made of ``pieces``."""
@@ -74,14 +89,16 @@ class CostModel:
         """Seconds on the bottleneck stage: what the micro-batch costs the pipeline."""
         return max(self.predict(pieces))
 
-    def max_chunk(self, num_tokens: int, attn_work: float, *, prefix: int, limit_s: float, cap: int) -> int:
+    def max_chunk(self, num_tokens: int, attn_work: float, *, prefix: int, limit_s: float, cap: int,
+                  decode_ctx: float = 0) -> int:
         """Most tokens (at most ``cap``) a chunk starting at position ``prefix`` can add to a micro-batch of
-        ``num_tokens`` tokens and ``attn_work`` pairs while every stage stays within ``limit_s`` seconds.
+        ``num_tokens`` tokens, ``attn_work`` pairs and ``decode_ctx`` decode reads while every stage stays within
+        ``limit_s`` seconds.
 
         A chunk of n tokens adds ``c_tok * n + c_attn * n * (prefix + n)`` per stage: solved in closed form.
         """
         best = cap
-        for t, b, a in zip(self.stage_times(num_tokens, attn_work), self.c_tok, self.c_attn):
+        for t, b, a in zip(self.stage_times(num_tokens, attn_work, decode_ctx), self.c_tok, self.c_attn):
             room = limit_s - t
             if room < 0:
                 return 0
@@ -90,51 +107,52 @@ class CostModel:
                 # Positive root of a n^2 + lin n - room, in the form that does not cancel when a is tiny.
                 n = 2 * room / (lin + math.sqrt(lin * lin + 4 * a * room))
                 best = min(best, int(n) if n < cap else cap)
-        while best > 0 and not self._fits(num_tokens, attn_work, prefix, best, limit_s):
+        while best > 0 and not self._fits(num_tokens, attn_work, decode_ctx, prefix, best, limit_s):
             best -= 1  # float rounding at the boundary
         return max(best, 0)
 
-    def _fits(self, num_tokens: int, attn_work: float, prefix: int, n: int, limit_s: float) -> bool:
-        return max(self.stage_times(num_tokens + n, attn_work + n * (prefix + n))) <= limit_s
+    def _fits(self, num_tokens: int, attn_work: float, decode_ctx: float, prefix: int, n: int,
+              limit_s: float) -> bool:
+        return max(self.stage_times(num_tokens + n, attn_work + n * (prefix + n), decode_ctx)) <= limit_s
 
     # ---- construction ------------------------------------------------------------------------------------
     @classmethod
     def default(cls, num_stages: int) -> CostModel:
         """Rough CPU numbers for a ~135M-parameter model (one float32 core per stage), split over the stages.
 
-        Whole model: ~4 ms per token in the linear layers and ~1.5 us per (token, context) pair in attention;
-        each stage pays ~5 ms fixed (weights streamed through the cache, Python, send/recv). Stage 0 adds the
-        embedding gather, the last stage the LM head and sampling.
+        Whole model (measured for SmolLM2-135M on this project's 2-core CPU): ~90 ms fixed (weights streamed
+        from memory, Python), ~4 ms per token in the linear layers, ~1.5 us per prefill (token, context) pair and
+        ~90 us per cached token a decode reads. Stage 0 adds the embedding gather, the last stage the LM head.
         """
         if num_stages < 1:
             raise CostModelError(f"num_stages={num_stages} must be >= 1")
-        c0 = [5e-3] * num_stages
+        c0 = [9e-2 / num_stages] * num_stages
         c_tok = [4e-3 / num_stages] * num_stages
         c_tok[0] += 2e-5
         c0[-1] += 2e-3
         c_tok[-1] += 2e-4
-        return cls(tuple(c0), tuple(c_tok), (1.5e-6 / num_stages,) * num_stages)
+        return cls(tuple(c0), tuple(c_tok), (1.5e-6 / num_stages,) * num_stages, (9e-5 / num_stages,) * num_stages)
 
     @classmethod
-    def fit(cls, samples: Iterable[tuple[int, int, float, float]]) -> CostModel:
-        """Least-squares fit from measured rows ``(stage, num_tokens, attn_work, seconds)``.
+    def fit(cls, samples: Iterable[tuple[int, int, int, float, float]]) -> CostModel:
+        """Least-squares fit from measured rows ``(stage, num_tokens, attn_work, decode_ctx, seconds)``.
 
-        Stages are 0 .. max stage seen, each needing at least 3 rows. Coefficients are kept >= 0: one that
+        Stages are 0 .. max stage seen, each needing at least 4 rows. Coefficients are kept >= 0: one that
         would come out negative is fixed at 0 and the others are refitted without it.
         """
-        rows: dict[int, list[tuple[float, float, float]]] = {}
-        for stage, n, attn, secs in samples:
-            rows.setdefault(int(stage), []).append((float(n), float(attn), float(secs)))
+        rows: dict[int, list[tuple[float, float, float, float]]] = {}
+        for stage, n, attn, dec, secs in samples:
+            rows.setdefault(int(stage), []).append((float(n), float(attn), float(dec), float(secs)))
         if not rows:
             raise CostModelError("no timing samples to fit; time the shapes of profile_points on every stage")
         coefs = []
         for stage in range(max(rows) + 1):
             got = rows.get(stage, [])
-            if len(got) < 3:
-                raise CostModelError(f"stage {stage} has {len(got)} timing samples; fitting needs at least 3 "
+            if len(got) < 4:
+                raise CostModelError(f"stage {stage} has {len(got)} timing samples; fitting needs at least 4 "
                                      f"per stage (time every shape of profile_points on every stage)")
             coefs.append(_nonneg_lstsq(np.array(got)))
-        return cls(*(tuple(c[i] for c in coefs) for i in range(3)))
+        return cls(*(tuple(c[i] for c in coefs) for i in range(len(_KEYS))))
 
     # ---- files -------------------------------------------------------------------------------------------
     def to_json(self, path: str | Path) -> None:
@@ -167,14 +185,17 @@ class CostModel:
 
 
 def _nonneg_lstsq(rows: np.ndarray) -> list[float]:
-    """Least squares of seconds on [1, num_tokens, attn_work], coefficients clamped at 0 (active set)."""
-    x = np.column_stack([np.ones(len(rows)), rows[:, 0], rows[:, 1]])  # [num_rows, 3]
-    y = rows[:, 2]
+    """Least squares of seconds on [1, num_tokens, attn_work, decode_ctx], coefficients clamped at 0 (active
+    set), minimising relative error so that small micro-batches are fitted as well as large ones."""
+    x = np.column_stack([np.ones(len(rows)), rows[:, 0], rows[:, 1], rows[:, 2]])  # [num_rows, 4]
+    y = rows[:, 3]
+    weight = 1.0 / np.maximum(y, 1e-9)
+    x, y = x * weight[:, None], y * weight
     scale = np.abs(x).max(axis=0)
     scale[scale == 0] = 1.0
     xs = x / scale  # columns of similar magnitude: attn_work is ~1e6 times num_tokens
-    active = [0, 1, 2]
-    coef = np.zeros(3)
+    active = [0, 1, 2, 3]
+    coef = np.zeros(4)
     while active:
         sol, *_ = np.linalg.lstsq(xs[:, active], y, rcond=None)
         if sol.min() >= 0:

@@ -54,7 +54,8 @@ class Fill:
     def __init__(self, limits: Limits):
         self.limits = limits
         self.tokens = 0
-        self.attn = 0
+        self.attn = 0  # prefill (token x context) pairs
+        self.dec = 0  # cached tokens read by decodes
         self.has_prefill = False
 
     def can_decode(self, context_len: int) -> bool:
@@ -65,11 +66,11 @@ class Fill:
         lim = self.limits
         if self.tokens >= lim.token_budget:
             return False
-        return not self.tokens or lim.slo_s is None or self._within(lim.slo_s, 1, context_len)
+        return not self.tokens or lim.slo_s is None or self._within(lim.slo_s, 1, context_len, decode=True)
 
     def add_decode(self, context_len: int) -> None:
         self.tokens += 1
-        self.attn += context_len
+        self.dec += context_len
 
     def chunk(self, *, prefix: int, want: int) -> int:
         """Tokens a prefill chunk starting at position ``prefix`` may take, out of the ``want`` it could use.
@@ -83,9 +84,10 @@ class Fill:
         if n <= 0:
             return 0
         if lim.chunk_limit_s is not None:
-            n = lim.model.max_chunk(self.tokens, self.attn, prefix=prefix, limit_s=lim.chunk_limit_s, cap=n)
+            n = lim.model.max_chunk(self.tokens, self.attn, prefix=prefix, limit_s=lim.chunk_limit_s, cap=n,
+                                    decode_ctx=self.dec)
             if n == 0 and not self.has_prefill and (
-                    self.tokens == 0 or lim.slo_s is None or self._within(lim.slo_s, 1, prefix + 1)):
+                    self.tokens == 0 or lim.slo_s is None or self._within(lim.slo_s, 1, prefix + 1, decode=False)):
                 n = 1
         if lim.tile and 0 < n < want:
             rounded = (self.tokens + n) // lim.tile * lim.tile - self.tokens
@@ -98,6 +100,9 @@ class Fill:
         self.attn += n * (prefix + n)
         self.has_prefill = True
 
-    def _within(self, limit_s: float, n: int, context_len: int) -> bool:
-        times = self.limits.model.stage_times(self.tokens + n, self.attn + n * context_len)
+    def _within(self, limit_s: float, n: int, context_len: int, *, decode: bool) -> bool:
+        if decode:
+            times = self.limits.model.stage_times(self.tokens + n, self.attn, self.dec + n * context_len)
+        else:
+            times = self.limits.model.stage_times(self.tokens + n, self.attn + n * context_len, self.dec)
         return max(times) <= limit_s

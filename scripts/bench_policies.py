@@ -1,0 +1,88 @@
+"""All four batching policies on the same 2-stage pipeline and workloads, measured in one run.
+
+    python scripts/bench_policies.py [--num-requests 32] [--length-scale 0.1] [--token-budget 128]
+                                     [--policies sarathi,orca,vllm,static] [--workloads trace,decode,prefill]
+
+Workloads: a sample of a real trace (../shared/data/traces/splitwise_conv.csv, lengths scaled to fit a CPU,
+all arriving at once), a decode-heavy and a prefill-heavy synthetic mix. Reports throughput, TTFT and
+time-between-tokens percentiles and per-stage bubble fractions (whole run and steady state) as markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.jobs import ROOT, machine, run_torchrun  # noqa: E402
+
+TRACE = ROOT.parent / "shared" / "data" / "traces" / "splitwise_conv.csv"
+
+
+def workloads(args) -> dict[str, list[str]]:
+    n = args.num_requests
+    return {
+        "trace": ["workload=trace", f"workload.path={TRACE}", f"workload.num_requests={n}",
+                  f"workload.length_scale={args.length_scale}"],
+        "decode": ["workload=synthetic", f"workload.num_requests={n}", "workload.prefill_len=32",
+                   "workload.pd_ratio=0.5"],
+        "prefill": ["workload=synthetic", f"workload.num_requests={n}", "workload.prefill_len=192",
+                    "workload.pd_ratio=12"],
+    }
+
+
+def _fmt(v, digits=1):
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--num-requests", type=int, default=32)
+    ap.add_argument("--length-scale", type=float, default=0.1)
+    ap.add_argument("--token-budget", type=int, default=128)
+    ap.add_argument("--policies", default="sarathi,orca,vllm,static")
+    ap.add_argument("--workloads", default="trace,decode,prefill")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("extra", nargs="*", help="more Hydra overrides for every run")
+    args = ap.parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench_policies_"))
+    all_workloads = workloads(args)
+    print(f"machine: {machine()}; 2 stages, one thread per rank; scheduler.token_budget={args.token_budget}")
+    for name in args.workloads.split(","):
+        rows = []
+        for policy in args.policies.split(","):
+            run_dir = out / name / policy
+            m = run_torchrun(2, [*all_workloads[name], f"scheduler={policy}",
+                                 f"scheduler.token_budget={args.token_budget}", *args.extra], run_dir)
+            bubbles = json.loads((run_dir / "bubbles.json").read_text())
+            rows.append((policy, m, bubbles))
+        print(f"\n### workload `{name}`: {' '.join(all_workloads[name])}\n")
+        print("| policy | output tok/s | total tok/s | TTFT p50 / p99 s | TBT p50 / p99 ms | bubble stage 0 / 1 "
+              "| steady bubble stage 0 / 1 | pipeline steady bubble |")
+        print("|---|---|---|---|---|---|---|---|")
+        for policy, m, b in rows:
+            st = b["stages"]
+            ttft = f"{_fmt(m['median_ttft_ms'] and m['median_ttft_ms'] / 1e3, 2)} / " \
+                   f"{_fmt(m['p99_ttft_ms'] and m['p99_ttft_ms'] / 1e3, 2)}"
+            tbt = f"{_fmt(m['median_itl_ms'])} / {_fmt(m['p99_itl_ms'])}"
+            print(f"| {policy} | {m['output_throughput']:.2f} | {m['total_token_throughput']:.1f} | {ttft} | {tbt} | "
+                  f"{st['0']['bubble_fraction']:.1%} / {st['1']['bubble_fraction']:.1%} | "
+                  f"{st['0']['steady_bubble_fraction']:.1%} / {st['1']['steady_bubble_fraction']:.1%} | "
+                  f"{b['pipeline']['steady_bubble_fraction']:.1%} |")
+        by = {p: (m, b) for p, m, b in rows}
+        if "sarathi" in by and "orca" in by:
+            s_m, s_b = by["sarathi"]
+            o_m, o_b = by["orca"]
+            ratio = o_b["pipeline"]["steady_bubble_fraction"] / max(s_b["pipeline"]["steady_bubble_fraction"], 1e-9)
+            print(f"\nsarathi vs orca: steady bubble {ratio:.2f}x lower, throughput "
+                  f"{s_m['total_token_throughput'] / o_m['total_token_throughput']:.2f}x")
+    print(f"\nruns in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -39,7 +39,8 @@ class ModelConfig:
     max_model_len: int | None = None
 
     def validate(self) -> None:
-        _check(self.attention in ("auto", "sdpa", "flash"), "model.attention", self.attention, "use auto, sdpa or flash")
+        _check(self.attention in ("auto", "sdpa", "flash"), "model.attention", self.attention,
+               "use auto, sdpa or flash")
         if self.max_model_len is not None:
             _check(self.max_model_len >= 2, "model.max_model_len", self.max_model_len, "must be >= 2")
 

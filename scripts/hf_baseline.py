@@ -32,7 +32,7 @@ import torch
 
 from pp_runtime.config import Config, ConfigError, DebugConfig, PipelineConfig
 from pp_runtime.request import RequestError
-from pp_runtime.sequence import Sequence, SeqStatus
+from pp_runtime.sequence import SeqStatus, Sequence
 
 POLICY = "hf-generate"
 

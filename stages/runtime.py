@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-import torch
+
 import torch.distributed as dist
 
 from pp_runtime.comm import Transport

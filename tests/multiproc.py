@@ -6,13 +6,12 @@ returns the ranks' results in rank order, or raises ``RanksFailed`` with every r
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import pickle
 import socket
 import traceback
 from dataclasses import dataclass
-
-import multiprocessing as mp
 
 
 def free_port() -> int:

@@ -106,7 +106,7 @@ def test_jsonl_errors_name_file_line_request_and_field(tmp_path, line, fields):
     with pytest.raises(RequestError) as e:
         _load(tmp_path, f"{_GOOD}\n\n{line}\n")
     msg = str(e.value)
-    assert f"w.jsonl:3:" in msg, msg
+    assert "w.jsonl:3:" in msg, msg
     for field in fields:
         assert field in msg, msg
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
             rows.append((f"HF generate, static batches of {args.hf_batch_size}",
                          json.loads((hf_dir / "metrics.json").read_text())))
-    from scripts.core_scaling import core_scaling
+    from scripts.core_scaling import core_scaling, describe
 
     scaling = core_scaling(2)
     print(f"\nmachine: {machine()}")
@@ -65,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     one, two = rows[0][1]["total_token_throughput"], rows[1][1]["total_token_throughput"]
     eff = two / (2 * one)
     print(f"\npipeline efficiency = throughput(2) / (2 x throughput(1)) = {eff:.3f}")
-    print(f"core scaling on this machine: 1 process {scaling['solo_gflops']:.1f} GFLOP/s, 2 concurrent "
-          f"{' + '.join(f'{g:.1f}' for g in scaling['concurrent_gflops'])} GFLOP/s -> ceiling "
-          f"{scaling['ceiling']:.2f}; efficiency / ceiling = {eff / scaling['ceiling']:.3f}")
+    print(f"core scaling on this machine: {describe(scaling)}")
     print(f"runs in {out}")
     return 0
 

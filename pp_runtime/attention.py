@@ -108,9 +108,10 @@ def paged_attention(module, query, key, value, attention_mask, scaling=None, dro
 
     hq = query.shape[1]
     out = query.new_empty(t, hq, d)  # [T, Hq, D]
+    cache = meta.cache
     for row, q_len, ctx, blocks in meta.chunks:
-        k = k_cache[blocks].view(-1, hkv, d)[:ctx].transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, D]
-        v = v_cache[blocks].view(-1, hkv, d)[:ctx].transpose(0, 1).unsqueeze(0)
+        k = cache.gather(k_cache, blocks, 0).view(-1, hkv, d)[:ctx].transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, D]
+        v = cache.gather(v_cache, blocks, 1).view(-1, hkv, d)[:ctx].transpose(0, 1).unsqueeze(0)
         q = query[:, :, row:row + q_len]  # [1, Hq, q_len, D]
         if ctx == q_len and window is None:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=hq != hkv)
@@ -123,8 +124,9 @@ def paged_attention(module, query, key, value, attention_mask, scaling=None, dro
     if meta.decode_rows.numel():
         n, width = meta.decode_tables.shape
         bs = k_cache.shape[1]
-        k = k_cache[meta.decode_tables].view(n, width * bs, hkv, d).transpose(1, 2)  # [Nd, Hkv, L, D]
-        v = v_cache[meta.decode_tables].view(n, width * bs, hkv, d).transpose(1, 2)
+        tables = meta.decode_tables.reshape(-1)
+        k = cache.gather(k_cache, tables, 0).view(n, width * bs, hkv, d).transpose(1, 2)  # [Nd, Hkv, L, D]
+        v = cache.gather(v_cache, tables, 1).view(n, width * bs, hkv, d).transpose(1, 2)
         q = query[0, :, meta.decode_rows].transpose(0, 1).unsqueeze(2)  # [Nd, Hq, 1, D]
         k_pos = torch.arange(width * bs, device=q.device)[None, :]
         q_pos = (meta.decode_ctx - 1)[:, None]

@@ -53,10 +53,15 @@ class Sequence:
         return self.num_uncomputed > 1 or not self.output_token_ids
 
     def token_ids(self, start: int, n: int) -> tuple[int, ...]:
+        """Tokens at positions ``start .. start + n - 1`` of prompt + outputs, without copying either whole."""
         prompt = self.request.prompt_token_ids
-        if start + n <= len(prompt):
+        p = len(prompt)
+        if start + n <= p:
             return tuple(prompt[start:start + n])
-        return tuple((list(prompt) + self.output_token_ids)[start:start + n])
+        out = self.output_token_ids
+        if start >= p:
+            return tuple(out[start - p:start - p + n])
+        return tuple(prompt[start:]) + tuple(out[:start + n - p])
 
     def __repr__(self) -> str:
         return (f"Seq({self.seq_id}, {self.request.id!r}, {self.status.value}, computed={self.num_computed}/"

@@ -44,6 +44,8 @@ class JobPlan:
     num_blocks: int
     requests: list[Request]
     attention_backend: str
+    # From scheduler.cost_model_path; None: profiled at start-up when the policy needs one.
+    cost_model: object = None
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
@@ -100,7 +102,23 @@ def prepare(cfg: Config) -> JobPlan:
     requests = load_workload(cfg.workload, tokenizer=tokenizer, max_model_len=max_model_len,
                              vocab_size=hf_config.vocab_size)
     return JobPlan(cfg, rank, world, device, dtype, model_dir, hf_config, tokenizer, max_model_len, ranges,
-                   num_blocks, requests, backend)
+                   num_blocks, requests, backend, _load_cost_model(cfg))
+
+
+def _load_cost_model(cfg: Config):
+    from pp_runtime.planner.cost_model import CostModel, CostModelError
+
+    path = cfg.scheduler.cost_model_path
+    if not path:
+        return None
+    try:
+        model = CostModel.from_json(path)
+    except CostModelError as exc:
+        raise ConfigError(str(exc)) from None
+    if model.num_stages != cfg.pipeline.stages:
+        raise ConfigError(f"scheduler.cost_model_path={path!r} has coefficients for {model.num_stages} stage(s) but "
+                          f"the job has pipeline.stages={cfg.pipeline.stages}; profile this layout (unset the path)")
+    return model
 
 
 def _load_tokenizer(model_dir: str):

@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 from pp_runtime.comm import Transport
 from pp_runtime.kv_cache import KVCache
+from pp_runtime.planner import needs_cost_model
 from pp_runtime.tracer import Tracer
 from stages.executor import StageExecutor
 from stages.faults import Faults
@@ -42,7 +43,7 @@ def run_stage(plan) -> dict | None:
 
             offset, clock_error_ns = estimate_clock_offset(rank, rounds=cfg.tracer.clock_sync_rounds, group=cpu_group)
             tracer.set_clock_offset(offset, clock_error_ns)
-    cost_model = _cost_model(plan, executor, transport)
+    cost_model = plan.cost_model if plan.cost_model is not None else _cost_model(plan, executor, transport)
     faults = Faults(cfg.debug)
     if rank == 0:
         from stages.driver import drive
@@ -68,25 +69,12 @@ def run_stage(plan) -> dict | None:
     return result
 
 
-def needs_cost_model(cfg) -> bool:
-    s = cfg.scheduler
-    return s.policy == "sarathi" and (s.time_balanced or s.tbt_slo_ms is not None)
-
-
 def _cost_model(plan, executor: StageExecutor, transport: Transport | None):
-    """Rank 0's cost model: loaded from scheduler.cost_model_path, or profiled now on every stage at once."""
-    from pp_runtime.planner.cost_model import CostModel, CostModelError
+    """Rank 0's cost model: the one loaded from scheduler.cost_model_path, or profiled now on every stage."""
+    from pp_runtime.planner.cost_model import CostModel
 
     cfg, rank, world = plan.cfg, plan.rank, plan.world_size
-    if cfg.scheduler.cost_model_path:
-        if rank != 0:
-            return None
-        model = CostModel.from_json(cfg.scheduler.cost_model_path)
-        if model.num_stages != world:
-            raise CostModelError(f"scheduler.cost_model_path={cfg.scheduler.cost_model_path!r} has coefficients for "
-                                 f"{model.num_stages} stage(s) but the job has {world}")
-        return model
-    if not needs_cost_model(cfg):
+    if not needs_cost_model(cfg.scheduler):
         return None
     from stages.profiler import profile_stage
 

@@ -21,6 +21,11 @@ _POLICIES: dict[str, type[Planner]] = {
 }
 
 
+def needs_cost_model(cfg) -> bool:
+    """Whether the policy of ``cfg`` (a SchedulerConfig) uses predicted times: SARATHI's time balancing or SLO."""
+    return cfg.policy == "sarathi" and (cfg.time_balanced or cfg.tbt_slo_ms is not None)
+
+
 def make_planner(cfg, **kwargs) -> Planner:
     """Build the planner for ``cfg.policy`` (a SchedulerConfig); kwargs go to ``Planner.__init__``."""
     try:
@@ -30,4 +35,4 @@ def make_planner(cfg, **kwargs) -> Planner:
     return cls(cfg, **kwargs)
 
 
-__all__ = ["CostModel", "CostModelError", "Planner", "make_planner", "profile_points"]
+__all__ = ["CostModel", "CostModelError", "Planner", "make_planner", "needs_cost_model", "profile_points"]

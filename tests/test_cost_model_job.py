@@ -1,0 +1,43 @@
+"""SARATHI's cost model in a job: profiled on every stage and saved, reused from scheduler.cost_model_path,
+and a file for another stage count rejected before the ranks meet."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pp_runtime.planner.cost_model import CostModel
+from tests.jobs import run_job_outcomes, run_job_ranks
+from tests.tiny_models import make_tiny_model
+
+WORKLOAD = ["workload=synthetic", "workload.num_requests=4", "workload.prefill_len=12", "workload.pd_ratio=2",
+            "scheduler=sarathi", "scheduler.token_budget=16", "cache.num_blocks=64", "cache.block_size=4"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_tiny_model("llama", tmp_path_factory.mktemp("m") / "llama", num_layers=2)
+
+
+def test_profiled_model_is_saved_and_reused(model, tmp_path):
+    first = tmp_path / "first"
+    run_job_ranks(2, [f"model.path={model}", *WORKLOAD, f"output_dir={first}"])
+    fitted = CostModel.from_json(first / "cost_model.json")
+    assert fitted.num_stages == 2 and max(fitted.c0 + fitted.c_tok) > 0
+    second = tmp_path / "second"
+    metrics = run_job_ranks(2, [f"model.path={model}", *WORKLOAD, f"scheduler.cost_model_path={first}/cost_model.json",
+                                f"output_dir={second}"])
+    assert metrics["completed"] == 4
+    assert not (second / "cost_model.json").exists()  # loaded, not profiled again
+    assert json.loads((second / "metrics.json").read_text())["config"]["scheduler"]["cost_model_path"]
+
+
+def test_cost_model_for_another_stage_count_fails_before_ranks_meet(model, tmp_path):
+    path = tmp_path / "one_stage.json"
+    CostModel.default(1).to_json(path)
+    outcomes = run_job_outcomes(2, [f"model.path={model}", *WORKLOAD, f"scheduler.cost_model_path={path}",
+                                    f"output_dir={tmp_path}"], timeout=60)
+    for o in outcomes:
+        assert o.exitcode == 1 and "ConfigError" in o.error and "scheduler.cost_model_path" in o.error, o.error
+        assert "PipelineError" not in o.error

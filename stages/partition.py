@@ -1,7 +1,8 @@
 """Split a model's decoder layers into contiguous per-stage ranges, balanced by cost.
 
 A stage plan is data: one ``range`` of global layer indices per stage. Stage 0 also owns the embeddings and
-the last stage the final norm and LM head, whose cost is weighed in as "layer equivalents".
+the last stage the final norm and LM head, whose cost is weighed in as "layer equivalents". The embedding is a
+table lookup (no matmul) and weighs nothing; the LM head is a vocab x hidden matmul on the sampled tokens.
 """
 
 from __future__ import annotations

@@ -144,14 +144,25 @@ def run_job(cfg: Config) -> dict | None:
 
         return run_stage(plan)
     except BaseException as exc:
-        from pp_runtime.comm import report_failure
-
         if plan.world_size > 1:
-            report_failure(plan.rank, exc)
+            _blame(plan.rank, exc)
         raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _blame(rank: int, exc: BaseException) -> None:
+    """Name the stage that failed first. If another stage already reported a failure, this rank's error (a
+    reset connection, a timeout, wherever it surfaced) is its consequence: raise that instead. Otherwise this
+    rank is the first to fail: record it in the job's store for the others."""
+    from pp_runtime.comm import PipelineError, failure_message, report_failure
+
+    cause = failure_message()
+    if cause is None:
+        report_failure(rank, exc)
+    elif not isinstance(exc, PipelineError) and not cause.startswith(f"stage {rank} "):
+        raise PipelineError(f"stage {rank}: aborting, {cause}") from exc
 
 
 def write_json(path: str | Path, obj: dict) -> None:

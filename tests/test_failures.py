@@ -24,3 +24,20 @@ def test_injected_failure_on_stage_1_ends_every_rank(model, tmp_path, stages, fa
         assert o.exitcode not in (0, None), f"rank {o.rank} exited {o.exitcode}"
         assert "stage 1" in o.error, f"rank {o.rank}: {o.error}"
     assert "injected failure on stage 1" in outcomes[1].error
+
+
+def test_an_error_after_another_stage_failed_names_that_stage(monkeypatch):
+    """Wherever a dead peer surfaces (a reset connection in isend, not only in a wait), the error names the
+    stage that failed first; the first failing stage records itself instead."""
+    import pp_runtime.comm as comm
+    from launch.job import _blame
+
+    reported = []
+    monkeypatch.setattr(comm, "report_failure", lambda rank, exc: reported.append(rank))
+    monkeypatch.setattr(comm, "failure_message", lambda: "stage 1 failed: InjectedFailure: boom")
+    with pytest.raises(comm.PipelineError, match="stage 0: aborting, stage 1 failed: InjectedFailure: boom"):
+        _blame(0, RuntimeError("Connection reset by peer"))
+    _blame(1, RuntimeError("boom"))  # the failing stage itself: its own error stands
+    monkeypatch.setattr(comm, "failure_message", lambda: None)
+    _blame(2, RuntimeError("first"))
+    assert reported == [2]

@@ -4,3 +4,9 @@ import sys
 # Tests import the project from the checkout (pip install -e . does the same).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from hypothesis import settings  # noqa: E402
+
+# CI machines are small and shared: judge properties, never how fast one example ran.
+settings.register_profile("pp_runtime", deadline=None)
+settings.load_profile("pp_runtime")

@@ -22,7 +22,7 @@ from pp_runtime import attention
 from pp_runtime.config import Config, ConfigError
 from pp_runtime.kv_cache import num_blocks_for_budget
 from pp_runtime.request import Request
-from stages.partition import head_cost_layers, partition_layers
+from stages.partition import check_layout, head_cost_layers, partition_layers, sampled_share
 
 log = logging.getLogger("pp_runtime")
 
@@ -94,13 +94,16 @@ def prepare(cfg: Config) -> JobPlan:
     tokenizer = _load_tokenizer(model_dir)
     limit = getattr(hf_config, "max_position_embeddings", None) or getattr(hf_config, "n_positions", 2048)
     max_model_len = min(cfg.model.max_model_len or limit, limit)
-    ranges = partition_layers(hf_config.num_hidden_layers, cfg.pipeline.stages, head_cost=head_cost_layers(hf_config),
+    check_layout(hf_config.num_hidden_layers, cfg.pipeline.stages, cfg.pipeline.layers_per_stage)
+    requests = load_workload(cfg.workload, tokenizer=tokenizer, max_model_len=max_model_len,
+                             vocab_size=hf_config.vocab_size)
+    # The LM head's weight in the split follows the workload: the more of its tokens are sampled, the dearer.
+    ranges = partition_layers(hf_config.num_hidden_layers, cfg.pipeline.stages,
+                              head_cost=head_cost_layers(hf_config, sampled_share(requests)),
                               layers_per_stage=cfg.pipeline.layers_per_stage)
     num_blocks = cfg.cache.num_blocks or num_blocks_for_budget(
         cfg.cache.memory_gib, max_layers_per_stage=max(len(r) for r in ranges), block_size=cfg.cache.block_size,
         hf_config=hf_config, dtype=dtype)
-    requests = load_workload(cfg.workload, tokenizer=tokenizer, max_model_len=max_model_len,
-                             vocab_size=hf_config.vocab_size)
     return JobPlan(cfg, rank, world, device, dtype, model_dir, hf_config, tokenizer, max_model_len, ranges,
                    num_blocks, requests, backend, _load_cost_model(cfg))
 

@@ -139,3 +139,24 @@ def test_head_cost_layers_scales_head_matmul_by_sampled_share():
     # A bigger vocabulary is a bigger head.
     assert head_cost_layers(LlamaConfig(vocab_size=4000, hidden_size=64, intermediate_size=96,
                                         num_attention_heads=8, num_key_value_heads=2)) > head_cost_layers(llama)
+
+
+def test_the_split_follows_the_workloads_sampled_share():
+    from transformers import LlamaConfig
+
+    from pp_runtime.request import Request, SamplingParams
+    from stages.partition import check_layout, sampled_share
+
+    smol = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
+                       num_key_value_heads=3, head_dim=64)
+    decode_heavy = [Request(f"d{i}", (5,) * 32, SamplingParams(max_tokens=64)) for i in range(3)]
+    prefill_heavy = [Request(f"p{i}", (5,) * 192, SamplingParams(max_tokens=16)) for i in range(3)]
+    assert sampled_share(decode_heavy) == pytest.approx(64 / 96)
+    assert sampled_share(prefill_heavy) == pytest.approx(16 / 208)
+    assert sampled_share([]) == HEAD_TOKEN_FRACTION
+    decode_split = partition_layers(30, 2, head_cost=head_cost_layers(smol, sampled_share(decode_heavy)))
+    prefill_split = partition_layers(30, 2, head_cost=head_cost_layers(smol, sampled_share(prefill_heavy)))
+    # More of the tokens reach the LM head: the last stage gets fewer decoder layers to make room for it.
+    assert len(decode_split[-1]) < len(prefill_split[-1])
+    with pytest.raises(ConfigError, match="pipeline.stages=3"):
+        check_layout(2, 3)

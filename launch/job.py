@@ -7,10 +7,8 @@ another that has already given up.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -168,17 +166,3 @@ def _blame(rank: int, exc: BaseException) -> None:
         raise PipelineError(f"stage {rank}: aborting, {cause}") from exc
 
 
-def write_json(path: str | Path, obj: dict) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
-def print_answers(seqs, tokenizer, file=sys.stdout) -> None:
-    for seq in seqs:
-        req = seq.request
-        prompt = req.prompt if req.prompt is not None else f"<{seq.prompt_len} tokens>"
-        answer = tokenizer.decode(seq.output_token_ids, skip_special_tokens=True) if tokenizer else \
-            str(seq.output_token_ids)
-        print(f"\n[{req.id}] {prompt}\n=> {answer.strip() if seq.error is None else 'ERROR: ' + seq.error}",
-              file=file)

@@ -32,13 +32,13 @@ def write_reports(run_dir: str, events: dict[int, np.ndarray], *, policy: str, c
 
     trace = chrome_trace(events, metadata={"policy": policy, "clock_error_ns": {str(s): e for s, e in errors.items()}})
     validate_chrome_trace(trace)
-    _write_json(os.path.join(run_dir, "trace.json"), trace, indent=None)
+    write_json(os.path.join(run_dir, "trace.json"), trace, indent=None)
 
     bubbles = compute_bubbles(events)
     for stage, figures in bubbles["stages"].items():
         figures["clock_error_ns"] = errors[int(stage)]
     bubbles["policy"] = policy
-    _write_json(os.path.join(run_dir, "bubbles.json"), bubbles, indent=2)
+    write_json(os.path.join(run_dir, "bubbles.json"), bubbles, indent=2)
 
     if timeline:
         from pp_runtime.timeline import draw_timeline
@@ -62,9 +62,9 @@ def load_clock_errors(run_dir: str) -> dict[int, int]:
         return {int(s): int(e) for s, e in data["clock_error_ns"].reshape(-1, 2)}
 
 
-def _write_json(path: str, obj: dict, *, indent: int | None) -> None:
-    # Write then rename, so a reader never sees half a report if the job dies mid-write.
-    tmp = path + ".tmp"
+def write_json(path, obj: dict, *, indent: int | None = 2, default=None) -> None:
+    """Write JSON then rename, so a reader never sees half a file if the job dies mid-write."""
+    tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=indent)
+        json.dump(obj, f, indent=indent, default=default)
     os.replace(tmp, path)

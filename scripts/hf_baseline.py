@@ -84,8 +84,8 @@ def compose_config(overrides: list[str]) -> Config:
 
 def run_baseline(plan, *, batch_size: int) -> dict:
     """Generate every request of ``plan`` in static batches; writes outputs.jsonl and metrics.json, returns metrics."""
-    from launch.job import write_json
     from pp_runtime.metrics import compute_metrics, request_record
+    from pp_runtime.reports import write_json
 
     out_dir = Path(plan.cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def run_baseline(plan, *, batch_size: int) -> dict:
     metrics = compute_metrics(seqs, wall_s=wall_s)
     metrics.update({"policy": POLICY, "stages": 1, "batch_size": batch_size, "bubble_fraction": {},
                     "pipeline_bubble_fraction": None, "config": asdict(plan.cfg)})
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "metrics.json", metrics, default=str)
     return metrics
 
 

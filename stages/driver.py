@@ -58,8 +58,8 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
     """Write bubble reports and metrics.json into the run directory, and print the summary."""
     from dataclasses import asdict
 
-    from launch.job import print_answers, write_json
     from pp_runtime.bubbles import format_bubble_table
+    from pp_runtime.reports import write_json
 
     cfg = plan.cfg
     out_dir = Path(cfg.output_dir)
@@ -74,7 +74,7 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
         metrics["pipeline_bubble_fraction"] = bubbles["pipeline"]["bubble_fraction"]
         metrics["clock_error_us"] = {str(s): e / 1e3 for s, e in clock_errors.items()}
     metrics["config"] = asdict(cfg)
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "metrics.json", metrics, default=str)
     if cfg.workload.kind == "default":
         print_answers(result["seqs"], plan.tokenizer)
     print(f"\n{metrics['completed']}/{metrics['num_requests']} requests, {metrics['total_output_tokens']} output "
@@ -85,3 +85,13 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
         if plan.world_size > 1:
             print(f"stage clocks aligned to stage 0 within {max(clock_errors.values()) / 1e3:.1f} us "
                   f"(half the best ping-pong round trip); trace in {out_dir / 'trace.json'}")
+
+
+def print_answers(seqs, tokenizer, file=sys.stdout) -> None:
+    for seq in seqs:
+        req = seq.request
+        prompt = req.prompt if req.prompt is not None else f"<{seq.prompt_len} tokens>"
+        answer = tokenizer.decode(seq.output_token_ids, skip_special_tokens=True) if tokenizer else \
+            str(seq.output_token_ids)
+        print(f"\n[{req.id}] {prompt}\n=> {answer.strip() if seq.error is None else 'ERROR: ' + seq.error}",
+              file=file)

@@ -44,6 +44,8 @@ class JobPlan:
     attention_backend: str
     # From scheduler.cost_model_path; None: profiled at start-up when the policy needs one.
     cost_model: object = None
+    # How this attempt continues the run directory (pp_runtime.run_state); checked on every rank.
+    resume: object = None
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
@@ -64,6 +66,7 @@ def prepare(cfg: Config) -> JobPlan:
     """Resolve and validate everything on this rank; raises ConfigError / RequestError / FileNotFoundError."""
     from transformers import AutoConfig
 
+    from pp_runtime.run_state import plan_resume
     from pp_runtime.workloads import load_workload
     from stages.default_model import default_model_dir
 
@@ -102,8 +105,10 @@ def prepare(cfg: Config) -> JobPlan:
     num_blocks = cfg.cache.num_blocks or num_blocks_for_budget(
         cfg.cache.memory_gib, max_layers_per_stage=max(len(r) for r in ranges), block_size=cfg.cache.block_size,
         hf_config=hf_config, dtype=dtype)
+    # Every rank checks the run directory (same config? same requests?) so a refusal fails everywhere at once.
+    resume = plan_resume(cfg, requests)
     return JobPlan(cfg, rank, world, device, dtype, model_dir, hf_config, tokenizer, max_model_len, ranges,
-                   num_blocks, requests, backend, _load_cost_model(cfg))
+                   num_blocks, requests, backend, _load_cost_model(cfg), resume)
 
 
 def _load_cost_model(cfg: Config):
@@ -134,23 +139,29 @@ def run_job(cfg: Config) -> dict | None:
     """Run one job on this rank (torchrun or forked test ranks set RANK/WORLD_SIZE/MASTER_*).
 
     Returns rank 0's metrics (None on other ranks). Raises on failure; the error names the failing stage.
+    Raises ``Preempted`` on every rank when a SIGTERM / SIGUSR1 stopped the job early (outputs are flushed).
     """
-    plan = prepare(cfg)
-    if plan.world_size > 1:
-        kwargs = {"device_id": plan.device} if plan.device.type == "cuda" else {}
-        dist.init_process_group("nccl" if plan.device.type == "cuda" else "gloo",
-                                timeout=timedelta(seconds=cfg.runtime.timeout_s), **kwargs)
-    try:
-        from stages.runtime import run_stage
+    from pp_runtime.preemption import Preempted, StopSignal
 
-        return run_stage(plan)
-    except BaseException as exc:
+    with StopSignal() as stop:  # from the start: a signal while loading still ends the job gracefully
+        plan = prepare(cfg)
         if plan.world_size > 1:
-            _blame(plan.rank, exc)
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+            kwargs = {"device_id": plan.device} if plan.device.type == "cuda" else {}
+            dist.init_process_group("nccl" if plan.device.type == "cuda" else "gloo",
+                                    timeout=timedelta(seconds=cfg.runtime.timeout_s), **kwargs)
+        try:
+            from stages.runtime import run_stage
+
+            return run_stage(plan, stop=stop)
+        except Preempted:
+            raise
+        except BaseException as exc:
+            if plan.world_size > 1:
+                _blame(plan.rank, exc)
+            raise
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def _blame(rank: int, exc: BaseException) -> None:

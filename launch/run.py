@@ -2,7 +2,14 @@
 
 Every rank composes the same config. They share one run directory: unless ``hydra.run.dir`` is given, it is
 stamped with the start time of the torchrun agent that started them all. Only rank 0 writes outputs and
-``.hydra/``; each rank logs to its own ``rank<N>.log``.
+``.hydra/``; each rank logs to its own ``rank<N>.log``. Running again into the same ``hydra.run.dir``
+resumes the job (``runtime.resume``).
+
+Exit codes, the same on every rank: 0 done; 1 a stage failed (or a request went missing from outputs.jsonl);
+2 bad input (config, request file, model folder, ``-m``); 75 (``EXIT_PREEMPTED``) stopped early by SIGTERM /
+SIGUSR1 with the finished requests flushed: rerun to resume. Under torchrun every failure, the handled ones
+included, goes into torchrun's error file (``TORCHELASTIC_ERROR_FILE``), so its summary names the root-cause
+rank with its traceback.
 """
 
 from __future__ import annotations
@@ -16,12 +23,17 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from pp_runtime.config import Config, ConfigError, register_configs
+from pp_runtime.preemption import EXIT_PREEMPTED, Preempted
 from pp_runtime.request import RequestError
 
 log = logging.getLogger("pp_runtime")
 register_configs()
+
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+_MULTIRUN = ("-m", "--multirun", "hydra.mode=MULTIRUN", "hydra.mode=multirun")
 
 
 def _agent_start_time() -> float:
@@ -51,25 +63,63 @@ def rank_overrides(argv: list[str], env: dict) -> list[str]:
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def _app(dcfg: DictConfig) -> None:
-    from launch.job import run_job
-
     cfg: Config = OmegaConf.to_object(dcfg)
     cfg.output_dir = HydraConfig.get().runtime.output_dir
+    run_or_exit(cfg)
+
+
+def run_or_exit(cfg: Config) -> None:
+    """Run the job on this rank; on failure log it, write torchrun's error file and exit with the code above."""
+    from launch.job import run_job
+
     rank = int(os.environ.get("RANK", 0))
     try:
         run_job(cfg)
+    except Preempted as exc:
+        log.warning("stage %d: %s", rank, exc)
+        print(f"preempted: {exc}", file=sys.stderr)
+        _record_error(exc)
+        sys.exit(EXIT_PREEMPTED)
     except (ConfigError, RequestError, FileNotFoundError) as exc:
         log.error("stage %d: %s", rank, exc)
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _record_error(exc)
+        sys.exit(EXIT_BAD_INPUT)
     except Exception as exc:
         log.exception("stage %d failed", rank)
         text = str(exc)
         print(f"error: {text}" if text.startswith("stage ") else f"error on stage {rank}: {text}", file=sys.stderr)
-        sys.exit(1)
+        _record_error(exc)
+        sys.exit(EXIT_FAILED)
 
 
+def _record_error(exc: BaseException) -> None:
+    """Write torchrun's error file for a failure handled here (``record`` only sees uncaught exceptions, and
+    Hydra turns those into SystemExit). Called inside the ``except`` block: the traceback is the live one."""
+    from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+    try:
+        get_error_handler().record_exception(exc)
+    except OSError as err:  # the error file's folder went away: the exit code still tells
+        log.warning("could not write torchrun's error file: %s", err)
+
+
+def refuse_multirun(argv: list[str]) -> str | None:
+    """The message for Hydra's multirun flag (each rank would start its own sweep), or None without it."""
+    if not any(a in _MULTIRUN for a in argv):
+        return None
+    return ("launch.run runs one job per torchrun launch and does not take Hydra's -m/--multirun; run the sweep "
+            "with pp-sweep (python -m launch.sweep), which starts one torchrun job per combination: "
+            "pp-sweep -m " + " ".join(a for a in argv if a not in _MULTIRUN))
+
+
+@record
 def main() -> None:
+    """Entry point of every rank (``torchrun -m launch.run`` / ``pp-run``); exits with the codes above."""
+    message = refuse_multirun(sys.argv[1:])
+    if message:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
     sys.argv += rank_overrides(sys.argv[1:], dict(os.environ))
     _app()
 

@@ -179,10 +179,20 @@ class RuntimeConfig:
     threads: int = 1
     # Show a progress bar on rank 0 when stdout is a terminal.
     progress: bool = True
+    # A run directory that already holds outputs.jsonl: true continues it (requests already in the file are
+    # skipped; a different config or request file is refused), false starts over (the old file is moved aside),
+    # force continues even if the config or the requests changed.
+    resume: bool | str = True
+    # After SIGTERM / SIGUSR1, seconds rank 0 keeps serving the requests already running (admitting none) before
+    # it stops; the micro-batches in flight then come back, and every rank exits with code 75. 0: stop at once.
+    drain_timeout_s: float = 10.0
 
     def validate(self) -> None:
         _check(self.timeout_s > 0, "runtime.timeout_s", self.timeout_s, "must be > 0")
         _check(self.threads >= 1, "runtime.threads", self.threads, "must be >= 1")
+        _check(self.resume is True or self.resume is False or self.resume == "force", "runtime.resume",
+               self.resume, "use true (continue the run directory), false (start over) or force")
+        _check(self.drain_timeout_s >= 0, "runtime.drain_timeout_s", self.drain_timeout_s, "must be >= 0")
 
 
 @dataclass
@@ -195,6 +205,10 @@ class DebugConfig:
     fail_stage: int | None = None
     # ...after this many micro-batches on that stage.
     fail_after: int = 0
+    # Rank 0 sends itself debug.signal after this many requests finished (to test preemption); None: off.
+    signal_after: int | None = None
+    # The signal debug.signal_after sends: SIGTERM or SIGUSR1.
+    signal: str = "SIGTERM"
 
     def validate(self, num_stages: int) -> None:
         _check(self.stage_delay_ms >= 0, "debug.stage_delay_ms", self.stage_delay_ms, "must be >= 0")
@@ -205,6 +219,9 @@ class DebugConfig:
         if self.fail_stage is not None:
             _check(0 <= self.fail_stage < num_stages, "debug.fail_stage", self.fail_stage,
                    f"must name a stage in 0..{num_stages - 1}")
+        if self.signal_after is not None:
+            _check(self.signal_after >= 0, "debug.signal_after", self.signal_after, "must be >= 0, or null")
+        _check(self.signal in ("SIGTERM", "SIGUSR1"), "debug.signal", self.signal, "use SIGTERM or SIGUSR1")
 
 
 @dataclass

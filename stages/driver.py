@@ -8,44 +8,68 @@ import sys
 from pathlib import Path
 
 from pp_runtime.metrics import compute_metrics, request_record
+from pp_runtime.outputs_file import OUTPUTS_FILE, check_ids, describe_ids_problem, scan_outputs
 from pp_runtime.planner import make_planner
+from pp_runtime.run_state import begin_attempt, end_attempt
 from stages.engine import Engine
 
 log = logging.getLogger("pp_runtime")
 
 
-def drive(plan, executor, transport, tracer, faults, *, cost_model=None) -> dict:
+def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=None) -> dict:
+    """Serve the requests that outputs.jsonl does not hold yet, appending each as it finishes.
+
+    Returns this attempt's metrics (plus totals over the whole file and the ids check), the sequences, and
+    ``stopped``: why the job stopped early (a signal), or None when it ran to the end.
+    """
     cfg = plan.cfg
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    begin_attempt(out_dir, plan.resume)  # a torn last line goes, or the old file moves aside
+    done = plan.resume.done
+    todo = [r for r in plan.requests if r.id not in done]
     eos = plan.hf_config.eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     planner = make_planner(cfg.scheduler, num_blocks=plan.num_blocks, block_size=cfg.cache.block_size,
                            num_slots=cfg.pipeline.depth, max_model_len=plan.max_model_len, eos_token_ids=eos_ids,
                            cost_model=cost_model)
     tok = plan.tokenizer
-    progress = _progress(len(plan.requests), cfg.runtime.progress)
-    with open(out_dir / "outputs.jsonl", "w") as outputs:
+    progress = _progress(len(todo), cfg.runtime.progress)
+    finished = 0
+    faults.on_requests_finished(finished)
+    with open(out_dir / OUTPUTS_FILE, "a") as outputs:
         def on_finish(seq):
+            nonlocal finished
             text = tok.decode(seq.output_token_ids, skip_special_tokens=True) if tok is not None else None
-            outputs.write(json.dumps(request_record(seq, text)) + "\n")
+            outputs.write(json.dumps(request_record(seq, text)) + "\n")  # one write: a kill tears at most this line
             outputs.flush()
             if seq.error:
                 log.error("%s", seq.error)
             progress.update(1)
+            finished += 1
+            faults.on_requests_finished(finished)
 
-        for req in plan.requests:
+        for req in todo:
             seq = planner.add_request(req)
             if seq.finish_reason == "rejected":
                 on_finish(seq)
         engine = Engine(planner, executor, transport, tracer, depth=cfg.pipeline.depth, faults=faults,
-                        on_finish=on_finish)
+                        on_finish=on_finish, stop=stop, drain_timeout_s=cfg.runtime.drain_timeout_s)
         wall_s = engine.run()
     progress.close()
     metrics = compute_metrics(planner.seqs, wall_s=wall_s)
     metrics["policy"] = cfg.scheduler.policy
     metrics["stages"] = plan.world_size
-    return {"metrics": metrics, "seqs": planner.seqs}
+    # No request lost: read the file back and hold every input id against it.
+    scan = scan_outputs(out_dir / OUTPUTS_FILE)
+    check = check_ids([r.id for r in plan.requests], scan.ids)
+    metrics.update(attempt=plan.resume.state["attempt"], resumed=len(plan.requests) - len(todo),
+                   unfinished=sum(s.finish_reason is None for s in planner.seqs),
+                   totals=dict(scan.totals, input_requests=len(plan.requests)), ids_check=check)
+    stopped = None
+    if engine.stopped_early:
+        stopped = (f"stopped by {stop.name}: {len(scan.ids)} of {len(plan.requests)} requests are in "
+                   f"{out_dir / OUTPUTS_FILE}; rerun the same command to resume")
+    return {"metrics": metrics, "seqs": planner.seqs, "stopped": stopped}
 
 
 def _progress(total: int, enabled: bool):
@@ -55,7 +79,11 @@ def _progress(total: int, enabled: bool):
 
 
 def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None:
-    """Write bubble reports and metrics.json into the run directory, and print the summary."""
+    """Write bubble reports and metrics.json into the run directory, record the attempt's end, print the summary.
+
+    Raises RuntimeError when a job that ran to the end fails the ids check (a request missing or repeated in
+    outputs.jsonl): a lost request is never silent.
+    """
     from dataclasses import asdict
 
     from pp_runtime.bubbles import format_bubble_table
@@ -74,17 +102,28 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
         metrics["pipeline_bubble_fraction"] = bubbles["pipeline"]["bubble_fraction"]
         metrics["clock_error_us"] = {str(s): e / 1e3 for s, e in clock_errors.items()}
     metrics["config"] = asdict(cfg)
+    check = metrics["ids_check"]
+    status = "preempted" if result["stopped"] else "complete" if check["ok"] else "incomplete"
+    metrics["status"] = status
     write_json(out_dir / "metrics.json", metrics, default=str)
+    end_attempt(out_dir, plan.resume, status=status, note=result["stopped"] or describe_ids_problem(check))
     if cfg.workload.kind == "default":
         print_answers(result["seqs"], plan.tokenizer)
     print(f"\n{metrics['completed']}/{metrics['num_requests']} requests, {metrics['total_output_tokens']} output "
           f"tokens in {metrics['duration_s']:.2f}s ({metrics['output_throughput']:.1f} tok/s); "
           f"outputs in {out_dir / 'outputs.jsonl'}")
+    if metrics["resumed"] or status != "complete":
+        print(f"{status}: {metrics['resumed']} request(s) resumed from earlier attempts; "
+              f"{metrics['totals']['requests']}/{len(plan.requests)} in outputs.jsonl")
     if cfg.tracer.enabled:
         print(format_bubble_table(bubbles, title=f"{cfg.scheduler.policy}, {plan.world_size} stage(s)"))
         if plan.world_size > 1:
             print(f"stage clocks aligned to stage 0 within {max(clock_errors.values()) / 1e3:.1f} us "
                   f"(half the best ping-pong round trip); trace in {out_dir / 'trace.json'}")
+    if status == "incomplete":
+        log.error("ids check failed: %s", describe_ids_problem(check))
+        raise RuntimeError(f"outputs.jsonl fails the ids check: {describe_ids_problem(check)} (details in "
+                           f"metrics.json 'ids_check'); rerun to complete missing requests, or remove repeated lines")
 
 
 def print_answers(seqs, tokenizer, file=sys.stdout) -> None:

@@ -18,8 +18,13 @@ from stages.stage_model import build_stage_model
 log = logging.getLogger("pp_runtime")
 
 
-def run_stage(plan) -> dict | None:
-    """Build this rank's stage and run it; rank 0 also plans, writes outputs.jsonl, metrics.json and reports."""
+def run_stage(plan, *, stop=None) -> dict | None:
+    """Build this rank's stage and run it; rank 0 also plans, writes outputs.jsonl, metrics.json and reports.
+
+    ``stop`` (a ``StopSignal``) ends the job early: rank 0 drains and tells the others; then every rank, once
+    the reports are written, raises ``Preempted``.
+    """
+    from pp_runtime.preemption import Preempted, announced
     cfg, rank, world = plan.cfg, plan.rank, plan.world_size
     layers = plan.layer_ranges[rank]
     tracer = Tracer(rank, capacity=cfg.tracer.capacity, enabled=cfg.tracer.enabled, device=plan.device)
@@ -48,12 +53,14 @@ def run_stage(plan) -> dict | None:
     if rank == 0:
         from stages.driver import drive
 
-        result = drive(plan, executor, transport, tracer, faults, cost_model=cost_model)
+        result = drive(plan, executor, transport, tracer, faults, cost_model=cost_model, stop=stop)
+        stopped = result["stopped"]
     else:
         from stages.worker import serve
 
         serve(rank, executor, transport, tracer, faults)
         result = None
+        stopped = announced()  # rank 0 said so before the stop message came round
     events = {rank: tracer.events()}
     errors = {rank: clock_error_ns}
     if world > 1:
@@ -66,6 +73,8 @@ def run_stage(plan) -> dict | None:
         from stages.driver import finish_reports
 
         finish_reports(plan, result, events, errors)
+    if stopped:
+        raise Preempted(stopped)
     return result
 
 

@@ -61,6 +61,12 @@ def _entry(fn, rank, world_size, port, conn, args):
 
 def run_ranks_outcomes(fn, world_size: int, *args, timeout: float = 300.0) -> list[RankOutcome]:
     """Run the ranks and return each one's outcome (never raises for a failing rank)."""
+    return collect_outcomes(*start_ranks(fn, world_size, *args), timeout=timeout)
+
+
+def start_ranks(fn, world_size: int, *args) -> tuple[list, list]:
+    """Start the ranks in the background: (processes, result pipes), for ``collect_outcomes``. Tests that signal
+    or kill a rank while it runs use the processes' pids."""
     ctx = mp.get_context("fork")
     port = free_port()
     procs, pipes = [], []
@@ -71,6 +77,11 @@ def run_ranks_outcomes(fn, world_size: int, *args, timeout: float = 300.0) -> li
         child.close()
         procs.append(p)
         pipes.append(parent)
+    return procs, pipes
+
+
+def collect_outcomes(procs: list, pipes: list, *, timeout: float = 300.0) -> list[RankOutcome]:
+    """Wait for ranks from ``start_ranks`` (up to ``timeout`` each) and return each one's outcome."""
     outcomes = []
     for rank, (p, pipe) in enumerate(zip(procs, pipes)):
         payload = None

@@ -42,6 +42,7 @@ class Planner:
         self._preempted_this_build = False
         self._decode_turn = 0
         self._tables: dict[int, tuple[int, ...]] = {}  # seq_id -> block table as last put into a piece
+        self._admission_closed = False
 
     # ---- requests in -------------------------------------------------------------------------------------
     def add_request(self, req: Request) -> Sequence:
@@ -58,6 +59,10 @@ class Planner:
             return seq
         heapq.heappush(self._future, (req.arrival_s, seq.seq_id))
         return seq
+
+    def close_admission(self) -> None:
+        """Admit no more requests (a graceful stop): running ones go on, waiting ones stay waiting."""
+        self._admission_closed = True
 
     def has_unfinished(self) -> bool:
         return len(self.finished) < len(self.seqs)
@@ -114,7 +119,7 @@ class Planner:
         """
         if self.waiting[0] is not seq:
             raise RuntimeError(f"{seq!r} is not the head of the waiting queue; admission is first come, first served")
-        if (self._preempted_this_build or len(self.running) >= self.cfg.max_num_seqs
+        if (self._admission_closed or self._preempted_this_build or len(self.running) >= self.cfg.max_num_seqs
                 or not self.blocks.can_allocate(seq, num_tokens)):
             return False
         self.waiting.popleft()

@@ -1,0 +1,209 @@
+"""Resuming a run directory: a job stopped by SIGTERM, or by SIGKILL of one rank, or left with a torn last line,
+completes on a rerun with every request id exactly once and the same greedy outputs as an uninterrupted run;
+a changed config or request file is refused, unless runtime.resume=false (start over) or force."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from launch.job import prepare
+from pp_runtime.config import ConfigError
+from pp_runtime.outputs_file import check_ids, scan_outputs
+from pp_runtime.preemption import EXIT_PREEMPTED, Preempted
+from pp_runtime.run_state import MARKER_FILE, STATE_FILE, plan_resume
+from tests.jobs import make_config, read_outputs, run_job_outcomes, run_job_ranks
+from tests.multiproc import collect_outcomes, start_ranks
+from tests.tiny_models import make_tiny_model, write_jsonl
+
+N = 12
+BASE = ["scheduler=fcfs", "scheduler.token_budget=16", "scheduler.chunk_size=8", "cache.block_size=4",
+        "cache.num_blocks=64", "tracer.timeline=false", "runtime.timeout_s=30", "runtime.drain_timeout_s=0"]
+
+
+def _requests(n: int = N, max_tokens: int = 6) -> list[dict]:
+    return [{"id": f"r{i}", "prompt_token_ids": [(7 * i + j) % 300 + 2 for j in range(6 + i % 5)],
+             "max_tokens": max_tokens, "ignore_eos": True} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_tiny_model("llama", tmp_path_factory.mktemp("m") / "llama", num_layers=2)
+
+
+@pytest.fixture(scope="module")
+def request_file(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("req") / "requests.jsonl", _requests())
+
+
+@pytest.fixture(scope="module")
+def reference(model, request_file, tmp_path_factory):
+    """Greedy outputs of one uninterrupted 2-stage run."""
+    out = tmp_path_factory.mktemp("reference")
+    run_job_ranks(2, _overrides(model, request_file, out))
+    return _tokens(out)
+
+
+def _overrides(model, request_file, out, *extra) -> list[str]:
+    return [f"model.path={model}", "workload=jsonl", f"workload.path={request_file}", f"output_dir={out}", *BASE,
+            *extra]
+
+
+def _tokens(out) -> dict[str, list[int]]:
+    return {i: r["output_token_ids"] for i, r in read_outputs(out).items()}
+
+
+def _ids(out) -> list[str]:
+    return [json.loads(line)["id"] for line in (out / "outputs.jsonl").read_text().splitlines()]
+
+
+def _rank_main(rank: int, world_size: int, overrides: list[str]):
+    """A rank as launch.run runs it: the exit code is the documented one (75 when preempted)."""
+    from launch.run import run_or_exit
+
+    run_or_exit(make_config(["runtime.progress=false", *overrides]))
+
+
+def _wait_for_lines(path, n: int, timeout: float = 60.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and (count := path.read_bytes().count(b"\n")) >= n:
+            return count
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not reach {n} lines")
+
+
+def _assert_complete(out, reference):
+    ids = _ids(out)
+    assert sorted(ids) == sorted(reference) and len(ids) == len(set(ids)) == N  # every id exactly once
+    assert _tokens(out) == reference  # greedy fp32: the resumed job equals the uninterrupted one
+    assert not (out / MARKER_FILE).exists()
+    assert json.loads((out / STATE_FILE).read_text())["status"] == "complete"
+
+
+def test_sigterm_stops_every_rank_with_the_documented_code_and_a_rerun_completes(model, request_file, reference,
+                                                                                 tmp_path):
+    overrides = ["pipeline.stages=2", *_overrides(model, request_file, tmp_path), "debug.signal_after=3"]
+    outcomes = collect_outcomes(*start_ranks(_rank_main, 2, overrides), timeout=90)
+    assert [o.exitcode for o in outcomes] == [EXIT_PREEMPTED] * 2, [o.error for o in outcomes]
+    first = _ids(tmp_path)
+    assert 3 <= len(first) < N
+    assert "preempted" in (tmp_path / MARKER_FILE).read_text()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "preempted" and metrics["unfinished"] == N - len(first)
+    assert metrics["ids_check"]["num_missing"] == N - len(first)
+
+    metrics = run_job_ranks(2, _overrides(model, request_file, tmp_path))
+    _assert_complete(tmp_path, reference)
+    assert _ids(tmp_path)[:len(first)] == first  # appended, the earlier lines untouched
+    assert metrics["resumed"] == len(first) and metrics["num_requests"] == N - len(first)
+    assert metrics["totals"]["requests"] == metrics["totals"]["completed"] == N
+    assert metrics["attempt"] == 2 and metrics["ids_check"]["ok"]
+
+
+def test_sigusr1_to_rank_0_drains_and_every_rank_exits_75(model, request_file, reference, tmp_path):
+    outputs = tmp_path / "outputs.jsonl"
+    procs, pipes = start_ranks(_rank_main, 2, ["pipeline.stages=2", *_overrides(model, request_file, tmp_path),
+                                               "debug.stage_delay_ms=40"])
+    _wait_for_lines(outputs, 2)
+    os.kill(procs[0].pid, signal.SIGUSR1)  # what Slurm's --signal sends before the time limit
+    outcomes = collect_outcomes(procs, pipes, timeout=30)  # runtime.timeout_s
+    assert [o.exitcode for o in outcomes] == [EXIT_PREEMPTED] * 2, [o.error for o in outcomes]
+    assert not any(p.is_alive() for p in procs)  # no orphans
+    lines = outputs.read_text().splitlines()
+    assert 2 <= len(lines) < N and all(json.loads(line)["finish_reason"] == "length" for line in lines)
+    assert "SIGUSR1" in (tmp_path / MARKER_FILE).read_text()
+    run_job_ranks(2, _overrides(model, request_file, tmp_path))
+    _assert_complete(tmp_path, reference)
+
+
+def test_sigkill_of_one_rank_fails_the_others_and_a_rerun_completes(model, request_file, reference, tmp_path):
+    outputs = tmp_path / "outputs.jsonl"
+    procs, pipes = start_ranks(_rank_main, 2, ["pipeline.stages=2", *_overrides(model, request_file, tmp_path),
+                                               "debug.stage_delay_ms=40"])
+    _wait_for_lines(outputs, 2)
+    os.kill(procs[1].pid, signal.SIGKILL)
+    outcomes = collect_outcomes(procs, pipes, timeout=30)
+    assert outcomes[1].exitcode == -signal.SIGKILL
+    assert outcomes[0].exitcode == 1, outcomes[0].error  # a stage failure, within runtime.timeout_s
+    kept = _ids(tmp_path)  # every line complete JSON
+    assert 2 <= len(kept) < N and (tmp_path / MARKER_FILE).exists()
+    metrics = run_job_ranks(2, _overrides(model, request_file, tmp_path))
+    _assert_complete(tmp_path, reference)
+    assert metrics["resumed"] == len(kept)
+
+
+def test_a_torn_last_line_is_recomputed(model, request_file, reference, tmp_path):
+    with pytest.raises(Preempted):
+        run_job_ranks(1, _overrides(model, request_file, tmp_path, "debug.signal_after=5"))
+    outputs = tmp_path / "outputs.jsonl"
+    data = outputs.read_bytes()
+    kept = data[:data.rstrip(b"\n").rfind(b"\n") + 1]
+    outputs.write_bytes(kept + data[len(kept):][:20])  # as if killed in the middle of writing the last line
+    scan = scan_outputs(outputs)
+    assert scan.torn and len(scan.ids) == kept.count(b"\n") >= 4
+    metrics = run_job_ranks(1, _overrides(model, request_file, tmp_path))
+    _assert_complete(tmp_path, reference)  # (the same greedy tokens as the 2-stage reference: fp32)
+    assert metrics["resumed"] == len(scan.ids) and metrics["num_requests"] == N - len(scan.ids)
+
+
+def test_a_damaged_line_before_the_last_is_refused_by_name(tmp_path):
+    path = tmp_path / "outputs.jsonl"
+    path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
+    with pytest.raises(ConfigError, match=r"outputs.jsonl:2 is not an outputs record"):
+        scan_outputs(path)
+
+
+def test_ids_check_reports_missing_and_repeated_ids():
+    check = check_ids(["a", "b", "c"], ["a", "c", "c", "x"])
+    assert not check["ok"]
+    assert (check["missing"], check["duplicated"], check["unknown"]) == (["b"], ["c"], ["x"])
+    assert check_ids(["a", "b"], ["b", "a"])["ok"]
+
+
+def test_a_changed_request_file_is_refused_on_every_rank_before_they_meet(model, request_file, tmp_path):
+    run_job_ranks(2, _overrides(model, request_file, tmp_path / "run"))
+    changed = write_jsonl(tmp_path / "changed.jsonl", _requests(max_tokens=5))
+    outcomes = run_job_outcomes(2, _overrides(model, changed, tmp_path / "run"), timeout=60)
+    for o in outcomes:
+        assert o.exitcode == 1 and "ConfigError" in o.error and "the requests changed" in o.error, o.error
+        assert "runtime.resume=false" in o.error and "runtime.resume=force" in o.error
+        assert "init_process_group" not in o.error  # refused in prepare(), before any rank waited
+
+
+def test_a_changed_config_is_refused_naming_the_key(model, request_file, tmp_path):
+    run_job_ranks(1, _overrides(model, request_file, tmp_path))
+    cfg = make_config(["pipeline.stages=1", *_overrides(model, request_file, tmp_path, "scheduler.token_budget=8")])
+    with pytest.raises(ConfigError, match=r"scheduler.token_budget: 16 -> 8"):
+        prepare(cfg)
+    # runtime.*, tracer.* and debug.* may change between attempts
+    cfg = make_config(["pipeline.stages=1", *_overrides(model, request_file, tmp_path, "runtime.timeout_s=99",
+                                                         "tracer.enabled=false", "debug.fail_after=3")])
+    assert len(prepare(cfg).resume.done) == N
+
+
+def test_resume_false_moves_the_old_file_aside_and_force_keeps_it(model, request_file, reference, tmp_path):
+    run_job_ranks(1, _overrides(model, request_file, tmp_path))
+    before = (tmp_path / "outputs.jsonl").read_text()
+    fewer = write_jsonl(tmp_path / "fewer.jsonl", _requests()[:8])
+    metrics = run_job_ranks(1, _overrides(model, fewer, tmp_path, "runtime.resume=false"))
+    (aside,) = tmp_path.glob("outputs.jsonl.old-*")
+    assert aside.read_text() == before
+    assert sorted(_ids(tmp_path)) == sorted(f"r{i}" for i in range(8)) and metrics["resumed"] == 0
+    # force: the request file changed again (all 12 now), the 8 finished lines stay and only 4 run
+    metrics = run_job_ranks(1, _overrides(model, request_file, tmp_path, "runtime.resume=force"))
+    assert metrics["resumed"] == 8 and metrics["num_requests"] == 4
+    _assert_complete(tmp_path, reference)
+
+
+def test_runtime_resume_values_are_validated(model, request_file, tmp_path):
+    for value, expected in (("false", False), ("true", True), ("force", "force")):
+        assert make_config([f"runtime.resume={value}"]).runtime.resume == expected
+    cfg = make_config(["pipeline.stages=1", "runtime.resume=maybe"])
+    with pytest.raises(ConfigError, match="runtime.resume='maybe' is invalid"):
+        cfg.validate()
+    assert plan_resume(make_config([f"output_dir={tmp_path}"]), []).done == frozenset()

@@ -14,6 +14,7 @@ rank with its traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -89,18 +90,29 @@ def run_or_exit(cfg: Config) -> None:
         log.exception("stage %d failed", rank)
         text = str(exc)
         print(f"error: {text}" if text.startswith("stage ") else f"error on stage {rank}: {text}", file=sys.stderr)
-        _record_error(exc)
+        _record_error(exc, consequence=text.startswith(f"stage {rank}: aborting"))
         sys.exit(EXIT_FAILED)
 
 
-def _record_error(exc: BaseException) -> None:
+def _record_error(exc: BaseException, *, consequence: bool = False) -> None:
     """Write torchrun's error file for a failure handled here (``record`` only sees uncaught exceptions, and
-    Hydra turns those into SystemExit). Called inside the ``except`` block: the traceback is the live one."""
+    Hydra turns those into SystemExit). Called inside the ``except`` block: the traceback is the live one.
+
+    torchrun's summary names as root cause the error file with the smallest timestamp, in whole seconds, the
+    lowest rank on a tie. A ``consequence`` (this rank aborts because another stage failed first) is stamped
+    one second later, so that the summary names the stage that failed rather than stage 0.
+    """
     from torch.distributed.elastic.multiprocessing.errors import get_error_handler
 
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     try:
         get_error_handler().record_exception(exc)
-    except OSError as err:  # the error file's folder went away: the exit code still tells
+        if consequence and path:
+            data = json.loads(Path(path).read_text())
+            info = data["message"]["extraInfo"]
+            info["timestamp"] = str(int(info["timestamp"]) + 1)
+            Path(path).write_text(json.dumps(data))
+    except (OSError, ValueError, KeyError) as err:  # the error file is a courtesy: the exit code still tells
         log.warning("could not write torchrun's error file: %s", err)
 
 

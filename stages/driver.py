@@ -92,6 +92,12 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
     cfg = plan.cfg
     out_dir = Path(cfg.output_dir)
     metrics = result["metrics"]
+    check = metrics["ids_check"]
+    status = metrics["status"] = "preempted" if result["stopped"] else "complete" if check["ok"] else "incomplete"
+    if not result["seqs"] and status == "complete" and (out_dir / "metrics.json").exists():
+        print(f"nothing left to do: {metrics['resumed']} request(s) already in {out_dir / OUTPUTS_FILE}; "
+              f"metrics.json and the reports are those of the attempt that finished them")
+        return _end_attempt(plan, out_dir, status, result["stopped"], check)
     if cfg.tracer.enabled:
         from pp_runtime.reports import write_reports
 
@@ -102,11 +108,7 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
         metrics["pipeline_bubble_fraction"] = bubbles["pipeline"]["bubble_fraction"]
         metrics["clock_error_us"] = {str(s): e / 1e3 for s, e in clock_errors.items()}
     metrics["config"] = asdict(cfg)
-    check = metrics["ids_check"]
-    status = "preempted" if result["stopped"] else "complete" if check["ok"] else "incomplete"
-    metrics["status"] = status
     write_json(out_dir / "metrics.json", metrics, default=str)
-    end_attempt(out_dir, plan.resume, status=status, note=result["stopped"] or describe_ids_problem(check))
     if cfg.workload.kind == "default":
         print_answers(result["seqs"], plan.tokenizer)
     print(f"\n{metrics['completed']}/{metrics['num_requests']} requests, {metrics['total_output_tokens']} output "
@@ -120,6 +122,11 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
         if plan.world_size > 1:
             print(f"stage clocks aligned to stage 0 within {max(clock_errors.values()) / 1e3:.1f} us "
                   f"(half the best ping-pong round trip); trace in {out_dir / 'trace.json'}")
+    _end_attempt(plan, out_dir, status, result["stopped"], check)
+
+
+def _end_attempt(plan, out_dir: Path, status: str, stopped: str | None, check: dict) -> None:
+    end_attempt(out_dir, plan.resume, status=status, note=stopped or describe_ids_problem(check))
     if status == "incomplete":
         log.error("ids check failed: %s", describe_ids_problem(check))
         raise RuntimeError(f"outputs.jsonl fails the ids check: {describe_ids_problem(check)} (details in "

@@ -207,3 +207,32 @@ def test_runtime_resume_values_are_validated(model, request_file, tmp_path):
     with pytest.raises(ConfigError, match="runtime.resume='maybe' is invalid"):
         cfg.validate()
     assert plan_resume(make_config([f"output_dir={tmp_path}"]), []).done == frozenset()
+
+
+def test_a_finished_run_reruns_as_a_no_op_and_a_repeated_line_fails_the_ids_check(model, request_file, tmp_path):
+    run_job_ranks(1, _overrides(model, request_file, tmp_path))
+    metrics_file = (tmp_path / "metrics.json").read_text()
+    again = run_job_ranks(1, _overrides(model, request_file, tmp_path))
+    assert again["resumed"] == N and again["num_requests"] == 0 and again["ids_check"]["ok"]
+    assert (tmp_path / "metrics.json").read_text() == metrics_file  # the finishing attempt's figures stand
+    lines = (tmp_path / "outputs.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "outputs.jsonl").write_text("".join(lines + lines[:1]))  # e.g. two jobs wrote into one directory
+    with pytest.raises(RuntimeError, match=r"fails the ids check: 1 id\(s\) appear more than once"):
+        run_job_ranks(1, _overrides(model, request_file, tmp_path))
+    assert "incomplete" in (tmp_path / MARKER_FILE).read_text()
+    assert json.loads((tmp_path / "metrics.json").read_text())["ids_check"]["duplicated"] == ["r0"]
+
+
+@pytest.mark.parametrize("drain_s", [0, 60])
+def test_after_a_signal_no_request_is_admitted_and_the_running_ones_drain(model, request_file, tmp_path, drain_s):
+    """scheduler.max_num_seqs=3: when the first request finishes, at most 2 others are running. With a drain
+    window they finish (and nothing else starts); with none, the job stops at once."""
+    with pytest.raises(Preempted, match="SIGUSR1"):
+        run_job_ranks(1, _overrides(model, request_file, tmp_path, "scheduler.max_num_seqs=3", "debug.signal_after=1",
+                                    "debug.signal=SIGUSR1", f"runtime.drain_timeout_s={drain_s}"))
+    ids = _ids(tmp_path)
+    if drain_s:
+        assert sorted(ids) == ["r0", "r1", "r2"]  # FCFS: the three running requests, and none admitted later
+    else:
+        assert len(ids) < 3
+    assert json.loads((tmp_path / "metrics.json").read_text())["unfinished"] == N - len(ids)

@@ -3,14 +3,17 @@
 Expands a Hydra-style sweep (comma lists, ``range(...)`` and ``choice(...)`` are axes; Hydra's own override
 parser and basic sweeper do the expansion) and runs every combination as its own torchrun job, one after the
 other, through torch's elastic launcher: ``pipeline.stages`` ranks of ``python -m launch.run`` with the job's
-overrides, a standalone c10d rendezvous on 127.0.0.1 on a port the OS picks, and
-``hydra.run.dir=<out>/<NN>_<slug>``. The ranks' stdout and stderr go to ``<job dir>/torchrun/``.
+overrides, a standalone c10d rendezvous on 127.0.0.1 on a port the OS picks, and ``hydra.run.dir`` set to
+``<hydra.sweep.dir>/<hydra.sweep.subdir>`` (``launch/sweep_dirs.py``; ``--out`` is a shortcut for the sweep
+directory, and each job's directory defaults to ``<NN>_<slug>``). The ranks' stdout and stderr go to
+``<job dir>/torchrun/``. A re-run of a sweep into the same directory skips the jobs that completed with the
+same config, and resumes the ones that stopped.
 
 Each job's config is composed and validated here first, so a bad value fails that job at once without starting
 ranks. A failed job (non-zero exit, or over ``--timeout``) is recorded with the tail of its error and the sweep
 goes on. ``--with-hf-baseline`` adds one run of ``scripts.hf_baseline`` with the fixed overrides. At the end
-``summary.csv``, ``summary.md`` and ``summary.png`` go into ``--out`` (default ``multirun/<date>/<time>``) and
-the table is printed. Exit code: 0 when every job succeeded, 1 when any failed, 2 for malformed overrides.
+``summary.csv``, ``summary.md`` and ``summary.png`` go into the sweep directory and the table is printed.
+Exit code: 0 when every job succeeded, 1 when any failed, 2 for malformed overrides.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
+from launch.sweep_dirs import finished_result, place_jobs, split_sweep_dirs
 from launch.sweep_summary import HF_JOB, Job, JobResult, write_summary
 
 _REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "one torchrun job per combination, and summarise them.")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides; comma lists are sweep axes")
     parser.add_argument("-m", "--multirun", action="store_true", help="accepted for familiarity; always a sweep")
-    parser.add_argument("--out", help="sweep directory (default: multirun/<date>/<time>)")
+    parser.add_argument("--out", help="sweep directory, as hydra.sweep.dir (default: multirun/<date>/<time>)")
     parser.add_argument("--dry-run", action="store_true", help="list the jobs and exit")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per job before it is killed")
     parser.add_argument("--with-hf-baseline", action="store_true",
@@ -52,15 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf-batch-size", type=int, default=8, help="static batch size of the HF baseline")
     args = parser.parse_intermixed_args(argv)  # overrides may come before and after the options
     try:
-        axes, fixed, jobs = expand(args.overrides)
-    except SweepError as exc:
+        sweep_dir, subdir, overrides = split_sweep_dirs(args.overrides)
+        axes, fixed, jobs = expand(overrides)
+        out, jobs = place_jobs(jobs, out=args.out, sweep_dir=sweep_dir, subdir=subdir)
+    except ValueError as exc:  # SweepError, or sweep directories that do not resolve
         print(f"pp-sweep: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out or time.strftime("multirun/%Y-%m-%d/%H-%M-%S")).resolve()
     checked = [(job, *_check(job)) for job in jobs]
     if args.dry_run:
-        for job, nproc, problem in checked:
-            print(f"{job.name}: nproc={nproc} {' '.join(job.overrides)}" + (f"  [{problem}]" if problem else ""))
+        for job, nproc, problem, fingerprint in checked:
+            done = not problem and finished_result(job, out / job.name, fingerprint)
+            print(f"{job.name}: nproc={nproc} {' '.join(job.overrides)}" + (f"  [{problem}]" if problem else "")
+                  + ("  [done, skipped]" if done else ""))
         if args.with_hf_baseline:
             print(f"{HF_JOB}: python -m scripts.hf_baseline --batch-size {args.hf_batch_size} {' '.join(fixed)}")
         return 0
@@ -69,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pp-sweep: {len(jobs)} job(s) into {out}")
     results: list[JobResult] = []
     try:
-        for i, (job, nproc, problem) in enumerate(checked, 1):
+        for i, (job, nproc, problem, fingerprint) in enumerate(checked, 1):
             print(f"[{i}/{len(jobs)}] {job.name} ({nproc} rank(s)) ...", end=" ", flush=True)
             result = JobResult(job, "failed", error=problem) if problem else \
+                finished_result(job, out / job.name, fingerprint) or \
                 _run_job(job, out / job.name, nproc=nproc, timeout=args.timeout)
             results.append(result)
             print(_status_line(result), flush=True)
@@ -91,7 +99,7 @@ def expand(overrides: list[str]) -> tuple[list[str], list[str], list[Job]]:
     """Split ``overrides`` into sweep axes and fixed overrides, and list one Job per combination.
 
     Returns (swept keys, fixed overrides without ``hydra.*``, jobs in Hydra's order: the first axis varies
-    slowest). ``hydra.run.dir`` / ``hydra.sweep.dir`` are dropped: every job gets its own run directory.
+    slowest). ``hydra.run.dir`` / ``hydra.sweep.*`` are dropped: every job gets its own run directory.
     """
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -101,7 +109,7 @@ def expand(overrides: list[str]) -> tuple[list[str], list[str], list[Job]]:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as exc:
         raise SweepError(str(exc)) from None
-    parsed = [o for o in parsed if o.key_or_group not in ("hydra.run.dir", "hydra.sweep.dir")]
+    parsed = [o for o in parsed if o.key_or_group not in ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")]
     last = {o.get_key_element(): o for o in parsed}  # a repeated key: the last one wins, at the first's place
     keys = list(last)  # the basic sweeper's order
     axes = [key for key, o in last.items() if o.is_sweep_override()]
@@ -122,14 +130,16 @@ def expand(overrides: list[str]) -> tuple[list[str], list[str], list[Job]]:
     return axes, fixed, jobs
 
 
-def _check(job: Job) -> tuple[int, str | None]:
-    """(ranks to start, None) when the job's config composes and validates, else (1, the error)."""
+def _check(job: Job) -> tuple[int, str | None, dict]:
+    """(ranks to start, None, the config's fingerprint as run_state.json stores it) when the job's config
+    composes and validates, else (1, the error, {})."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from pp_runtime.config import ConfigError, register_configs
+    from pp_runtime.run_state import config_hash, file_sha256
 
     register_configs()
     try:
@@ -140,8 +150,9 @@ def _check(job: Job) -> tuple[int, str | None]:
             cfg.pipeline.stages = 1
         cfg.validate()
     except (HydraException, OmegaConfBaseException, ConfigError) as exc:
-        return 1, f"config error: {exc}"
-    return cfg.pipeline.stages, None
+        return 1, f"config error: {exc}", {}
+    fingerprint = {"config_hash": config_hash(cfg), "request_file_sha256": file_sha256(cfg.workload.path)}
+    return cfg.pipeline.stages, None, fingerprint
 
 
 def _run_job(job: Job, job_dir: Path, *, nproc: int, timeout: float) -> JobResult:
@@ -275,6 +286,8 @@ def _quote(value: str) -> str:
 
 
 def _status_line(result: JobResult) -> str:
+    if result.skipped:
+        return "done earlier, skipped"
     if result.status == "ok":
         tput = result.metrics.get("output_throughput")
         rate = f", {tput:.1f} tok/s" if isinstance(tput, (int, float)) and math.isfinite(tput) else ""

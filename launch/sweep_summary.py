@@ -24,6 +24,7 @@ class JobResult:
     seconds: float = 0.0
     error: str | None = None  # tail of the failing rank's stderr (or why the job did not start)
     metrics: dict | None = None
+    skipped: bool = False  # done by an earlier run of the sweep into the same directory
 
 
 

@@ -69,6 +69,11 @@ def config_fingerprint(cfg: Config) -> dict:
     return flat
 
 
+def config_hash(cfg: Config) -> str:
+    """Hash of ``config_fingerprint(cfg)``, as stored in run_state.json (pp-sweep compares it to skip done jobs)."""
+    return _digest(config_fingerprint(cfg))
+
+
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -99,7 +104,7 @@ def plan_resume(cfg: Config, requests) -> ResumePlan:
     """Decide how this attempt treats ``cfg.output_dir``; raises ConfigError if it may not continue it."""
     out_dir, mode = Path(cfg.output_dir), cfg.runtime.resume
     fingerprint = config_fingerprint(cfg)
-    state = {"config_hash": _digest(fingerprint), "requests_hash": requests_hash(requests),
+    state = {"config_hash": config_hash(cfg), "requests_hash": requests_hash(requests),
              "num_requests": len(requests), "request_file_sha256": file_sha256(cfg.workload.path),
              "config": fingerprint, "attempt": 1, "status": "running"}
     old = read_state(out_dir)

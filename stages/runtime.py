@@ -10,6 +10,7 @@ import torch.distributed as dist
 from pp_runtime.comm import Transport
 from pp_runtime.kv_cache import KVCache
 from pp_runtime.planner import needs_cost_model
+from pp_runtime.preemption import Preempted, announced
 from pp_runtime.tracer import Tracer
 from stages.executor import StageExecutor
 from stages.faults import Faults
@@ -24,7 +25,6 @@ def run_stage(plan, *, stop=None) -> dict | None:
     ``stop`` (a ``StopSignal``) ends the job early: rank 0 drains and tells the others; then every rank, once
     the reports are written, raises ``Preempted``.
     """
-    from pp_runtime.preemption import Preempted, announced
     cfg, rank, world = plan.cfg, plan.rank, plan.world_size
     layers = plan.layer_ranges[rank]
     tracer = Tracer(rank, capacity=cfg.tracer.capacity, enabled=cfg.tracer.enabled, device=plan.device)

@@ -203,9 +203,10 @@ def test_resume_false_moves_the_old_file_aside_and_force_keeps_it(model, request
 def test_runtime_resume_values_are_validated(model, request_file, tmp_path):
     for value, expected in (("false", False), ("true", True), ("force", "force")):
         assert make_config([f"runtime.resume={value}"]).runtime.resume == expected
-    cfg = make_config(["pipeline.stages=1", "runtime.resume=maybe"])
-    with pytest.raises(ConfigError, match="runtime.resume='maybe' is invalid"):
-        cfg.validate()
+    for bad, key in (("runtime.resume=maybe", "runtime.resume='maybe'"), ("runtime.drain_timeout_s=-1",
+                     "runtime.drain_timeout_s=-1.0"), ("debug.signal=SIGKILL", "debug.signal='SIGKILL'")):
+        with pytest.raises(ConfigError, match=f"{key} is invalid"):
+            make_config(["pipeline.stages=1", bad]).validate()
     assert plan_resume(make_config([f"output_dir={tmp_path}"]), []).done == frozenset()
 
 

@@ -5,14 +5,17 @@ Rank 0 decides: its engine reads ``StopSignal.requested`` between micro-batches,
 drains, and tells the other ranks through the job's store (``announce``) before it sends the stop message
 round the ring; the other ranks keep serving until that message reaches them, then read the store
 (``announced``) to learn that the job stopped early. Every rank then raises ``Preempted``, which
-``launch.run`` turns into exit code ``EXIT_PREEMPTED``.
+``launch.run`` turns into exit code ``EXIT_PREEMPTED``. A signal that reaches another rank only (one node's
+torchrun agent was signalled) is passed to rank 0 through the store, which rank 0 reads every ``_POLL_S``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import time
 
 log = logging.getLogger("pp_runtime")
 
@@ -20,6 +23,8 @@ log = logging.getLogger("pp_runtime")
 EXIT_PREEMPTED = 75
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _STORE_KEY = "pp_runtime/preempted"
+_REQUEST_KEY = "pp_runtime/stop_requested"  # a signal that reached a rank other than 0
+_POLL_S = 0.5
 
 
 class Preempted(Exception):
@@ -31,15 +36,38 @@ class StopSignal:
 
     def __init__(self):
         self.signum: int | None = None
+        self.where = ""  # " on stage <k>" when the signal reached another rank and was passed on to rank 0
+        self.rank = int(os.environ.get("RANK", 0))
         self._previous: dict[int, object] = {}
+        self._passed_on = False
+        self._next_poll = 0.0
 
     @property
     def requested(self) -> bool:
+        """Rank 0: whether a signal reached this rank, or (checked every _POLL_S) another one."""
+        if self.signum is None and self.rank == 0 and time.monotonic() >= self._next_poll:
+            self._next_poll = time.monotonic() + _POLL_S
+            passed = _get(_REQUEST_KEY)
+            if passed:
+                signame, stage = passed.split()
+                self.signum, self.where = signal.Signals[signame], f" on stage {stage}"
         return self.signum is not None
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else "no signal"
+        return signal.Signals(self.signum).name + self.where if self.signum is not None else "no signal"
+
+    def pass_on(self) -> None:
+        """Other ranks: tell rank 0 about a signal this rank received (once the ranks have met)."""
+        if self.signum is None or self.rank == 0 or self._passed_on:
+            return
+        store = _store()
+        if store is not None:
+            try:
+                store.compare_set(_REQUEST_KEY, "", f"{signal.Signals(self.signum).name} {self.rank}")
+                self._passed_on = True
+            except Exception:  # noqa: BLE001 - rank 0 is gone: its own failure handling ends the job
+                pass
 
     def __enter__(self) -> StopSignal:
         if threading.current_thread() is not threading.main_thread():
@@ -59,6 +87,8 @@ class StopSignal:
             self.signum = signum
             log.warning("received %s: finishing what is in flight, then stopping (rerun to resume)",
                         signal.Signals(signum).name)
+            # A store call is safe here: Python runs handlers between bytecodes, never inside another store call.
+            self.pass_on()
 
 
 def announce(reason: str) -> None:
@@ -70,10 +100,14 @@ def announce(reason: str) -> None:
 
 def announced() -> str | None:
     """Other ranks, once the stop message reached them: rank 0's reason if it stopped early, else None."""
+    return _get(_STORE_KEY)
+
+
+def _get(key: str) -> str | None:
     store = _store()
     try:
-        return store.get(_STORE_KEY).decode() if store is not None and store.check([_STORE_KEY]) else None
-    except Exception:  # noqa: BLE001 - the store went away with rank 0: nothing announced
+        return store.get(key).decode() if store is not None and store.check([key]) else None
+    except Exception:  # noqa: BLE001 - the store went away with rank 0: nothing there
         return None
 
 

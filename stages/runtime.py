@@ -58,6 +58,8 @@ def run_stage(plan, *, stop=None) -> dict | None:
     else:
         from stages.worker import serve
 
+        if stop is not None:
+            stop.pass_on()  # a signal that came before the ranks met
         serve(rank, executor, transport, tracer, faults)
         result = None
         stopped = announced()  # rank 0 said so before the stop message came round

@@ -34,6 +34,7 @@ log = logging.getLogger("pp_runtime")
 register_configs()
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+_composed = False  # Hydra handed over a typed config: an exit 1 before that is Hydra rejecting the overrides
 _MULTIRUN = ("-m", "--multirun", "hydra.mode=MULTIRUN", "hydra.mode=multirun")
 
 
@@ -73,6 +74,8 @@ def run_or_exit(cfg: Config) -> None:
     """Run the job on this rank; on failure log it, write torchrun's error file and exit with the code above."""
     from launch.job import run_job
 
+    global _composed
+    _composed = True
     rank = int(os.environ.get("RANK", 0))
     try:
         run_job(cfg)
@@ -133,7 +136,12 @@ def main() -> None:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     sys.argv += rank_overrides(sys.argv[1:], dict(os.environ))
-    _app()
+    try:
+        _app()
+    except SystemExit as exc:
+        if exc.code == 1 and not _composed:  # an unknown key, a value of the wrong type: Hydra printed why
+            sys.exit(EXIT_BAD_INPUT)
+        raise
 
 
 if __name__ == "__main__":

@@ -40,6 +40,16 @@ def test_hydra_multirun_is_refused_at_once_with_a_pointer_to_pp_sweep(monkeypatc
     assert refuse_multirun(["scheduler=orca", "hydra.run.dir=x"]) is None
 
 
+@pytest.mark.filterwarnings("ignore:Unable to enable fault handler")
+@pytest.mark.parametrize("override", ["runtime.resume=1", "runtime.no_such_key=3", "scheduler=nope"])
+def test_overrides_hydra_rejects_exit_2(monkeypatch, capsys, override):
+    monkeypatch.setattr(launch.run, "_composed", False)
+    monkeypatch.setattr(sys, "argv", ["launch/run.py", override, "hydra.run.dir=.", "hydra.output_subdir=null"])
+    with pytest.raises(SystemExit) as exc:
+        launch.run.main()
+    assert exc.value.code == 2, capsys.readouterr().err
+
+
 def _exit_and_error_file(monkeypatch, tmp_path, overrides) -> tuple[int, dict]:
     error_file = tmp_path / "error.json"
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))

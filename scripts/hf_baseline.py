@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = compose_config(args.overrides)
         cfg.output_dir = args.out
+        cfg.runtime.resume = False  # the baseline always runs every request (and overwrites outputs.jsonl)
         plan = prepare(cfg)
     except (ConfigError, RequestError, FileNotFoundError, HydraException, OmegaConfBaseException) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ def run_torchrun(nproc: int, overrides: list[str], out_dir: Path, *, timeout_s: 
     """One job: ``torchrun --nproc_per_node=nproc -m launch.run overrides``; returns its metrics.json."""
     out_dir = Path(out_dir)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "launch.run", f"pipeline.stages={nproc}", "runtime.progress=false", *overrides,
+           "-m", "launch.run", f"pipeline.stages={nproc}", "runtime.progress=false", "runtime.resume=false", *overrides,
            f"hydra.run.dir={out_dir}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     start = time.monotonic()

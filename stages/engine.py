@@ -70,7 +70,7 @@ class Engine:
             if wake is None:
                 raise RuntimeError(f"planner is stuck: nothing in flight, nothing schedulable, "
                                    f"{len(planner.running)} running, {len(planner.waiting)} waiting")
-            time.sleep(min(_POLL_S, max(0.0, wake - (time.monotonic() - start))))  # online: wait for an arrival
+            self._sleep_until(wake, start)  # online mode: wait for the next arrival
         while in_flight:  # stopped early: what was sent still comes back, and may finish requests
             self._receive(in_flight, start)
         self.stopped_early = planner.has_unfinished()
@@ -82,6 +82,11 @@ class Engine:
                 raise PipelineError("stage 0 expected the stop message to come back round the pipeline")
             self.transport.flush()
         return time.monotonic() - start
+
+    def _sleep_until(self, wake_s: float, start: float) -> None:
+        """Sleep until ``wake_s`` (seconds since ``start``), waking early for a stop signal."""
+        while (left := wake_s - (time.monotonic() - start)) > 0 and not (self.stop is not None and self.stop.requested):
+            time.sleep(min(_POLL_S, left))
 
     def _receive(self, in_flight: deque, start: float) -> None:
         msg = self.transport.recv()

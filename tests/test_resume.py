@@ -249,3 +249,16 @@ def test_after_a_signal_no_request_is_admitted_and_the_running_ones_drain(model,
     else:
         assert len(ids) < 3
     assert json.loads((tmp_path / "metrics.json").read_text())["unfinished"] == N - len(ids)
+
+
+def test_a_signal_while_waiting_for_an_arrival_stops_the_job(model, tmp_path):
+    """Online mode: rank 0 sleeps until the next arrival (here 10 minutes away) but wakes for a signal."""
+    late = write_jsonl(tmp_path / "late.jsonl", [{"id": "now", "prompt_token_ids": [5, 6, 7], "max_tokens": 2},
+                                                 {"id": "later", "prompt_token_ids": [5, 6], "arrival_s": 600.0}])
+    out = tmp_path / "run"
+    procs, pipes = start_ranks(_rank_main, 1, ["pipeline.stages=1", *_overrides(model, late, out)])
+    _wait_for_lines(out / "outputs.jsonl", 1)
+    os.kill(procs[0].pid, signal.SIGTERM)
+    (outcome,) = collect_outcomes(procs, pipes, timeout=30)
+    assert outcome.exitcode == EXIT_PREEMPTED, outcome.error
+    assert _ids(out) == ["now"] and "SIGTERM" in (out / MARKER_FILE).read_text()

@@ -24,7 +24,7 @@ EXIT_PREEMPTED = 75
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _STORE_KEY = "pp_runtime/preempted"
 _REQUEST_KEY = "pp_runtime/stop_requested"  # a signal that reached a rank other than 0
-_POLL_S = 0.5
+_POLL_S = 0.2
 
 
 class Preempted(Exception):

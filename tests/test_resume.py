@@ -123,14 +123,16 @@ def test_sigusr1_to_rank_0_drains_and_every_rank_exits_75(model, request_file, r
 
 def test_a_signal_to_another_rank_is_passed_on_to_rank_0(model, request_file, tmp_path):
     """One node's torchrun was signalled: rank 0 still decides, drains, and every rank exits 75."""
-    procs, pipes = start_ranks(_rank_main, 2, ["pipeline.stages=2", *_overrides(model, request_file, tmp_path),
+    many = write_jsonl(tmp_path / "many.jsonl", _requests(n=48))  # rank 0 learns of it within a poll: leave work
+    out = tmp_path / "run"
+    procs, pipes = start_ranks(_rank_main, 2, ["pipeline.stages=2", *_overrides(model, many, out),
                                                "debug.stage_delay_ms=40"])
-    _wait_for_lines(tmp_path / "outputs.jsonl", 2)
+    _wait_for_lines(out / "outputs.jsonl", 2)
     os.kill(procs[1].pid, signal.SIGTERM)
     outcomes = collect_outcomes(procs, pipes, timeout=30)
     assert [o.exitcode for o in outcomes] == [EXIT_PREEMPTED] * 2, [o.error for o in outcomes]
-    assert "stopped by SIGTERM on stage 1" in (tmp_path / MARKER_FILE).read_text()
-    assert len(_ids(tmp_path)) < N
+    assert "stopped by SIGTERM on stage 1" in (out / MARKER_FILE).read_text()
+    assert len(_ids(out)) < 48
 
 
 def test_sigkill_of_one_rank_fails_the_others_and_a_rerun_completes(model, request_file, reference, tmp_path):

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from pp_runtime.config import Config, ConfigError, register_configs
-from pp_runtime.preemption import EXIT_PREEMPTED, Preempted
+from pp_runtime.preemption import EXIT_PREEMPTED, Preempted, StopSignal
 from pp_runtime.request import RequestError
 
 log = logging.getLogger("pp_runtime")
@@ -77,24 +77,27 @@ def run_or_exit(cfg: Config) -> None:
     global _composed
     _composed = True
     rank = int(os.environ.get("RANK", 0))
-    try:
-        run_job(cfg)
-    except Preempted as exc:
-        log.warning("stage %d: %s", rank, exc)
-        print(f"preempted: {exc}", file=sys.stderr)
-        _record_error(exc)
-        sys.exit(EXIT_PREEMPTED)
-    except (ConfigError, RequestError, FileNotFoundError) as exc:
-        log.error("stage %d: %s", rank, exc)
-        print(f"error: {exc}", file=sys.stderr)
-        _record_error(exc)
-        sys.exit(EXIT_BAD_INPUT)
-    except Exception as exc:
-        log.exception("stage %d failed", rank)
-        text = str(exc)
-        print(f"error: {text}" if text.startswith("stage ") else f"error on stage {rank}: {text}", file=sys.stderr)
-        _record_error(exc, consequence=text.startswith(f"stage {rank}: aborting"))
-        sys.exit(EXIT_FAILED)
+    # Held around run_job's own handlers: a SIGTERM that torchrun sends once another rank has exited must not
+    # cut this rank's error report short.
+    with StopSignal():
+        try:
+            run_job(cfg)
+        except Preempted as exc:
+            log.warning("stage %d: %s", rank, exc)
+            print(f"preempted: {exc}", file=sys.stderr)
+            _record_error(exc)
+            sys.exit(EXIT_PREEMPTED)
+        except (ConfigError, RequestError, FileNotFoundError) as exc:
+            log.error("stage %d: %s", rank, exc)
+            print(f"error: {exc}", file=sys.stderr)
+            _record_error(exc)
+            sys.exit(EXIT_BAD_INPUT)
+        except Exception as exc:
+            log.exception("stage %d failed", rank)
+            text = str(exc)
+            print(f"error: {text}" if text.startswith("stage ") else f"error on stage {rank}: {text}", file=sys.stderr)
+            _record_error(exc, consequence=text.startswith(f"stage {rank}: aborting"))
+            sys.exit(EXIT_FAILED)
 
 
 def _record_error(exc: BaseException, *, consequence: bool = False) -> None:

@@ -1,0 +1,88 @@
+"""The links between simulated pipeline stages: how long a hop takes for a number of bytes.
+
+A hop costs ``latency + bytes / bandwidth``. Stage s sends a micro-batch's activations (``num_tokens x hidden x
+dtype bytes``) to stage s+1; the last stage returns the sampled token ids to stage 0 (a few bytes: latency only).
+Which kind of link a hop uses follows from where the stages sit: stage s is on node ``s // gpus_per_node``.
+
+Preset numbers (one direction), and where they come from:
+
+- nvlink: H100 450 GB/s (NVLink 4, "900 GB/s" in NVIDIA's H100 datasheet counts both directions), A100 300 GB/s
+  (NVLink 3, "600 GB/s" both directions); 10 us per message (assumption: NCCL point-to-point send/recv of a small
+  message within a node takes a few to ~10 us including the kernel launch).
+- pcie: H100 50 GB/s (PCIe Gen5 x16: 64 GB/s raw, ~80% achievable), A100 25 GB/s (Gen4 x16: 32 raw); 15 us
+  (assumption: a staged copy through host or switch adds to NVLink's latency).
+- infiniband: H100 50 GB/s (one ConnectX-7 NDR 400 Gb/s per GPU, as in DGX H100), A100 25 GB/s (ConnectX-6 HDR
+  200 Gb/s per GPU, DGX A100); 20 us (assumption: NCCL's network proxy dominates the ~2 us wire latency).
+- gloo (loopback TCP between processes of one machine, how CPU runs of pp-runtime talk): 200 us and 1.5 GB/s,
+  measured on this project's 2-core shared VM as the median round trip of a header + metadata + activation
+  message as pp_runtime.comm sends it (~450 us for 64 x 576 float32 rows including the reply, ~2 ms for 1024
+  rows); noisy, and a loaded machine is slower.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+GB = 1e9
+
+# kind -> gpu -> (bandwidth bytes/s, latency s); gloo does not depend on the GPU.
+_PRESETS: dict[str, dict[str, tuple[float, float]]] = {
+    "nvlink": {"h100": (450 * GB, 10e-6), "a100": (300 * GB, 10e-6)},
+    "pcie": {"h100": (50 * GB, 15e-6), "a100": (25 * GB, 15e-6)},
+    "infiniband": {"h100": (50 * GB, 20e-6), "a100": (25 * GB, 20e-6)},
+    "gloo": {"h100": (1.5 * GB, 200e-6), "a100": (1.5 * GB, 200e-6)},
+}
+
+
+@dataclass(frozen=True)
+class Link:
+    """One hop: its kind (for reports), bandwidth in bytes per second (inf: free) and latency in seconds."""
+
+    kind: str
+    bandwidth_Bps: float
+    latency_s: float
+
+    def transfer_s(self, nbytes: float) -> float:
+        """Seconds for ``nbytes`` to cross this hop."""
+        return self.latency_s + (nbytes / self.bandwidth_Bps if math.isfinite(self.bandwidth_Bps) else 0.0)
+
+
+@dataclass(frozen=True)
+class LinkModel:
+    """``hops[s]`` carries activations from stage s to s+1 (N-1 hops); ``back`` returns tokens to stage 0."""
+
+    hops: tuple[Link, ...]
+    back: Link
+
+    @classmethod
+    def uniform(cls, num_stages: int, *, latency_s: float = 0.0, bandwidth_Bps: float = math.inf,
+                kind: str = "ideal") -> LinkModel:
+        """Every hop (and the return) alike; the default is a free link (no latency, infinite bandwidth)."""
+        link = Link(kind, bandwidth_Bps, latency_s)
+        return cls(tuple(link for _ in range(num_stages - 1)), link)
+
+    @classmethod
+    def from_config(cls, sim, num_stages: int, *, cpu: bool) -> LinkModel:
+        """Links of ``sim`` (a SimConfig) for ``num_stages`` stages; ``cpu`` resolves ``link=auto`` to gloo."""
+        kind = sim.link
+        if kind == "auto":
+            kind = "gloo" if cpu else "nvlink"
+
+        def hop(a: int, b: int) -> Link:
+            same_node = a // sim.gpus_per_node == b // sim.gpus_per_node
+            k = kind if kind in ("gloo", "infiniband") or same_node else "infiniband"
+            bw, lat = _PRESETS[k][sim.gpu]
+            if sim.link_bandwidth_gbps is not None:
+                bw = sim.link_bandwidth_gbps * GB
+            if sim.link_latency_us is not None:
+                lat = sim.link_latency_us * 1e-6
+            return Link(k, bw, lat)
+
+        return cls(tuple(hop(s, s + 1) for s in range(num_stages - 1)), hop(num_stages - 1, 0))
+
+    def describe(self) -> str:
+        """One line: each hop's kind, bandwidth and latency."""
+        parts = [f"{s}->{s + 1} {h.kind} {h.bandwidth_Bps / GB:g} GB/s {h.latency_s * 1e6:g} us"
+                 for s, h in enumerate(self.hops)]
+        return "; ".join(parts + [f"back {self.back.kind} {self.back.latency_s * 1e6:g} us"])

@@ -2,14 +2,14 @@
 
 A *time model* is any object with ``num_stages`` and ``predict(pieces) -> list[float]`` (seconds of a
 micro-batch on each stage). ``CostModel`` is one; ``SplitTimeModel`` over a per-part source (a layer profile,
-the roofline) is another, for any layer split. ``as_cost_model`` fits a ``CostModel`` to any time model, for a
-planner that balances by predicted time.
+the roofline) is another, for any layer split. (The simulator fits a ``CostModel`` to any
+time model for a planner that balances by predicted time: ``pp_runtime.sim.fit_cost_model``.)
 """
 
 from __future__ import annotations
 
 from pp_runtime.config import ConfigError
-from pp_runtime.planner.cost_model import CostModel, CostModelError, profile_points, work
+from pp_runtime.planner.cost_model import CostModel, CostModelError
 from pp_runtime.sim.parts import PartSource, SplitTimeModel
 
 
@@ -68,13 +68,4 @@ def build_time_model(cfg, *, hf_config, layer_ranges: list[range], run_cost_mode
                           f"pipeline has {len(counts)}; set sim.cost_model_path to a cost_model.json of a "
                           f"{len(counts)}-stage run, or use sim.cost_model=layer_profile or roofline")
     return model
-
-
-def as_cost_model(time_model, *, token_budget: int, max_context_len: int) -> CostModel:
-    """A ``CostModel`` fitted to ``time_model`` on the profiler's shapes (the planner's balancing needs one)."""
-    if isinstance(time_model, CostModel):
-        return time_model
-    rows = [(s, *work(shape), t) for shape in profile_points(token_budget, max_context_len=max_context_len)
-            for s, t in enumerate(time_model.predict(shape))]
-    return CostModel.fit(rows)
 

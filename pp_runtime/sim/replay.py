@@ -1,0 +1,143 @@
+"""Re-simulate a recorded run: its resolved config, workload, fitted cost model and sampled tokens.
+
+The run directory gives the config (metrics.json's "config", else .hydra/config.yaml), the cost model fitted at
+the start of the run (cost_model.json, else the file its scheduler.cost_model_path names) and each request's
+output token ids (outputs.jsonl), which the replay samples so that every request finishes where it did.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pp_runtime.config import Config, ConfigError
+from pp_runtime.sim.compare import compare_runs, load_summary, run_summary
+from pp_runtime.sim.job import SimJob, prepare_sim
+from pp_runtime.sim.output import write_sim_run
+from pp_runtime.sim.pipeline import SimResult
+from pp_runtime.tracer import EventKind
+
+
+class ReplayError(ValueError):
+    """A run directory cannot be replayed; the message names the file and what to do."""
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The resolved Config of a run directory."""
+    from omegaconf import OmegaConf
+
+    run = Path(run_dir)
+    if (run / "metrics.json").exists() and "config" in (metrics := json.loads((run / "metrics.json").read_text())):
+        data = OmegaConf.create(metrics["config"])
+    elif (run / ".hydra" / "config.yaml").exists():
+        data = OmegaConf.load(run / ".hydra" / "config.yaml")
+    else:
+        raise ReplayError(f"run dir {str(run)!r} has neither metrics.json with a 'config' nor .hydra/config.yaml: "
+                          f"pass a directory written by pp-run")
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
+    except Exception as exc:  # noqa: BLE001 - omegaconf raises several kinds for unknown or mistyped keys
+        raise ReplayError(f"run dir {str(run)!r}: its config does not fit this checkout's schema ({exc})") from None
+    if cfg.pipeline.stages is None and (run / "events.npz").exists():
+        from pp_runtime.reports import load_events
+
+        cfg.pipeline.stages = len(load_events(str(run)))
+    return cfg
+
+
+def recorded_tokens(run_dir: str | Path) -> dict[str, list[int]]:
+    """Request id -> output token ids, from outputs.jsonl."""
+    path = Path(run_dir) / "outputs.jsonl"
+    if not path.exists():
+        raise ReplayError(f"run dir {str(run_dir)!r} has no outputs.jsonl: pass a directory written by pp-run")
+    return {rec["id"]: rec["output_token_ids"] for rec in map(json.loads, path.read_text().splitlines())}
+
+
+def replay_sampler(job: SimJob, tokens: dict[str, list[int]]):
+    """``sample(piece)`` returning the token the real run sampled at that step of that request."""
+    missing = [r.id for r in job.requests if r.id not in tokens]
+    if missing:
+        raise ReplayError(f"outputs.jsonl lacks requests {missing[:5]} of the run's workload: the run did not finish, "
+                          "or the workload file changed since")
+    by_seq = [tokens[r.id] for r in job.requests]
+
+    def sample(piece) -> int:
+        out = by_seq[piece.seq_id]
+        return out[piece.step] if piece.step < len(out) else -1  # -1 never occurs: past the record, run on
+
+    return sample
+
+
+class MeasuredTimes:
+    """A time model that returns a recorded run's measured compute durations, micro-batch after micro-batch in
+    launch order (stateful: the k-th ``predict`` call gives the k-th micro-batch's times). With it, a replay
+    isolates what the planner and the links do from what the cost model gets wrong."""
+
+    def __init__(self, events: dict[int, np.ndarray]):
+        self.num_stages = len(events)
+        per_stage = []
+        for s in range(self.num_stages):
+            ev = events[s]
+            compute = ev[(ev[:, 0] == EventKind.COMPUTE) & (ev[:, 3] >= 0)]
+            compute = compute[np.argsort(compute[:, 3], kind="stable")]
+            per_stage.append((compute[:, 2] - compute[:, 1]) / 1e9)
+        counts = {len(d) for d in per_stage}
+        if len(counts) != 1:
+            raise ReplayError(f"stages recorded different numbers of compute events ({sorted(counts)}); the run's "
+                              "tracer dropped events: raise tracer.capacity")
+        self.times = np.stack(per_stage, axis=1)  # [num_micro_batches, num_stages] seconds
+        self.calls = 0
+
+    def predict(self, pieces) -> list[float]:
+        if self.calls >= len(self.times):
+            raise ReplayError(f"the simulation launched more micro-batches than the {len(self.times)} recorded")
+        row = self.times[self.calls]
+        self.calls += 1
+        return row.tolist()
+
+    def __repr__(self) -> str:
+        return f"MeasuredTimes({len(self.times)} micro-batches x {self.num_stages} stages)"
+
+
+def replay(run_dir: str | Path, *, out_dir: str | Path | None = None, cost_model_path: str | None = None,
+           measured_times: bool = False, planner_time_us: float | None = None) -> tuple[SimResult, list[dict]]:
+    """Re-simulate ``run_dir`` and write the simulated run into ``out_dir`` (default ``run_dir/replay``).
+
+    ``cost_model_path`` overrides the run's cost model; ``measured_times`` uses the run's own compute durations
+    instead (``MeasuredTimes``); ``planner_time_us`` charges a constant planner time (None: measure it).
+    Returns the result and ``compare_runs(measured, predicted)`` rows.
+    """
+    from pp_runtime.planner import needs_cost_model
+    from pp_runtime.planner.cost_model import CostModel, CostModelError
+    from pp_runtime.reports import load_events
+
+    run = Path(run_dir)
+    cfg = load_run_config(run)
+    path = cost_model_path or (str(run / "cost_model.json") if (run / "cost_model.json").exists() else None) \
+        or cfg.scheduler.cost_model_path
+    if path is None and not measured_times:
+        raise ReplayError(f"run dir {str(run)!r} has no cost_model.json (scheduler.policy={cfg.scheduler.policy} "
+                          f"does not profile the stages) and its config names no scheduler.cost_model_path: pass "
+                          f"--cost-model PATH (a cost_model.json of a run on the same machine and layout)")
+    try:
+        cost_model = CostModel.from_json(path) if path else None
+    except CostModelError as exc:
+        raise ReplayError(str(exc)) from None
+    if cost_model is None and needs_cost_model(cfg.scheduler):
+        raise ReplayError(f"scheduler.policy={cfg.scheduler.policy} balances by a cost model and {str(run)!r} has "
+                          "no cost_model.json: pass --cost-model PATH")
+    out = Path(out_dir) if out_dir is not None else run / "replay"
+    cfg.output_dir = str(out)
+    cfg.sim.cost_model, cfg.sim.cost_model_path = "profiled", path
+    cfg.sim.planner_time_us = planner_time_us
+    job = prepare_sim(cfg, run_cost_model=cost_model)
+    if measured_times:
+        job.time_model = MeasuredTimes(load_events(str(run)))
+    if job.time_model.num_stages != cfg.pipeline.stages:
+        raise ConfigError(f"the cost model of {path!r} has {job.time_model.num_stages} stage(s) but the run had "
+                          f"{cfg.pipeline.stages}; pass --cost-model with a file for {cfg.pipeline.stages} stages")
+    result = job.run(sample=replay_sampler(job, recorded_tokens(run)))
+    bubbles = write_sim_run(out, result, cfg, tokenizer=job.tokenizer, info={**job.info(), "replay_of": str(run)})
+    return result, compare_runs(load_summary(run), run_summary(result.metrics, bubbles))

@@ -79,66 +79,57 @@ def compose(overrides: list[str]):
 
 
 def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: int = 60, sample: int | None = None,
-         simulate=None, setup=None) -> TuneResult:
-    """Search by simulation (``simulate`` defaults to ``pp_runtime.sim.simulate``; ``setup`` to ``job_setup``)."""
+         simulate=None) -> TuneResult:
+    """Search by simulation (``simulate`` defaults to ``pp_runtime.sim.simulate``; tests inject a stand-in)."""
+    from pp_runtime.sim.job import prepare_sim
+    from pp_runtime.sim.parts import total_parts
+    from pp_runtime.sim.time_model import part_source
     from stages.partition import choose_split, head_cost_layers, sampled_share
 
     if cfg.pipeline.stages is None:
         raise ConfigError("pp-tune needs pipeline.stages=N (the number of stages to tune for)")
     if cfg.sim.planner_time_us is None:
         cfg.sim.planner_time_us = PLANNER_TIME_US
-    cfg.validate()
-    hf_config, requests, max_model_len = (setup or job_setup)(cfg)
+    job = prepare_sim(cfg)
+    requests = job.requests
     if sample is not None and sample < len(requests):
         requests = sorted(random.Random(cfg.workload.seed).sample(requests, sample), key=lambda r: r.arrival_s)
-    num_layers, stages = hf_config.num_hidden_layers, cfg.pipeline.stages
-    head_cost = head_cost_layers(hf_config, sampled_share(requests))
-    splits = []
-    if cfg.pipeline.layers_per_stage is not None:
-        splits.append(tuple(cfg.pipeline.layers_per_stage))
-    heuristic, _ = choose_split(num_layers, stages, head_cost=head_cost)
-    splits.append(tuple(len(r) for r in heuristic))
-    from pp_runtime.sim.parts import total_parts
-    from pp_runtime.sim.time_model import part_source
-
-    source = part_source(cfg, hf_config=hf_config)
+    num_layers, stages = job.hf_config.num_hidden_layers, cfg.pipeline.stages
+    head_cost = head_cost_layers(job.hf_config, sampled_share(requests))
+    splits = [tuple(len(r) for r in job.layer_ranges)]  # the job's: pipeline.layers_per_stage or the heuristic
+    splits.append(tuple(len(r) for r in choose_split(num_layers, stages, head_cost=head_cost)[0]))
+    source = part_source(cfg, hf_config=job.hf_config)
     if source is not None:
-        mix = planned_pieces(cfg, requests, hf_config=hf_config, max_model_len=max_model_len)
+        mix = planned_pieces(job, requests)
         timed, rule = choose_split(num_layers, stages, head_cost=head_cost, parts=total_parts(source, mix))
         if rule == "time":
             splits.append(tuple(len(r) for r in timed))
-    splits = list(dict.fromkeys(splits))
     grid = candidates(token_budget=cfg.scheduler.token_budget, chunk_size=cfg.scheduler.chunk_size,
-                      num_microbatches=cfg.pipeline.depth, num_stages=stages, splits=splits)
+                      num_microbatches=cfg.pipeline.depth, num_stages=stages, splits=list(dict.fromkeys(splits)))
     run = simulate or _simulate()
-
-    def evaluate(cand: Candidate) -> dict:
-        return simulate_candidate(cfg, cand, requests, hf_config=hf_config, max_model_len=max_model_len,
-                                  simulate=run)
-
     start = time.monotonic()
-    result = search(evaluate, grid, tbt_slo_ms=tbt_slo_ms, ttft_slo_ms=ttft_slo_ms, max_sims=max_sims)
+    result = search(lambda cand: simulate_candidate(job, cand, requests, simulate=run), grid,
+                    tbt_slo_ms=tbt_slo_ms, ttft_slo_ms=ttft_slo_ms, max_sims=max_sims)
     print(f"pp-tune: {len(result.trials)} of {len(grid)} candidates simulated in {time.monotonic() - start:.1f}s",
           file=sys.stderr)
     return result
 
 
-def simulate_candidate(cfg, cand: Candidate, requests, *, hf_config, max_model_len: int, simulate) -> dict:
-    """Metrics of one simulated run of ``cand`` on ``requests``."""
+def simulate_candidate(job, cand: Candidate, requests, *, simulate) -> dict:
+    """Metrics of one simulated run of ``cand`` on ``requests`` (``job``: a ``prepare_sim`` result)."""
     from pp_runtime.kv_cache import num_blocks_for_budget
     from pp_runtime.sim.time_model import build_time_model
     from stages.partition import partition_layers
 
-    c = apply(cfg, cand)
-    ranges = partition_layers(hf_config.num_hidden_layers, len(cand.layers_per_stage),
+    c = apply(job.cfg, cand)
+    ranges = partition_layers(job.hf_config.num_hidden_layers, len(cand.layers_per_stage),
                               layers_per_stage=list(cand.layers_per_stage))
-    dtype_bytes = 4 if c.dtype == "float32" else 2
-    time_model = build_time_model(c, hf_config=hf_config, layer_ranges=ranges)
+    time_model = build_time_model(c, hf_config=job.hf_config, layer_ranges=ranges)
     num_blocks = c.cache.num_blocks or num_blocks_for_budget(
         c.cache.memory_gib, max_layers_per_stage=max(cand.layers_per_stage), block_size=c.cache.block_size,
-        hf_config=hf_config, dtype=_torch_dtype(dtype_bytes))
-    result = simulate(c, requests, time_model=time_model, links=_links(c, time_model),
-                      hidden_size=hf_config.hidden_size, dtype_bytes=dtype_bytes, max_model_len=max_model_len,
+        hf_config=job.hf_config, dtype=_torch_dtype(job.dtype_bytes))
+    result = simulate(c, requests, time_model=time_model, links=job.links, hidden_size=job.hf_config.hidden_size,
+                      dtype_bytes=job.dtype_bytes, eos_token_ids=job.eos_token_ids, max_model_len=job.max_model_len,
                       num_blocks=num_blocks)
     return result.metrics
 
@@ -153,46 +144,20 @@ def apply(cfg, cand: Candidate):
     return c
 
 
-def planned_pieces(cfg, requests, *, hf_config, max_model_len: int) -> list[tuple]:
-    """The micro-batches (as piece tuples) the job's planner makes of ``requests``, driven in virtual time."""
-    from pp_runtime.kv_cache import num_blocks_for_budget
+def planned_pieces(job, requests) -> list[tuple]:
+    """The micro-batches (their pieces) the job's planner makes of ``requests``, driven in virtual time."""
     from pp_runtime.planner import CostModel, make_planner
     from pp_runtime.planner.drive import drive
 
-    blocks = cfg.cache.num_blocks or num_blocks_for_budget(
-        cfg.cache.memory_gib, max_layers_per_stage=-(-hf_config.num_hidden_layers // cfg.pipeline.stages),
-        block_size=cfg.cache.block_size, hf_config=hf_config, dtype=_torch_dtype(4 if cfg.dtype == "float32" else 2))
-    planner = make_planner(cfg.scheduler, num_blocks=blocks, block_size=cfg.cache.block_size,
-                           num_slots=cfg.pipeline.depth, max_model_len=max_model_len,
+    cfg = job.cfg
+    planner = make_planner(cfg.scheduler, num_blocks=job.num_blocks, block_size=cfg.cache.block_size,
+                           num_slots=cfg.pipeline.depth, max_model_len=job.max_model_len,
                            cost_model=CostModel.default(cfg.pipeline.stages))
     for req in requests:
         planner.add_request(req)
     mbs: list[tuple] = []
-    drive(planner, lambda piece: 3, on_schedule=lambda mb: mbs.append(mb.pieces))
+    drive(planner, lambda piece: -1, on_schedule=lambda mb: mbs.append(mb.pieces))
     return mbs
-
-
-def job_setup(cfg):
-    """(hf_config, requests, max_model_len) as a job would have them; ``sim.model_shape`` replaces the model."""
-    from transformers import AutoConfig
-
-    from launch.job import _load_tokenizer
-    from pp_runtime.sim.hardware import MODEL_SHAPES
-    from pp_runtime.workloads import load_workload
-    from stages.default_model import default_model_dir
-
-    model_dir = cfg.model.path or str(default_model_dir())
-    job_config = AutoConfig.from_pretrained(model_dir)
-    limit = getattr(job_config, "max_position_embeddings", None) or getattr(job_config, "n_positions", 2048)
-    max_model_len = min(cfg.model.max_model_len or limit, limit)
-    requests = load_workload(cfg.workload, tokenizer=_load_tokenizer(model_dir), max_model_len=max_model_len,
-                             vocab_size=job_config.vocab_size)
-    shape = cfg.sim.model_shape
-    if shape is not None:
-        if shape not in MODEL_SHAPES:
-            raise ConfigError(f"sim.model_shape={shape!r} is not a preset; use one of {', '.join(MODEL_SHAPES)}")
-        return MODEL_SHAPES[shape].to_hf_config(max_position_embeddings=max_model_len), requests, max_model_len
-    return job_config, requests, max_model_len
 
 
 def write_override_file(cand: Candidate, out: Path, name: str) -> Path:
@@ -206,16 +171,6 @@ def write_override_file(cand: Candidate, out: Path, name: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def _links(cfg, time_model):
-    """The simulator's link model for ``cfg.sim``: loopback gloo (link=auto) when the times are a CPU's."""
-    from pp_runtime.sim.links import LinkModel
-
-    source = getattr(time_model, "source", None)
-    device = getattr(source, "meta", {}).get("device", "cpu") if cfg.sim.cost_model == "layer_profile" else None
-    cpu = device == "cpu" if device is not None else cfg.sim.cost_model == "profiled" and cfg.device != "cuda"
-    return LinkModel.from_config(cfg.sim, cfg.pipeline.stages, cpu=cpu)
 
 
 def _torch_dtype(dtype_bytes: int):

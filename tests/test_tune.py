@@ -9,21 +9,23 @@ from hypothesis import strategies as st
 
 from launch import tune as tune_cli
 from pp_runtime.config import Config
-from pp_runtime.request import Request, SamplingParams
 from pp_runtime.sim.layer_profile import LayerProfile
 from pp_runtime.sim.tuning import TBT, THROUGHPUT, Candidate, TuneError, candidates, pareto, search
 from tests.jobs import make_config
-from tests.tiny_models import tiny_config
+from tests.tiny_models import make_tiny_model
 
 NUM_LAYERS = 8
 
 
-def _requests(n: int = 12) -> list[Request]:
-    return [Request(f"r{i}", tuple(range(5, 5 + 20 + 7 * i)), SamplingParams(max_tokens=6 + i)) for i in range(n)]
+NUM_REQUESTS = 12
 
 
-def _setup(cfg):
-    return tiny_config("llama", num_layers=NUM_LAYERS), _requests(), 256
+@pytest.fixture(scope="module")
+def job(tmp_path_factory) -> list[str]:
+    """Overrides of a small job: a tiny random 8-layer Llama, 12 synthetic requests, 2 stages."""
+    model = make_tiny_model("llama", tmp_path_factory.mktemp("model"), num_layers=NUM_LAYERS)
+    return [f"model.path={model}", "workload=synthetic", f"workload.num_requests={NUM_REQUESTS}",
+            "workload.prefill_len=40", "pipeline.stages=2"]
 
 
 def _profile(tmp_path) -> str:
@@ -35,13 +37,13 @@ def _profile(tmp_path) -> str:
     return str(path)
 
 
-def _cfg(tmp_path) -> Config:
-    return make_config(["pipeline.stages=2", "sim.cost_model=layer_profile",
-                        f"sim.layer_profile_path={_profile(tmp_path)}", "scheduler.token_budget=64",
-                        "scheduler.chunk_size=64"])
+def _cfg(tmp_path, job: list[str]) -> Config:
+    return make_config([*job, "sim.cost_model=layer_profile", f"sim.layer_profile_path={_profile(tmp_path)}",
+                        "scheduler.token_budget=64", "scheduler.chunk_size=64"])
 
 
-def _synthetic(cfg, requests, *, time_model, links, hidden_size, dtype_bytes, max_model_len, num_blocks):
+def _synthetic(cfg, requests, *, time_model, links, hidden_size, dtype_bytes, eos_token_ids, max_model_len,
+               num_blocks):
     """A stand-in simulator with a known optimum: throughput grows with the budget and with up to 3 micro-batches
     in flight and falls with the bottleneck stage's time; p99 TBT grows with budget, chunk and depth."""
     b, c, d = cfg.scheduler.token_budget, cfg.scheduler.chunk_size, cfg.pipeline.depth
@@ -52,17 +54,17 @@ def _synthetic(cfg, requests, *, time_model, links, hidden_size, dtype_bytes, ma
 
 def _brute_force_best(cfg, slo: float):
     """The optimum of the synthetic simulator under ``slo``, by filtering every candidate's metrics directly."""
-    grid = tune_cli.tune(cfg, tbt_slo_ms=1e9, max_sims=10_000, simulate=_synthetic, setup=_setup).trials
+    grid = tune_cli.tune(cfg, tbt_slo_ms=1e9, max_sims=10_000, simulate=_synthetic).trials
     ok = [t for t in grid if t.metrics[TBT] <= slo]
     return max(ok, key=lambda t: (t.metrics[THROUGHPUT], -t.metrics[TBT])), grid
 
 
-def test_tune_finds_the_known_optimum_including_the_time_based_split(tmp_path):
-    cfg = _cfg(tmp_path)
+def test_tune_finds_the_known_optimum_including_the_time_based_split(tmp_path, job):
+    cfg = _cfg(tmp_path, job)
     _, grid = _brute_force_best(cfg, 1e9)
     slo = sorted(t.metrics[TBT] for t in grid)[len(grid) // 2]  # a binding SLO: half the grid breaks it
     best, _ = _brute_force_best(cfg, slo)
-    result = tune_cli.tune(cfg, tbt_slo_ms=slo, max_sims=10_000, simulate=_synthetic, setup=_setup)
+    result = tune_cli.tune(cfg, tbt_slo_ms=slo, max_sims=10_000, simulate=_synthetic)
     assert result.winner.candidate == best.candidate
     splits = {t.candidate.layers_per_stage for t in grid}
     assert len(splits) == 2  # the heuristic's and the time model's
@@ -97,21 +99,19 @@ def test_a_winner_may_not_drop_requests():
     assert search(table.__getitem__, grid, tbt_slo_ms=5).winner.candidate == grid[0]
 
 
-def test_an_impossible_slo_names_the_option(tmp_path, capsys, monkeypatch):
+def test_an_impossible_slo_names_the_option(tmp_path, job, capsys, monkeypatch):
     with pytest.raises(TuneError, match="--tbt-slo-ms=1e-06.*raise --tbt-slo-ms"):
-        tune_cli.tune(_cfg(tmp_path), tbt_slo_ms=1e-6, simulate=_synthetic, setup=_setup)
+        tune_cli.tune(_cfg(tmp_path, job), tbt_slo_ms=1e-6, simulate=_synthetic)
     monkeypatch.setattr(tune_cli, "_simulate", lambda: _synthetic)
-    monkeypatch.setattr(tune_cli, "job_setup", _setup)
-    code = tune_cli.main(["--tbt-slo-ms", "1e-6", "--out", str(tmp_path / "o"), "pipeline.stages=2",
-                          "sim.cost_model=roofline", "sim.gpu=a100"])
+    code = tune_cli.main(["--tbt-slo-ms", "1e-6", "--out", str(tmp_path / "o"), *job, "sim.cost_model=roofline",
+                          "sim.gpu=a100"])
     assert code == 1 and "--tbt-slo-ms" in capsys.readouterr().err
 
 
-def test_the_override_file_loads_into_a_job_config(tmp_path, monkeypatch, capsys):
+def test_the_override_file_loads_into_a_job_config(tmp_path, job, monkeypatch, capsys):
     monkeypatch.setattr(tune_cli, "_simulate", lambda: _synthetic)
-    monkeypatch.setattr(tune_cli, "job_setup", _setup)
     out = tmp_path / "out"
-    assert tune_cli.main(["--tbt-slo-ms", "1e9", "--out", str(out), "--name", "pick", "pipeline.stages=2",
+    assert tune_cli.main(["--tbt-slo-ms", "1e9", "--out", str(out), "--name", "pick", *job,
                           "sim.cost_model=roofline", "sim.gpu=a100", "scheduler.token_budget=64"]) == 0
     assert "frontier" in capsys.readouterr().out
     text = (out / "tune" / "pick.yaml").read_text()
@@ -134,11 +134,11 @@ def test_grid_keeps_chunks_within_budget_and_default_first():
     assert {c.token_budget for c in grid} == {64, 128, 256, 512, 1024}
 
 
-def test_tune_with_the_real_simulator_meets_its_slo(tmp_path):
-    cfg = _cfg(tmp_path)
-    free = tune_cli.tune(cfg, tbt_slo_ms=1e9, max_sims=12, setup=_setup)
+def test_tune_with_the_real_simulator_meets_its_slo(tmp_path, job):
+    cfg = _cfg(tmp_path, job)
+    free = tune_cli.tune(cfg, tbt_slo_ms=1e9, max_sims=12)
     slo = sorted(t.p99(TBT) for t in free.trials)[len(free.trials) // 2]
-    result = tune_cli.tune(cfg, tbt_slo_ms=slo, max_sims=12, setup=_setup)
+    result = tune_cli.tune(cfg, tbt_slo_ms=slo, max_sims=12)
     assert result.winner.p99(TBT) <= slo
-    assert result.winner.metrics["completed"] == len(_requests())
+    assert result.winner.metrics["completed"] == NUM_REQUESTS
     assert len(result.trials) <= 12

@@ -236,6 +236,8 @@ class SimConfig:
     link_bandwidth_gbps: float | None = None
     # Override every hop's latency, in microseconds; None: the preset's.
     link_latency_us: float | None = None
+    # Override the sender's own time per send (pickling, posting), in microseconds; None: the preset's.
+    link_send_overhead_us: float | None = None
     # Charge the planner's time per schedule() call to stage 0 (rank 0 plans on the thread that runs stage 0).
     charge_planner: bool = True
     # Planner time charged per schedule() call, in microseconds; None: measure the real planner's time on this
@@ -256,6 +258,9 @@ class SimConfig:
                    "must be > 0 (GB/s), or null for the link preset's")
         if self.link_latency_us is not None:
             _check(self.link_latency_us >= 0, "sim.link_latency_us", self.link_latency_us,
+                   "must be >= 0 (microseconds), or null for the link preset's")
+        if self.link_send_overhead_us is not None:
+            _check(self.link_send_overhead_us >= 0, "sim.link_send_overhead_us", self.link_send_overhead_us,
                    "must be >= 0 (microseconds), or null for the link preset's")
         if self.planner_time_us is not None:
             _check(self.planner_time_us >= 0, "sim.planner_time_us", self.planner_time_us,

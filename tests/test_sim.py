@@ -86,6 +86,26 @@ def test_link_latency_shifts_stage_s_by_s_latencies():
     assert round(res.metrics["duration_s"] * 1e9) == (n + m - 1) * t + n * lat
 
 
+def test_send_overhead_keeps_the_sender_busy_before_the_transfer():
+    n, m, t, send = 3, 4, 2 * MS, 250_000
+    res = _run(_cfg(n, m), _requests(m), [t / 1e9] * n, links=LinkModel.uniform(n, send_s=send / 1e9))
+    for s in range(n):
+        assert _compute_starts(res.events[s]) == {k: (s + k) * (t + send) for k in range(m)}
+        sends = res.events[s][res.events[s][:, 0] == EventKind.SEND]
+        assert (sends[:, 2] - sends[:, 1] == send).all() and len(sends) == m
+
+
+def test_links_fitted_to_a_run_recover_its_latency_and_send_overhead():
+    from pp_runtime.sim.replay import measured_links
+
+    n, t, lat, send = 3, 2 * MS, 400_000, 150_000
+    links = LinkModel.uniform(n, latency_s=lat / 1e9, send_s=send / 1e9)
+    res = _run(_cfg(n, n), _requests(12, max_tokens=3), [t / 1e9] * n, links=links)
+    fitted = measured_links(res.events, LinkModel.uniform(n))
+    for link in (*fitted.hops, fitted.back):
+        assert round(link.latency_s * 1e9) == lat and round(link.send_s * 1e9) == send
+
+
 def test_bandwidth_charges_activation_bytes_per_hop():
     n, t, hidden = 2, MS, 1000
     links = LinkModel.uniform(n, bandwidth_Bps=1e9)  # 1 GB/s: 8 tokens x 1000 x 4 bytes = 32 us

@@ -108,7 +108,8 @@ def test_pp_sim_writes_a_run_that_pp_report_reads_and_replays_to_itself(model, t
     # Replaying a simulated run with its own time model and planner time reproduces it exactly.
     cm = tmp_path / "cm.json"
     CostModel.default(2).to_json(cm)
-    result, rows = replay(out, out_dir=tmp_path / "again", cost_model_path=str(cm), planner_time_us=20)
+    result, rows = replay(out, out_dir=tmp_path / "again", cost_model_path=str(cm), planner_time_us=20,
+                          preset_links=True)
     for r in rows:
         assert r["predicted"] == pytest.approx(r["measured"], rel=1e-9, abs=1e-9), r
 

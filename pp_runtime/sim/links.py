@@ -1,8 +1,10 @@
 """The links between simulated pipeline stages: how long a hop takes for a number of bytes.
 
-A hop costs ``latency + bytes / bandwidth``. Stage s sends a micro-batch's activations (``num_tokens x hidden x
-dtype bytes``) to stage s+1; the last stage returns the sampled token ids to stage 0 (a few bytes: latency only).
-Which kind of link a hop uses follows from where the stages sit: stage s is on node ``s // gpus_per_node``.
+A hop costs the sender ``send_s`` of its own time (pickling the plan, posting the sends: the SEND span of a real
+run), then ``latency + bytes / bandwidth`` until the receiver has it. Stage s sends a micro-batch's activations
+(``num_tokens x hidden x dtype bytes``) to stage s+1; the last stage returns the sampled token ids to stage 0 (a
+few bytes: latency only). Which kind of link a hop uses follows from where the stages sit: stage s is on node
+``s // gpus_per_node``.
 
 Preset numbers (one direction), and where they come from:
 
@@ -16,7 +18,9 @@ Preset numbers (one direction), and where they come from:
 - gloo (loopback TCP between processes of one machine, how CPU runs of pp-runtime talk): 200 us and 1.5 GB/s,
   measured on this project's 2-core shared VM as the median round trip of a header + metadata + activation
   message as pp_runtime.comm sends it (~450 us for 64 x 576 float32 rows including the reply, ~2 ms for 1024
-  rows); noisy, and a loaded machine is slower.
+  rows); noisy, and a loaded machine is slower. Its send overhead, 300 us, is the median SEND span of a
+  2-stage SmolLM2 run on this VM (0.28-0.35 ms); the GPU presets charge no send overhead (assumption: a tuned
+  runtime overlaps it; set sim.link_send_overhead_us to charge one).
 """
 
 from __future__ import annotations
@@ -26,22 +30,25 @@ from dataclasses import dataclass
 
 GB = 1e9
 
-# kind -> gpu -> (bandwidth bytes/s, latency s); gloo does not depend on the GPU.
+# kind -> gpu -> (bandwidth bytes/s, latency s); gloo does not depend on the GPU. Send overheads per kind below.
 _PRESETS: dict[str, dict[str, tuple[float, float]]] = {
     "nvlink": {"h100": (450 * GB, 10e-6), "a100": (300 * GB, 10e-6)},
     "pcie": {"h100": (50 * GB, 15e-6), "a100": (25 * GB, 15e-6)},
     "infiniband": {"h100": (50 * GB, 20e-6), "a100": (25 * GB, 20e-6)},
     "gloo": {"h100": (1.5 * GB, 200e-6), "a100": (1.5 * GB, 200e-6)},
 }
+_SEND_S = {"nvlink": 0.0, "pcie": 0.0, "infiniband": 0.0, "gloo": 300e-6}
 
 
 @dataclass(frozen=True)
 class Link:
-    """One hop: its kind (for reports), bandwidth in bytes per second (inf: free) and latency in seconds."""
+    """One hop: its kind (for reports), bandwidth in bytes per second (inf: free), latency in seconds, and the
+    seconds the sender spends on each send (its thread is busy, then the transfer starts)."""
 
     kind: str
     bandwidth_Bps: float
     latency_s: float
+    send_s: float = 0.0
 
     def transfer_s(self, nbytes: float) -> float:
         """Seconds for ``nbytes`` to cross this hop."""
@@ -57,9 +64,9 @@ class LinkModel:
 
     @classmethod
     def uniform(cls, num_stages: int, *, latency_s: float = 0.0, bandwidth_Bps: float = math.inf,
-                kind: str = "ideal") -> LinkModel:
+                send_s: float = 0.0, kind: str = "ideal") -> LinkModel:
         """Every hop (and the return) alike; the default is a free link (no latency, infinite bandwidth)."""
-        link = Link(kind, bandwidth_Bps, latency_s)
+        link = Link(kind, bandwidth_Bps, latency_s, send_s)
         return cls(tuple(link for _ in range(num_stages - 1)), link)
 
     @classmethod
@@ -77,12 +84,14 @@ class LinkModel:
                 bw = sim.link_bandwidth_gbps * GB
             if sim.link_latency_us is not None:
                 lat = sim.link_latency_us * 1e-6
-            return Link(k, bw, lat)
+            send = _SEND_S[k] if sim.link_send_overhead_us is None else sim.link_send_overhead_us * 1e-6
+            return Link(k, bw, lat, send)
 
         return cls(tuple(hop(s, s + 1) for s in range(num_stages - 1)), hop(num_stages - 1, 0))
 
     def describe(self) -> str:
         """One line: each hop's kind, bandwidth and latency."""
-        parts = [f"{s}->{s + 1} {h.kind} {h.bandwidth_Bps / GB:g} GB/s {h.latency_s * 1e6:g} us"
-                 for s, h in enumerate(self.hops)]
-        return "; ".join(parts + [f"back {self.back.kind} {self.back.latency_s * 1e6:g} us"])
+        parts = [f"{s}->{s + 1} {h.kind} {h.bandwidth_Bps / GB:g} GB/s {h.latency_s * 1e6:.0f} us "
+                 f"(+{h.send_s * 1e6:.0f} us send)" for s, h in enumerate(self.hops)]
+        b = self.back
+        return "; ".join(parts + [f"back {b.kind} {b.latency_s * 1e6:.0f} us (+{b.send_s * 1e6:.0f} us send)"])

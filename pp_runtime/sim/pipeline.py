@@ -4,9 +4,9 @@ Rank 0 is one thread that, exactly as ``stages/engine.py`` orders it, plans (``p
 planner's time), computes stage 0 and sends while fewer than ``pipeline.depth`` micro-batches are in flight, else
 waits for the oldest micro-batch's sampled tokens and folds them back; with nothing in flight and nothing
 schedulable, its clock jumps to the next arrival. Every later stage is a server with a FIFO queue: it computes a
-micro-batch once it has arrived and the stage is free. Each hop adds the link's transfer time for the
-activations (``num_tokens x hidden x dtype bytes``), and the last stage's tokens reach stage 0 after the return
-link's latency.
+micro-batch once it has arrived and the stage is free. Each send costs the sender the link's send overhead, then
+the hop adds the link's transfer time for the activations (``num_tokens x hidden x dtype bytes``); the last
+stage's tokens reach stage 0 after the return link's latency.
 
 Micro-batches leave rank 0 in order and every stage serves them in order, so a micro-batch's whole trip down
 the pipeline is fixed the moment it is launched: the simulation computes it then, with no event heap. The clock
@@ -82,6 +82,7 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
     plan_ns = 0 if planner_time_s is None else round(planner_time_s * _NS)
     hop_ns = [_Hop(link, hidden_size * dtype_bytes) for link in links.hops]
     back_ns = round(links.back.transfer_s(0) * _NS)
+    send_ns = [round(link.send_s * _NS) for link in (*links.hops, links.back)]  # the sender's own time, per stage
 
     rows: list[list[tuple]] = [[] for _ in range(n)]
     free = [0] * n  # when each stage s > 0 finishes its last micro-batch
@@ -108,15 +109,17 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
                 if n == 1:
                     planner.postprocess(mb, [sample(x) for x in mb.pieces if x.sample], now / _NS)
                     continue
-                rows[0].append((EventKind.SEND, now, now, mb.id, 0, 0))
+                rows[0].append((EventKind.SEND, now, now + send_ns[0], mb.id, 0, 0))
+                now += send_ns[0]
                 t = now + hop_ns[0](mb.num_tokens)
                 for s in range(1, n):
                     start = max(free[s], t)
                     end = start + times[s]
+                    sent = end + send_ns[s]
                     rows[s] += [(EventKind.WAIT, free[s], start, mb.id, 0, 0),
-                                (EventKind.COMPUTE, start, end, mb.id, p, d), (EventKind.SEND, end, end, mb.id, 0, 0)]
-                    free[s] = end
-                    t = end + (hop_ns[s](mb.num_tokens) if s < n - 1 else back_ns)
+                                (EventKind.COMPUTE, start, end, mb.id, p, d), (EventKind.SEND, end, sent, mb.id, 0, 0)]
+                    free[s] = sent
+                    t = sent + (hop_ns[s](mb.num_tokens) if s < n - 1 else back_ns)
                 in_flight.append((mb, t))
                 continue
         if in_flight:

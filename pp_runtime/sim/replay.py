@@ -8,6 +8,7 @@ output token ids (outputs.jsonl), which the replay samples so that every request
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from pp_runtime.config import Config, ConfigError
 from pp_runtime.sim.compare import compare_runs, load_summary, run_summary
 from pp_runtime.sim.job import SimJob, prepare_sim
+from pp_runtime.sim.links import Link, LinkModel
 from pp_runtime.sim.output import write_sim_run
 from pp_runtime.sim.pipeline import SimResult
 from pp_runtime.tracer import EventKind
@@ -101,12 +103,31 @@ class MeasuredTimes:
         return f"MeasuredTimes({len(self.times)} micro-batches x {self.num_stages} stages)"
 
 
+def measured_links(events: dict[int, np.ndarray], preset: LinkModel) -> LinkModel:
+    """Links fitted to a recorded run: per hop, the sender's mean SEND span and the mean time from a send's end to
+    the end of the receiver's wait for it, over the micro-batches the receiver was already waiting for (where the
+    latency shows); bandwidth is folded into that latency. A hop with no such sample keeps ``preset``'s numbers."""
+    n = len(events)
+    links = []
+    for s, fallback in zip(range(n), (*preset.hops, preset.back)):
+        snd, rcv = events[s], events[(s + 1) % n]
+        sends = {int(r[3]): r for r in snd[(snd[:, 0] == EventKind.SEND) & (snd[:, 3] >= 0)]}
+        waits = {int(r[3]): r for r in rcv[(rcv[:, 0] == EventKind.WAIT) & (rcv[:, 3] >= 0)]}
+        lat = [(waits[m][2] - r[2]) / 1e9 for m, r in sends.items() if m in waits and waits[m][1] <= r[2]]
+        send_s = float(np.mean([(r[2] - r[1]) / 1e9 for r in sends.values()])) if sends else fallback.send_s
+        links.append(Link(f"{fallback.kind} (measured)", math.inf, max(0.0, float(np.mean(lat))), send_s) if lat
+                     else Link(fallback.kind, fallback.bandwidth_Bps, fallback.latency_s, send_s))
+    return LinkModel(tuple(links[:-1]), links[-1])
+
+
 def replay(run_dir: str | Path, *, out_dir: str | Path | None = None, cost_model_path: str | None = None,
-           measured_times: bool = False, planner_time_us: float | None = None) -> tuple[SimResult, list[dict]]:
+           measured_times: bool = False, planner_time_us: float | None = None,
+           preset_links: bool = False) -> tuple[SimResult, list[dict]]:
     """Re-simulate ``run_dir`` and write the simulated run into ``out_dir`` (default ``run_dir/replay``).
 
     ``cost_model_path`` overrides the run's cost model; ``measured_times`` uses the run's own compute durations
-    instead (``MeasuredTimes``); ``planner_time_us`` charges a constant planner time (None: measure it).
+    instead (``MeasuredTimes``); ``planner_time_us`` charges a constant planner time (None: measure it). Links are
+    fitted to the run's events (``measured_links``) unless ``preset_links`` (then ``sim.link``'s presets).
     Returns the result and ``compare_runs(measured, predicted)`` rows.
     """
     from pp_runtime.planner import needs_cost_model
@@ -133,8 +154,11 @@ def replay(run_dir: str | Path, *, out_dir: str | Path | None = None, cost_model
     cfg.sim.cost_model, cfg.sim.cost_model_path = "profiled", path
     cfg.sim.planner_time_us = planner_time_us
     job = prepare_sim(cfg, run_cost_model=cost_model)
+    events = load_events(str(run))
     if measured_times:
-        job.time_model = MeasuredTimes(load_events(str(run)))
+        job.time_model = MeasuredTimes(events)
+    if not preset_links and cfg.pipeline.stages > 1:
+        job.links = measured_links(events, job.links)
     if job.time_model.num_stages != cfg.pipeline.stages:
         raise ConfigError(f"the cost model of {path!r} has {job.time_model.num_stages} stage(s) but the run had "
                           f"{cfg.pipeline.stages}; pass --cost-model with a file for {cfg.pipeline.stages} stages")

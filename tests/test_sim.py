@@ -141,3 +141,40 @@ def test_every_stage_computes_every_micro_batch_once_in_order_and_events_do_not_
 def test_time_model_for_another_stage_count_is_a_config_error():
     with pytest.raises(ConfigError, match="pipeline.stages=2"):
         _run(_cfg(2, 2), _requests(1), [1e-3] * 3)
+
+
+def test_link_kinds_follow_the_node_layout_and_overrides():
+    from pp_runtime.config import SimConfig
+
+    gpu = LinkModel.from_config(SimConfig(gpus_per_node=2), 5, cpu=False)
+    assert [h.kind for h in gpu.hops] == ["nvlink", "infiniband", "nvlink", "infiniband"]
+    assert gpu.back.kind == "infiniband"  # stage 4 (node 2) back to stage 0 (node 0)
+    assert gpu.hops[0].bandwidth_Bps > gpu.hops[1].bandwidth_Bps and gpu.hops[0].latency_s < gpu.hops[1].latency_s
+    assert {h.kind for h in LinkModel.from_config(SimConfig(), 3, cpu=True).hops} == {"gloo"}
+    pcie = LinkModel.from_config(SimConfig(link="pcie", gpu="a100", gpus_per_node=8), 3, cpu=False)
+    assert {h.kind for h in pcie.hops} == {"pcie"} and pcie.back.kind == "pcie"
+    forced = LinkModel.from_config(SimConfig(link_latency_us=7, link_bandwidth_gbps=2, link_send_overhead_us=3), 2,
+                                   cpu=True)
+    assert forced.hops[0].transfer_s(2e9) == pytest.approx(7e-6 + 1.0) and forced.hops[0].send_s == pytest.approx(3e-6)
+
+
+def test_a_constant_planner_time_makes_simulations_repeatable():
+    cfg = make_config(["pipeline.stages=2", "scheduler=sarathi", "sim.planner_time_us=30"])
+    requests = [Request(f"r{i}", tuple(range(2, 40 + 9 * i)), SamplingParams(max_tokens=6)) for i in range(8)]
+
+    def run():
+        return simulate(cfg, requests, time_model=CostModel.default(2), links=LinkModel.uniform(2, latency_s=2e-4),
+                        hidden_size=64, dtype_bytes=4, max_model_len=256, num_blocks=256)
+
+    a, b = run(), run()
+    assert all(np.array_equal(a.events[s], b.events[s]) for s in (0, 1))
+    assert [repr(m) for m in a.micro_batches] == [repr(m) for m in b.micro_batches] and a.metrics == b.metrics
+
+
+def test_sim_config_errors_name_the_key():
+    for override, key in (("sim.link=ethernet", "sim.link"), ("sim.gpu=v100", "sim.gpu"),
+                          ("sim.gpus_per_node=0", "sim.gpus_per_node"), ("sim.cost_model=guess", "sim.cost_model"),
+                          ("sim.planner_time_us=-1", "sim.planner_time_us")):
+        cfg = make_config(["pipeline.stages=2", override])
+        with pytest.raises(ConfigError, match=key):
+            cfg.validate()

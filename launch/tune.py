@@ -3,7 +3,8 @@
 The overrides are a job's (``workload=...``, ``pipeline.stages=N``, ``sim.cost_model=roofline`` ...). Every
 candidate of a small grid (``pp_runtime.sim.tuning``) runs through ``pp_runtime.sim.simulate`` on the workload
 (or ``--sample`` requests of it) with a constant planner time (``sim.planner_time_us``, 200 us unless set),
-so that simulations are fast and repeatable. Layer splits: the job's (``pipeline.layers_per_stage`` or the
+so that simulations are fast and repeatable. The default stays the winner when it meets the SLO and nothing is
+``--min-gain`` (5%) faster: a smaller predicted gain is inside the simulator's error. Layer splits: the job's (``pipeline.layers_per_stage`` or the
 head-share heuristic), and with a per-layer time model (layer_profile, roofline) the split that minimises the
 bottleneck stage over the workload's planned micro-batches (``stages.partition.choose_split``).
 
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tbt-slo-ms", type=float, required=True, help="p99 time between tokens to meet, ms")
     parser.add_argument("--ttft-slo-ms", type=float, help="p99 time to first token to meet, ms (optional)")
     parser.add_argument("--max-sims", type=int, default=60, help="most simulations to run")
+    parser.add_argument("--min-gain", type=float, default=0.05,
+                        help="keep the default (when it meets the SLO) unless the pick is this much faster (0.05: 5%%)")
     parser.add_argument("--sample", type=int, help="simulate this many requests of the workload (default: all)")
     parser.add_argument("--out", default="tune_out", help="folder for tune/<name>.yaml and frontier.txt")
     parser.add_argument("--name", default="best", help="name of the override file (loaded as +tune=<name>)")
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = compose(args.overrides)
         result = tune(cfg, tbt_slo_ms=args.tbt_slo_ms, ttft_slo_ms=args.ttft_slo_ms, max_sims=args.max_sims,
-                      sample=args.sample)
+                      sample=args.sample, min_gain=args.min_gain)
     except ConfigError as exc:
         print(f"pp-tune: {exc}", file=sys.stderr)
         return 2
@@ -79,7 +82,7 @@ def compose(overrides: list[str]):
 
 
 def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: int = 60, sample: int | None = None,
-         simulate=None) -> TuneResult:
+         min_gain: float = 0.0, simulate=None) -> TuneResult:
     """Search by simulation (``simulate`` defaults to ``pp_runtime.sim.simulate``; tests inject a stand-in)."""
     from pp_runtime.sim.job import prepare_sim
     from pp_runtime.sim.parts import total_parts
@@ -109,7 +112,7 @@ def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: 
     run = simulate or _simulate()
     start = time.monotonic()
     result = search(lambda cand: simulate_candidate(job, cand, requests, simulate=run), grid,
-                    tbt_slo_ms=tbt_slo_ms, ttft_slo_ms=ttft_slo_ms, max_sims=max_sims)
+                    tbt_slo_ms=tbt_slo_ms, ttft_slo_ms=ttft_slo_ms, max_sims=max_sims, min_gain=min_gain)
     print(f"pp-tune: {len(result.trials)} of {len(grid)} candidates simulated in {time.monotonic() - start:.1f}s",
           file=sys.stderr)
     return result

@@ -75,22 +75,32 @@ def test_tune_finds_the_known_optimum_including_the_time_based_split(tmp_path, j
 
 @settings(max_examples=60)
 @given(metrics=st.lists(st.tuples(st.floats(1, 1e4), st.floats(0.1, 100)), min_size=1, max_size=40),
-       slo=st.floats(0.1, 100), max_sims=st.integers(1, 40))
-def test_the_winner_never_violates_the_slo(metrics, slo, max_sims):
+       slo=st.floats(0.1, 100), max_sims=st.integers(1, 40), min_gain=st.sampled_from([0.0, 0.05, 0.5]))
+def test_the_winner_never_violates_the_slo(metrics, slo, max_sims, min_gain):
     grid = [Candidate(16 * (i + 1), 16, 2, (4, 4)) for i in range(len(metrics))]
     table = {c: {THROUGHPUT: tput, TBT: tbt, "completed": 1} for c, (tput, tbt) in zip(grid, metrics)}
     try:
-        result = search(table.__getitem__, grid, tbt_slo_ms=slo, max_sims=max_sims)
+        result = search(table.__getitem__, grid, tbt_slo_ms=slo, max_sims=max_sims, min_gain=min_gain)
     except TuneError as exc:
         assert "--tbt-slo-ms" in str(exc)
         assert all(tbt > slo for _, tbt in metrics[:max_sims])  # every simulated candidate breaks the SLO
         return
     assert len(result.trials) <= max_sims
     assert result.winner.metrics[TBT] <= slo
-    assert all(t.metrics[TBT] > slo or t.metrics[THROUGHPUT] <= result.winner.metrics[THROUGHPUT]
+    margin = 1 + min_gain if result.winner is result.default else 1
+    assert all(t.metrics[TBT] > slo or t.metrics[THROUGHPUT] <= result.winner.metrics[THROUGHPUT] * margin
                for t in result.trials)
     front = pareto(result.trials)
     assert all(not (o.throughput > t.throughput and o.p99(TBT) < t.p99(TBT)) for t in front for o in result.trials)
+
+
+def test_the_default_stays_unless_the_gain_is_worth_it():
+    grid = [Candidate(16, 16, 2, (4, 4)), Candidate(32, 16, 2, (4, 4))]
+    table = {grid[0]: {THROUGHPUT: 100, TBT: 5, "completed": 1}, grid[1]: {THROUGHPUT: 104, TBT: 4, "completed": 1}}
+    assert search(table.__getitem__, grid, tbt_slo_ms=10, min_gain=0.05).winner.candidate == grid[0]
+    assert search(table.__getitem__, grid, tbt_slo_ms=10, min_gain=0.03).winner.candidate == grid[1]
+    # A default that breaks the SLO never stays, however small the gain.
+    assert search(table.__getitem__, grid, tbt_slo_ms=4.5, min_gain=0.05).winner.candidate == grid[1]
 
 
 def test_a_winner_may_not_drop_requests():

@@ -78,8 +78,11 @@ def candidates(*, token_budget: int, chunk_size: int, num_microbatches: int, num
 
 
 def search(evaluate: Callable[[Candidate], dict], grid: list[Candidate], *, tbt_slo_ms: float,
-           ttft_slo_ms: float | None = None, max_sims: int = 60, keep: int = 3) -> TuneResult:
+           ttft_slo_ms: float | None = None, max_sims: int = 60, keep: int = 3, min_gain: float = 0.0) -> TuneResult:
     """Simulate candidates of ``grid`` (its first is the default) and pick the fastest that meets the SLO.
+
+    The default stays the winner when it meets the SLO and the fastest is less than ``min_gain`` (a fraction)
+    faster: a gain inside the simulator's error is not worth a change.
 
     At most ``max_sims`` simulations: when the grid is larger, first every (budget, chunk) at the default depth
     and split, then the ``keep`` best feasible of those with every depth and split.
@@ -111,7 +114,10 @@ def search(evaluate: Callable[[Candidate], dict], grid: list[Candidate], *, tbt_
                         f"{best_tbt.p99(TBT):.3g} ms (p99 TTFT {best_tbt.p99(TTFT):.3g} ms, {best_tbt.candidate}); "
                         f"raise --tbt-slo-ms to at least that, or lighten the workload")
     winner = max(ok, key=lambda t: (t.throughput, -t.p99(TBT)))
-    return TuneResult(done, pareto(done), winner, trials[default])
+    base = trials[default]
+    if base in ok and winner.throughput < base.throughput * (1 + min_gain):
+        winner = base
+    return TuneResult(done, pareto(done), winner, base)
 
 
 def pareto(trials: list[Trial]) -> list[Trial]:
@@ -130,13 +136,14 @@ def _feasible(trials: list[Trial], tbt_slo_ms: float, ttft_slo_ms: float | None)
 
 
 def frontier_table(result: TuneResult) -> str:
-    """The Pareto frontier as a text table, the winner and the default marked."""
+    """The Pareto frontier as a text table, the winner (*) and the default (d) marked and added if off it."""
     lines = [f"{'':2}{'tok/s':>10} {'p99 TBT ms':>11} {'p99 TTFT ms':>12}  config"]
-    for t in result.frontier:
-        mark = "*" if t is result.winner else ("d" if t is result.default else " ")
-        lines.append(_row(mark, t))
-    if result.default not in result.frontier:
-        lines.append(_row("d", result.default))
+    shown = list(result.frontier)
+    for t in (result.winner, result.default):
+        if not any(t is u for u in shown):
+            shown.append(t)
+    for t in shown:
+        lines.append(_row("*" if t is result.winner else ("d" if t is result.default else " "), t))
     return "\n".join(lines + ["(* winner, d default)"])
 
 

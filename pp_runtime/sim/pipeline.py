@@ -1,6 +1,7 @@
 """The discrete-event pipeline simulation: the real planner, driven the way rank 0 drives it, on a virtual clock.
 
-Rank 0 is one thread that, exactly as ``stages/engine.py`` orders it, plans (``planner.schedule``, charged the
+The loop is ``planner/drive.py``'s (the one tests and benchmarks use); this module is its clock. Rank 0 is one
+thread that, exactly as ``stages/engine.py`` orders it, plans (``planner.schedule``, charged the
 planner's time), computes stage 0 and sends while fewer than ``pipeline.depth`` micro-batches are in flight, else
 waits for the oldest micro-batch's sampled tokens and folds them back; with nothing in flight and nothing
 schedulable, its clock jumps to the next arrival. Every later stage is a server with a FIFO queue: it computes a
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,7 +27,7 @@ from pp_runtime.config import Config, ConfigError
 from pp_runtime.metrics import compute_metrics
 from pp_runtime.plan import MicroBatch, Piece
 from pp_runtime.planner import CostModel, make_planner, needs_cost_model, profile_points
-from pp_runtime.planner.drive import PlannerStuck
+from pp_runtime.planner.drive import drive
 from pp_runtime.request import Request
 from pp_runtime.sequence import Sequence
 from pp_runtime.sim.links import LinkModel
@@ -78,67 +78,79 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
         sample = _fixed_token(requests, eos_token_ids)
     if planner_time_s is None and cfg.sim.charge_planner and cfg.sim.planner_time_us is not None:
         planner_time_s = cfg.sim.planner_time_us * 1e-6
-    measure = planner_time_s is None and cfg.sim.charge_planner
-    plan_ns = 0 if planner_time_s is None else round(planner_time_s * _NS)
-    hop_ns = [_Hop(link, hidden_size * dtype_bytes) for link in links.hops]
-    back_ns = round(links.back.transfer_s(0) * _NS)
-    send_ns = [round(link.send_s * _NS) for link in (*links.hops, links.back)]  # the sender's own time, per stage
-
-    rows: list[list[tuple]] = [[] for _ in range(n)]
-    free = [0] * n  # when each stage s > 0 finishes its last micro-batch
-    now = 0  # rank 0's clock
-    in_flight: deque[tuple[MicroBatch, int]] = deque()  # (micro-batch, when its tokens reach stage 0)
+    clock = _PipelineClock(time_model, links, row_bytes=hidden_size * dtype_bytes,
+                           plan_ns=None if planner_time_s is None and cfg.sim.charge_planner
+                           else round((planner_time_s or 0.0) * _NS))
     launched: list[MicroBatch] = []
-    while planner.has_unfinished():
-        if len(in_flight) < cfg.pipeline.depth:
-            t0 = now
-            if measure:
-                c0 = time.perf_counter_ns()
-                mb = planner.schedule(now / _NS)
-                now += time.perf_counter_ns() - c0
-            else:
-                mb = planner.schedule(now / _NS)
-                now += plan_ns
-            rows[0].append((EventKind.PLAN, t0, now, -1 if mb is None else mb.id, 0, 0))
-            if mb is not None:
-                launched.append(mb)
-                times = [round(s * _NS) for s in time_model.predict(mb.pieces)]
-                p, d = mb.num_prefill_tokens, mb.num_decode_tokens
-                rows[0].append((EventKind.COMPUTE, now, now + times[0], mb.id, p, d))
-                now += times[0]
-                if n == 1:
-                    planner.postprocess(mb, [sample(x) for x in mb.pieces if x.sample], now / _NS)
-                    continue
-                rows[0].append((EventKind.SEND, now, now + send_ns[0], mb.id, 0, 0))
-                now += send_ns[0]
-                t = now + hop_ns[0](mb.num_tokens)
-                for s in range(1, n):
-                    start = max(free[s], t)
-                    end = start + times[s]
-                    sent = end + send_ns[s]
-                    rows[s] += [(EventKind.WAIT, free[s], start, mb.id, 0, 0),
-                                (EventKind.COMPUTE, start, end, mb.id, p, d), (EventKind.SEND, end, sent, mb.id, 0, 0)]
-                    free[s] = sent
-                    t = sent + (hop_ns[s](mb.num_tokens) if s < n - 1 else back_ns)
-                in_flight.append((mb, t))
-                continue
-        if in_flight:
-            mb, back = in_flight.popleft()
-            rows[0].append((EventKind.WAIT, now, max(now, back), mb.id, 0, 0))
-            now = max(now, back)
-            planner.postprocess(mb, [sample(x) for x in mb.pieces if x.sample], now / _NS)
-            continue
-        wake = planner.next_arrival_s()
-        if wake is None:
-            raise PlannerStuck(f"{type(planner).__name__} is stuck at t={now / _NS:.6f}s: nothing in flight, "
-                               f"nothing schedulable, no arrival ahead")
-        now = max(now, math.ceil(wake * _NS))
-        while now / _NS < wake:  # the planner compares seconds: land on or after the arrival, never before
-            now += 1
-    events = {s: _as_events(r) for s, r in enumerate(rows)}
-    metrics = compute_metrics(planner.seqs, wall_s=now / _NS)
+    drive(planner, sample, on_schedule=launched.append, clock=clock)
+    events = {s: _as_events(r) for s, r in enumerate(clock.rows)}
+    metrics = compute_metrics(planner.seqs, wall_s=clock.seconds())
     metrics.update(policy=cfg.scheduler.policy, stages=n, simulated=True)
     return SimResult(metrics, events, planner.seqs, launched)
+
+
+class _PipelineClock:
+    """Rank 0's clock in integer ns over N stage servers: the ``Clock`` that ``planner.drive`` runs the planner
+    on. Records every stage's PLAN, COMPUTE, SEND and WAIT rows as a real run's tracer would."""
+
+    def __init__(self, time_model, links: LinkModel, *, row_bytes: int, plan_ns: int | None):
+        self.time_model, self.plan_ns = time_model, plan_ns  # plan_ns None: measure each schedule call
+        n = time_model.num_stages
+        self.n = n
+        self.hops = [_Hop(link, row_bytes) for link in links.hops]
+        self.back_ns = round(links.back.transfer_s(0) * _NS)
+        self.send_ns = [round(link.send_s * _NS) for link in (*links.hops, links.back)]  # the sender's own time
+        self.rows: list[list[tuple]] = [[] for _ in range(n)]
+        self.free = [0] * n  # when each stage s > 0 is done with its last micro-batch
+        self.now = 0  # rank 0's clock
+
+    def seconds(self) -> float:
+        return self.now / _NS
+
+    def schedule(self, planner):
+        t0 = self.now
+        if self.plan_ns is None:
+            c0 = time.perf_counter_ns()
+            mb = planner.schedule(t0 / _NS)
+            self.now += time.perf_counter_ns() - c0
+        else:
+            mb = planner.schedule(t0 / _NS)
+            self.now += self.plan_ns
+        self.rows[0].append((EventKind.PLAN, t0, self.now, -1 if mb is None else mb.id, 0, 0))
+        return mb
+
+    def launch(self, mb: MicroBatch) -> int | None:
+        """Stage 0 computes and sends on rank 0's thread; the micro-batch's whole trip is fixed here, because
+        every stage serves micro-batches in launch order."""
+        times = [round(x * _NS) for x in self.time_model.predict(mb.pieces)]
+        p, d, rows, now = mb.num_prefill_tokens, mb.num_decode_tokens, self.rows, self.now
+        rows[0].append((EventKind.COMPUTE, now, now + times[0], mb.id, p, d))
+        now += times[0]
+        if self.n == 1:
+            self.now = now
+            return None
+        rows[0].append((EventKind.SEND, now, now + self.send_ns[0], mb.id, 0, 0))
+        self.now = now = now + self.send_ns[0]
+        t = now + self.hops[0](mb.num_tokens)
+        for s in range(1, self.n):
+            free = self.free[s]
+            start = max(free, t)
+            end = start + times[s]
+            sent = end + self.send_ns[s]
+            rows[s] += [(EventKind.WAIT, free, start, mb.id, 0, 0), (EventKind.COMPUTE, start, end, mb.id, p, d),
+                        (EventKind.SEND, end, sent, mb.id, 0, 0)]
+            self.free[s] = sent
+            t = sent + (self.hops[s](mb.num_tokens) if s < self.n - 1 else self.back_ns)
+        return t
+
+    def receive(self, mb: MicroBatch, back: int) -> None:
+        self.rows[0].append((EventKind.WAIT, self.now, max(self.now, back), mb.id, 0, 0))
+        self.now = max(self.now, back)
+
+    def jump_to(self, arrival_s: float) -> None:
+        self.now = max(self.now, math.ceil(arrival_s * _NS))
+        while self.now / _NS < arrival_s:  # the planner compares seconds: land on or after the arrival
+            self.now += 1
 
 
 class _Hop:

@@ -178,3 +178,33 @@ def test_sim_config_errors_name_the_key():
         cfg = make_config(["pipeline.stages=2", override])
         with pytest.raises(ConfigError, match=key):
             cfg.validate()
+
+
+def test_idle_rank_0_jumps_to_the_next_arrival():
+    t = MS
+    reqs = [Request(f"r{i}", (5,) * PROMPT, SamplingParams(max_tokens=1), arrival_s=a)
+            for i, a in enumerate((0.5, 2.0))]
+    res = _run(_cfg(2, 2), reqs, [t / 1e9] * 2)
+    assert _compute_starts(res.events[0]) == {0: 500 * MS, 1: 2000 * MS}
+    assert _compute_starts(res.events[1]) == {0: 500 * MS + t, 1: 2000 * MS + t}
+
+
+def test_a_free_stage_0_and_free_links_give_the_serial_clock_of_planner_drive():
+    from pp_runtime.planner import make_planner
+    from pp_runtime.planner.drive import drive
+
+    cfg = _cfg(2, 3, "scheduler=sarathi", "scheduler.token_budget=16")
+    reqs = [Request(f"r{i}", tuple(range(2, 12 + 5 * i)), SamplingParams(max_tokens=4), arrival_s=0.01 * (i % 3))
+            for i in range(7)]
+    t = 2 * MS
+    model = CostModel((0.0, t / 1e9), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0))  # stage 0 free, stage 1 t per micro-batch
+    res = simulate(cfg, reqs, time_model=model, hidden_size=4, dtype_bytes=4, max_model_len=256, num_blocks=1024)
+    planner = make_planner(cfg.scheduler, num_blocks=1024, block_size=cfg.cache.block_size, num_slots=3,
+                           max_model_len=256, cost_model=model)
+    for r in reqs:
+        planner.add_request(r)
+    launched = []
+    drive(planner, lambda piece: 0, duration_s=lambda mb: t / 1e9, on_schedule=launched.append)
+    assert [repr(m) for m in launched] == [repr(m) for m in res.micro_batches]
+    for a, b in zip(planner.seqs, res.seqs):
+        assert a.token_times_s == pytest.approx(b.token_times_s, abs=1e-9)

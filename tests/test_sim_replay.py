@@ -126,3 +126,16 @@ def test_pp_sim_needs_pipeline_stages(model, tmp_path):
     cfg = make_config([f"model.path={model}", *WORKLOAD, f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="pipeline.stages"):
         simulate_job(cfg)
+
+
+def test_pp_sim_with_a_roofline_time_model_simulates_gpu_links(model, tmp_path):
+    from launch.sim import simulate_job
+
+    cfg = make_config(["pipeline.stages=2", f"model.path={model}", *WORKLOAD, "sim.cost_model=roofline",
+                       "sim.gpu=a100", "sim.planner_time_us=10", f"output_dir={tmp_path}"])
+    metrics = simulate_job(cfg)
+    for name in RUN_FILES:
+        assert (tmp_path / name).exists(), name
+    assert "nvlink" in metrics["sim"]["links"] and "gloo" not in metrics["sim"]["links"]
+    assert not metrics["sim"]["time_model"].startswith("CostModel(")  # the roofline, not a fitted CPU model
+    assert metrics["completed"] == 4 and metrics["simulated"] is True

@@ -4,9 +4,10 @@ The overrides are a job's (``workload=...``, ``pipeline.stages=N``, ``sim.cost_m
 candidate of a small grid (``pp_runtime.sim.tuning``) runs through ``pp_runtime.sim.simulate`` on the workload
 (or ``--sample`` requests of it) with a constant planner time (``sim.planner_time_us``, 200 us unless set),
 so that simulations are fast and repeatable. The default stays the winner when it meets the SLO and nothing is
-``--min-gain`` (5%) faster: a smaller predicted gain is inside the simulator's error. Layer splits: the job's (``pipeline.layers_per_stage`` or the
-head-share heuristic), and with a per-layer time model (layer_profile, roofline) the split that minimises the
-bottleneck stage over the workload's planned micro-batches (``stages.partition.choose_split``).
+``--min-gain`` (5%) faster: a smaller predicted gain is inside the simulator's error. Layer splits: the job's
+(``pipeline.layers_per_stage`` or the head-share heuristic), and with a per-layer time model (layer_profile,
+roofline) the split that minimises the bottleneck stage over the workload's planned micro-batches
+(``stages.partition.choose_split``).
 
 Prints the Pareto frontier (throughput vs p99 TBT) and writes the winner to ``<out>/tune/<name>.yaml``, a
 Hydra config-group file of package ``_global_``. A job loads it with

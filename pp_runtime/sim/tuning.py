@@ -143,7 +143,8 @@ def frontier_table(result: TuneResult) -> str:
         if not any(t is u for u in shown):
             shown.append(t)
     for t in shown:
-        lines.append(_row("*" if t is result.winner else ("d" if t is result.default else " "), t))
+        mark = ("*" if t is result.winner else "") + ("d" if t is result.default else "")
+        lines.append(_row(mark or " ", t))
     return "\n".join(lines + ["(* winner, d default)"])
 
 

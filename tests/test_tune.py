@@ -103,6 +103,16 @@ def test_the_default_stays_unless_the_gain_is_worth_it():
     assert search(table.__getitem__, grid, tbt_slo_ms=4.5, min_gain=0.05).winner.candidate == grid[1]
 
 
+def test_the_ttft_slo_filters_too():
+    grid = [Candidate(16, 16, 2, (4, 4)), Candidate(32, 16, 2, (4, 4))]
+    table = {grid[0]: {THROUGHPUT: 10, TBT: 1, "p99_ttft_ms": 50, "completed": 1},
+             grid[1]: {THROUGHPUT: 99, TBT: 1, "p99_ttft_ms": 500, "completed": 1}}
+    assert search(table.__getitem__, grid, tbt_slo_ms=5).winner.candidate == grid[1]
+    assert search(table.__getitem__, grid, tbt_slo_ms=5, ttft_slo_ms=100).winner.candidate == grid[0]
+    with pytest.raises(TuneError, match="--ttft-slo-ms=10"):
+        search(table.__getitem__, grid, tbt_slo_ms=5, ttft_slo_ms=10)
+
+
 def test_a_winner_may_not_drop_requests():
     grid = [Candidate(16, 16, 2, (4, 4)), Candidate(32, 16, 2, (4, 4))]
     table = {grid[0]: {THROUGHPUT: 10, TBT: 1, "completed": 5}, grid[1]: {THROUGHPUT: 99, TBT: 1, "completed": 4}}

@@ -86,6 +86,18 @@ def test_link_latency_shifts_stage_s_by_s_latencies():
     assert round(res.metrics["duration_s"] * 1e9) == (n + m - 1) * t + n * lat
 
 
+def test_rendezvous_links_charge_each_hop_once_per_micro_batch():
+    # The receiver posts its receive only when free, so latency lands on the critical path of every micro-batch.
+    n, m, t, lat = 3, 6, 2 * MS, 300_000
+    res = _run(_cfg(n, m), _requests(m), [t / 1e9] * n, links=LinkModel.uniform(n, latency_s=lat / 1e9,
+                                                                                 rendezvous=True))
+    for s in range(n):
+        assert _compute_starts(res.events[s]) == {k: (s + k) * t + (s + k) * lat if s else k * t for k in range(m)}
+        if s:
+            waits = res.events[s][res.events[s][:, 0] == EventKind.WAIT]
+            assert (waits[:, 2] - waits[:, 1] >= lat).all()  # every receive waits at least one latency
+
+
 def test_send_overhead_keeps_the_sender_busy_before_the_transfer():
     n, m, t, send = 3, 4, 2 * MS, 250_000
     res = _run(_cfg(n, m), _requests(m), [t / 1e9] * n, links=LinkModel.uniform(n, send_s=send / 1e9))
@@ -99,7 +111,7 @@ def test_links_fitted_to_a_run_recover_its_latency_and_send_overhead():
     from pp_runtime.sim.replay import measured_links
 
     n, t, lat, send = 3, 2 * MS, 400_000, 150_000
-    links = LinkModel.uniform(n, latency_s=lat / 1e9, send_s=send / 1e9)
+    links = LinkModel.uniform(n, latency_s=lat / 1e9, send_s=send / 1e9, rendezvous=True)
     res = _run(_cfg(n, n), _requests(12, max_tokens=3), [t / 1e9] * n, links=links)
     fitted = measured_links(res.events, LinkModel.uniform(n))
     for link in (*fitted.hops, fitted.back):

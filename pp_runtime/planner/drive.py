@@ -30,11 +30,12 @@ class Clock(Protocol):
     def schedule(self, planner: Planner) -> MicroBatch | None:
         """``planner.schedule`` at the current time, charging what planning costs."""
 
-    def launch(self, mb: MicroBatch) -> float | int | None:
-        """Run ``mb`` on stage 0 and send it on; returns when its tokens are back, or None if they are at once."""
+    def launch(self, mb: MicroBatch) -> object:
+        """Run ``mb`` on stage 0 and send it on; returns what ``receive`` needs to know when its tokens come back
+        (e.g. that time), or None if they are there at once."""
 
-    def receive(self, mb: MicroBatch, back: float | int) -> None:
-        """Wait until ``back``, the time ``mb``'s tokens reach stage 0."""
+    def receive(self, mb: MicroBatch, back: object) -> None:
+        """Wait for ``mb``'s tokens; ``back`` is what ``launch`` returned."""
 
     def jump_to(self, arrival_s: float) -> None:
         """Nothing in flight: move to the next arrival."""
@@ -79,7 +80,7 @@ def drive(planner: Planner, sample: Callable[[Piece], int], *,
     than ``max_micro_batches``.
     """
     clock = clock if clock is not None else SerialClock(duration_s)
-    in_flight: deque[tuple[MicroBatch, float | int]] = deque()
+    in_flight: deque[tuple[MicroBatch, object]] = deque()
     launched = 0
     while planner.has_unfinished():
         if len(in_flight) < planner.num_slots:

@@ -6,8 +6,9 @@ planner's time), computes stage 0 and sends while fewer than ``pipeline.depth`` 
 waits for the oldest micro-batch's sampled tokens and folds them back; with nothing in flight and nothing
 schedulable, its clock jumps to the next arrival. Every later stage is a server with a FIFO queue: it computes a
 micro-batch once it has arrived and the stage is free. Each send costs the sender the link's send overhead, then
-the hop adds the link's transfer time for the activations (``num_tokens x hidden x dtype bytes``); the last
-stage's tokens reach stage 0 after the return link's latency.
+the hop adds the link's transfer time for the activations (``num_tokens x hidden x dtype bytes``), starting at
+once (eager) or once the receiver is free (rendezvous, as pp-runtime's stages receive); the last stage's tokens
+reach stage 0 after the return link's latency.
 
 Micro-batches leave rank 0 in order and every stage serves them in order, so a micro-batch's whole trip down
 the pipeline is fixed the moment it is launched: the simulation computes it then, with no event heap. The clock
@@ -97,8 +98,7 @@ class _PipelineClock:
         self.time_model, self.plan_ns = time_model, plan_ns  # plan_ns None: measure each schedule call
         n = time_model.num_stages
         self.n = n
-        self.hops = [_Hop(link, row_bytes) for link in links.hops]
-        self.back_ns = round(links.back.transfer_s(0) * _NS)
+        self.hops = [_Hop(link, row_bytes) for link in (*links.hops, links.back)]  # hops[n-1]: tokens back, 0 bytes
         self.send_ns = [round(link.send_s * _NS) for link in (*links.hops, links.back)]  # the sender's own time
         self.rows: list[list[tuple]] = [[] for _ in range(n)]
         self.free = [0] * n  # when each stage s > 0 is done with its last micro-batch
@@ -130,22 +130,20 @@ class _PipelineClock:
             self.now = now
             return None
         rows[0].append((EventKind.SEND, now, now + self.send_ns[0], mb.id, 0, 0))
-        self.now = now = now + self.send_ns[0]
-        t = now + self.hops[0](mb.num_tokens)
+        self.now = sent = now + self.send_ns[0]
         for s in range(1, self.n):
             free = self.free[s]
-            start = max(free, t)
+            start = max(free, self.hops[s - 1].arrival(sent, free, mb.num_tokens))
             end = start + times[s]
-            sent = end + self.send_ns[s]
             rows[s] += [(EventKind.WAIT, free, start, mb.id, 0, 0), (EventKind.COMPUTE, start, end, mb.id, p, d),
-                        (EventKind.SEND, end, sent, mb.id, 0, 0)]
-            self.free[s] = sent
-            t = sent + (self.hops[s](mb.num_tokens) if s < self.n - 1 else self.back_ns)
-        return t
+                        (EventKind.SEND, end, end + self.send_ns[s], mb.id, 0, 0)]
+            self.free[s] = sent = end + self.send_ns[s]
+        return sent  # when the last stage has sent the tokens back; receive() adds the return hop
 
-    def receive(self, mb: MicroBatch, back: int) -> None:
-        self.rows[0].append((EventKind.WAIT, self.now, max(self.now, back), mb.id, 0, 0))
-        self.now = max(self.now, back)
+    def receive(self, mb: MicroBatch, sent: int) -> None:
+        back = max(self.now, self.hops[-1].arrival(sent, self.now, 0))
+        self.rows[0].append((EventKind.WAIT, self.now, back, mb.id, 0, 0))
+        self.now = back
 
     def jump_to(self, arrival_s: float) -> None:
         self.now = max(self.now, math.ceil(arrival_s * _NS))
@@ -154,13 +152,15 @@ class _PipelineClock:
 
 
 class _Hop:
-    """Transfer time in integer ns of a hop for a micro-batch of ``num_tokens`` activation rows."""
+    """When a micro-batch of ``num_tokens`` activation rows sent at ``sent`` reaches a receiver free from ``free``,
+    in integer ns: eager hops start at once, rendezvous hops once the receiver is free too."""
 
     def __init__(self, link, row_bytes: int):
-        self.link, self.row_bytes = link, row_bytes
+        self.link, self.row_bytes, self.rendezvous = link, row_bytes, link.rendezvous
 
-    def __call__(self, num_tokens: int) -> int:
-        return round(self.link.transfer_s(num_tokens * self.row_bytes) * _NS)
+    def arrival(self, sent: int, free: int, num_tokens: int) -> int:
+        start = max(sent, free) if self.rendezvous else sent
+        return start + round(self.link.transfer_s(num_tokens * self.row_bytes) * _NS)
 
 
 def _as_events(rows: list[tuple]) -> np.ndarray:

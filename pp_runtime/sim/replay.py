@@ -104,19 +104,22 @@ class MeasuredTimes:
 
 
 def measured_links(events: dict[int, np.ndarray], preset: LinkModel) -> LinkModel:
-    """Links fitted to a recorded run: per hop, the sender's mean SEND span and the mean time from a send's end to
-    the end of the receiver's wait for it, over the micro-batches the receiver was already waiting for (where the
-    latency shows); bandwidth is folded into that latency. A hop with no such sample keeps ``preset``'s numbers."""
+    """Rendezvous links fitted to a recorded run: per hop, the sender's mean SEND span, and as latency the mean
+    time from when both sides were ready (the send's end, the receiver's wait start, whichever is later) to the end
+    of the receiver's wait; bandwidth is folded into that latency. A hop without matched events keeps ``preset``'s
+    latency and bandwidth."""
     n = len(events)
     links = []
     for s, fallback in zip(range(n), (*preset.hops, preset.back)):
         snd, rcv = events[s], events[(s + 1) % n]
         sends = {int(r[3]): r for r in snd[(snd[:, 0] == EventKind.SEND) & (snd[:, 3] >= 0)]}
         waits = {int(r[3]): r for r in rcv[(rcv[:, 0] == EventKind.WAIT) & (rcv[:, 3] >= 0)]}
-        lat = [(waits[m][2] - r[2]) / 1e9 for m, r in sends.items() if m in waits and waits[m][1] <= r[2]]
+        lat = [(w[2] - max(sends[m][2], w[1])) / 1e9 for m, w in waits.items() if m in sends]
         send_s = float(np.mean([(r[2] - r[1]) / 1e9 for r in sends.values()])) if sends else fallback.send_s
-        links.append(Link(f"{fallback.kind} (measured)", math.inf, max(0.0, float(np.mean(lat))), send_s) if lat
-                     else Link(fallback.kind, fallback.bandwidth_Bps, fallback.latency_s, send_s))
+        if lat:
+            links.append(Link(f"{fallback.kind} (measured)", math.inf, max(0.0, float(np.mean(lat))), send_s, True))
+        else:
+            links.append(Link(fallback.kind, fallback.bandwidth_Bps, fallback.latency_s, send_s, True))
     return LinkModel(tuple(links[:-1]), links[-1])
 
 

@@ -152,11 +152,13 @@ def planned_pieces(job, requests) -> list[tuple]:
     """The micro-batches (their pieces) the job's planner makes of ``requests``, driven in virtual time."""
     from pp_runtime.planner import CostModel, make_planner
     from pp_runtime.planner.drive import drive
+    from pp_runtime.sim import fit_cost_model
 
     cfg = job.cfg
+    model = job.time_model if isinstance(job.time_model, CostModel) else fit_cost_model(
+        job.time_model, token_budget=cfg.scheduler.token_budget, max_context_len=job.max_model_len)
     planner = make_planner(cfg.scheduler, num_blocks=job.num_blocks, block_size=cfg.cache.block_size,
-                           num_slots=cfg.pipeline.depth, max_model_len=job.max_model_len,
-                           cost_model=CostModel.default(cfg.pipeline.stages))
+                           num_slots=cfg.pipeline.depth, max_model_len=job.max_model_len, cost_model=model)
     for req in requests:
         planner.add_request(req)
     mbs: list[tuple] = []

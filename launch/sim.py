@@ -4,8 +4,8 @@ a recorded run and compare.
 ``pp-sim`` is a Hydra app with the same config as ``pp-run`` plus the ``sim`` group (time model, links, GPUs per
 node); ``pipeline.stages`` must be set. It writes outputs.jsonl, metrics.json, events.npz, trace.json,
 bubbles.json and timeline.png into ``hydra.run.dir`` and prints the bubble table and the throughput.
-``pp-sim --replay RUN_DIR [--out DIR] [--cost-model PATH] [--measured-times] [--planner-time-us US]
-[--preset-links]`` writes
+``pp-sim --replay RUN_DIR [--out DIR] [--cost-model PATH] [--measured-times] [--fit-from-events]
+[--planner-time-us US] [--preset-links]`` writes
 into RUN_DIR/replay (or --out) and prints measured vs predicted figures with their relative errors.
 """
 
@@ -70,6 +70,8 @@ def replay_main(argv: list[str]) -> int:
     parser.add_argument("--cost-model", default=None, help="cost_model.json to use instead of the run's own")
     parser.add_argument("--measured-times", action="store_true",
                         help="use the run's measured compute durations instead of a cost model")
+    parser.add_argument("--fit-from-events", action="store_true",
+                        help="a run without cost_model.json: fit one to its own compute events (in-sample)")
     parser.add_argument("--planner-time-us", type=float, default=None,
                         help="charge this constant planner time per schedule call (default: measure it)")
     parser.add_argument("--preset-links", action="store_true",
@@ -78,7 +80,8 @@ def replay_main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         result, rows = replay(args.replay, out_dir=args.out, cost_model_path=args.cost_model,
-                              measured_times=args.measured_times, planner_time_us=args.planner_time_us,
+                              measured_times=args.measured_times, fit_from_events=args.fit_from_events,
+                              planner_time_us=args.planner_time_us,
                               preset_links=args.preset_links)
     except (ReplayError, ConfigError, RequestError, FileNotFoundError) as exc:
         print(f"pp-sim: {exc}", file=sys.stderr)

@@ -12,7 +12,7 @@ import pytest
 
 from pp_runtime.planner import CostModel
 from pp_runtime.reports import load_events
-from pp_runtime.sim.replay import MeasuredTimes, ReplayError, replay
+from pp_runtime.sim.replay import MeasuredTimes, ReplayError, fit_run_cost_model, replay
 from pp_runtime.tracer import EventKind
 from tests.jobs import make_config
 from tests.multiproc import run_ranks
@@ -112,6 +112,10 @@ def test_pp_sim_writes_a_run_that_pp_report_reads_and_replays_to_itself(model, t
                           preset_links=True)
     for r in rows:
         assert r["predicted"] == pytest.approx(r["measured"], rel=1e-9, abs=1e-9), r
+    # A cost model fitted to the run's own events predicts what made them.
+    fitted = fit_run_cost_model(out)
+    for mb in result.micro_batches:
+        assert fitted.predict(mb.pieces) == pytest.approx(CostModel.default(2).predict(mb.pieces), rel=1e-6)
 
 
 def test_replay_of_a_directory_without_a_run_names_it(tmp_path):

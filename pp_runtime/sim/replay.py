@@ -124,38 +124,73 @@ def measured_links(events: dict[int, np.ndarray], preset: LinkModel) -> LinkMode
 
 
 def replay(run_dir: str | Path, *, out_dir: str | Path | None = None, cost_model_path: str | None = None,
-           measured_times: bool = False, planner_time_us: float | None = None,
+           measured_times: bool = False, fit_from_events: bool = False, planner_time_us: float | None = None,
            preset_links: bool = False) -> tuple[SimResult, list[dict]]:
     """Re-simulate ``run_dir`` and write the simulated run into ``out_dir`` (default ``run_dir/replay``).
 
     ``cost_model_path`` overrides the run's cost model; ``measured_times`` uses the run's own compute durations
-    instead (``MeasuredTimes``); ``planner_time_us`` charges a constant planner time (None: measure it). Links are
-    fitted to the run's events (``measured_links``) unless ``preset_links`` (then ``sim.link``'s presets).
-    Returns the result and ``compare_runs(measured, predicted)`` rows.
+    instead (``MeasuredTimes``); ``fit_from_events``, for a run without a cost model, fits one to its own events
+    (``fit_run_cost_model``: in-sample, so flattering). ``planner_time_us`` charges a constant planner time (None:
+    measure it). Links are fitted to the run's events (``measured_links``) unless ``preset_links`` (then
+    ``sim.link``'s presets). Returns the result and ``compare_runs(measured, predicted)`` rows.
     """
-    from pp_runtime.planner import needs_cost_model
     from pp_runtime.planner.cost_model import CostModel, CostModelError
-    from pp_runtime.reports import load_events
 
     run = Path(run_dir)
     cfg = load_run_config(run)
     path = cost_model_path or (str(run / "cost_model.json") if (run / "cost_model.json").exists() else None) \
         or cfg.scheduler.cost_model_path
-    if path is None and not measured_times:
-        raise ReplayError(f"run dir {str(run)!r} has no cost_model.json (scheduler.policy={cfg.scheduler.policy} "
-                          f"does not profile the stages) and its config names no scheduler.cost_model_path: pass "
-                          f"--cost-model PATH (a cost_model.json of a run on the same machine and layout)")
     try:
         cost_model = CostModel.from_json(path) if path else None
     except CostModelError as exc:
         raise ReplayError(str(exc)) from None
+    if cost_model is None and fit_from_events:
+        cost_model = fit_run_cost_model(run)
+    if cost_model is None and not measured_times:
+        raise ReplayError(f"run dir {str(run)!r} has no cost_model.json (scheduler.policy={cfg.scheduler.policy} "
+                          f"does not profile the stages) and its config names no scheduler.cost_model_path: pass "
+                          f"--cost-model PATH (a cost_model.json of a run on the same machine and layout), or "
+                          f"--fit-from-events")
+    out = Path(out_dir) if out_dir is not None else run / "replay"
+    cfg.output_dir = str(out)
+    job, result = _replay_run(run, cfg, cost_model, path=path, measured_times=measured_times,
+                              planner_time_us=planner_time_us, preset_links=preset_links)
+    bubbles = write_sim_run(out, result, cfg, tokenizer=job.tokenizer, info={**job.info(), "replay_of": str(run)})
+    return result, compare_runs(load_summary(run), run_summary(result.metrics, bubbles))
+
+
+def fit_run_cost_model(run_dir: str | Path):
+    """A CostModel fitted to a run's own compute events: a replay with its measured times recovers the pieces
+    of every micro-batch (the planner makes the same ones), whose work and measured seconds are the fit's rows."""
+    from pp_runtime.planner.cost_model import CostModel, CostModelError, work
+
+    run = Path(run_dir)
+    cfg = load_run_config(run)
+    job, result = _replay_run(run, cfg, None, path=None, measured_times=True, planner_time_us=None,
+                              preset_links=False)
+    times = job.time_model.times  # [num_micro_batches, num_stages], in launch order
+    rows = [(s, *work(mb.pieces), float(times[k, s])) for k, mb in enumerate(result.micro_batches)
+            for s in range(times.shape[1])]
+    try:
+        return CostModel.fit(rows)
+    except CostModelError as exc:
+        raise ReplayError(f"cannot fit a cost model to {str(run)!r}'s events: {exc}") from None
+
+
+def _replay_run(run: Path, cfg: Config, cost_model, *, path: str | None, measured_times: bool,
+                planner_time_us: float | None, preset_links: bool) -> tuple[SimJob, SimResult]:
+    from pp_runtime.planner import needs_cost_model
+    from pp_runtime.reports import load_events
+
     if cost_model is None and needs_cost_model(cfg.scheduler):
         raise ReplayError(f"scheduler.policy={cfg.scheduler.policy} balances by a cost model and {str(run)!r} has "
                           "no cost_model.json: pass --cost-model PATH")
-    out = Path(out_dir) if out_dir is not None else run / "replay"
-    cfg.output_dir = str(out)
     cfg.sim.cost_model, cfg.sim.cost_model_path = "profiled", path
     cfg.sim.planner_time_us = planner_time_us
+    if cost_model is None:  # measured times drive the replay; a placeholder keeps prepare_sim from warning
+        from pp_runtime.planner.cost_model import CostModel
+
+        cost_model = CostModel.default(cfg.pipeline.stages)
     job = prepare_sim(cfg, run_cost_model=cost_model)
     events = load_events(str(run))
     if measured_times:
@@ -165,6 +200,4 @@ def replay(run_dir: str | Path, *, out_dir: str | Path | None = None, cost_model
     if job.time_model.num_stages != cfg.pipeline.stages:
         raise ConfigError(f"the cost model of {path!r} has {job.time_model.num_stages} stage(s) but the run had "
                           f"{cfg.pipeline.stages}; pass --cost-model with a file for {cfg.pipeline.stages} stages")
-    result = job.run(sample=replay_sampler(job, recorded_tokens(run)))
-    bubbles = write_sim_run(out, result, cfg, tokenizer=job.tokenizer, info={**job.info(), "replay_of": str(run)})
-    return result, compare_runs(load_summary(run), run_summary(result.metrics, bubbles))
+    return job, job.run(sample=replay_sampler(job, recorded_tokens(run)))

@@ -16,9 +16,10 @@ with ``a`` = window start), after its previous compute event ``[a - d_prev, a)``
 - the wait ``[a, min(r, b))``: the stage had nothing to do because upstream was still producing m's input.
   Its last ``min(wait, max(0, (r - u) - d_prev))`` ns are **imbalance**: upstream spent longer on m than this
   stage spent on its previous work. The first ``late`` ns (the remainder) exist because upstream started m late;
-  they take the labels of upstream's own timeline over ``[u - late, u)``, position by position: upstream's idle
-  there keeps its label (hop or imbalance, found earlier since it ends earlier), upstream busy on earlier work
-  is imbalance, and anything else (before the window, upstream's own fill wait, an unlabelled tie) is **rest**.
+  they take the labels of upstream's own timeline over ``[u - late, u)``, as many ns of each as that window holds
+  (laid out hop last): upstream's idle there keeps its label (hop or imbalance, found earlier since it ends
+  earlier), upstream busy on earlier work is imbalance, and anything else (before the window, upstream's own
+  fill wait, an unlabelled tie) is **rest**.
 - the fill (``a`` = window start, ``d_prev`` = this stage's own time on m) is reported whole as fill/drain, as in
   bubbles.py; inside it, upstream computing m up to ``d_prev`` is the fill proper and the rest keeps its cause
   (hop, imbalance, upstream lateness), laid out last so that a later copy from the fill's end reads its causes.
@@ -54,54 +55,47 @@ class _Timeline:
         self.compute = compute[np.argsort(compute[:, 1], kind="stable")]
         s, e = merge_intervals(np.clip(self.compute[:, 1], lo, hi), np.clip(self.compute[:, 2], lo, hi))
         self.run_starts, self.run_ends = s.tolist(), e.tolist()
-        self.segments: list[tuple[int, int, int]] = []  # (start, end, label), kept sorted by start
+        self._busy_before = np.concatenate([[0], np.cumsum(e - s)]).tolist()  # busy ns before each run
+        self.segments: list[tuple[int, int, int]] = []  # (start, end, label), sorted by start
         self._seg_starts: list[int] = []
+        self._cum = {lab: [0] for lab in (_IMB, _HOP, _REST, _FILL)}
         self.by_mb = {}  # mb_id -> (start, end) of its first compute event on this stage
+        self.opening = {}  # start -> (mb_id, duration) of the first compute event starting then
+        self.longest_ending = {}  # end -> the longest duration of the compute events ending then
         for _, start, end, mb, _, _ in self.compute.tolist():
             self.by_mb.setdefault(mb, (start, end))
+            self.opening.setdefault(start, (mb, end - start))
+            self.longest_ending[end] = max(self.longest_ending.get(end, 0), end - start)
+        by_end = np.argsort(self.compute[:, 2], kind="stable")
+        self.ends_sorted = self.compute[by_end, 2].tolist()  # for "the latest end <= t"
+        self.rows_by_end = self.compute[by_end].tolist()
 
-    def label_at(self, x: int, y: int, lo: int) -> list[tuple[int, int]]:
-        """Labels of ``[x, y)`` as (length, label) pieces: busy -> imbalance, labelled idle -> its label."""
-        out, t = [], x
-        if t < lo:
-            out.append((min(y, lo) - t, _REST))
-            t = lo
-        while t < y:
-            i = bisect.bisect_right(self.run_starts, t) - 1
-            if i >= 0 and t < self.run_ends[i]:
-                nxt = min(y, self.run_ends[i])
-                out.append((nxt - t, _IMB))
-                t = nxt
-                continue
-            j = bisect.bisect_right(self._seg_starts, t) - 1
-            if j >= 0 and t < self.segments[j][1]:
-                nxt = min(y, self.segments[j][1])
-                lab = self.segments[j][2]
-                out.append((nxt - t, lab))
-                t = nxt
-                continue
-            # Unlabelled: an idle span not yet processed (a tie), or past the stage's last run.
-            nxt = y
-            if i + 1 < len(self.run_starts):
-                nxt = min(nxt, self.run_starts[i + 1])
-            if j + 1 < len(self.segments):
-                nxt = min(nxt, self.segments[j + 1][0])
-            nxt = max(nxt, t + 1)
-            out.append((nxt - t, _REST))
-            t = nxt
-        return out
+    def label_at(self, x: int, y: int) -> list[tuple[int, int]]:
+        """How many ns of each label ``[x, y)`` holds, as (length, label) pieces (hop last): busy time ->
+        imbalance, labelled idle -> its label, anything else (before the window, unlabelled) -> rest."""
+        busy = self._busy_until(y) - self._busy_until(x)
+        found = {lab: self._label_until(y, lab) - self._label_until(x, lab) for lab in (_FILL, _IMB, _HOP)}
+        rest = (y - x) - busy - sum(found.values())
+        return [(found[_FILL], _FILL), (rest, _REST), (busy + found[_IMB], _IMB), (found[_HOP], _HOP)]
+
+    def _busy_until(self, t: int) -> int:
+        k = bisect.bisect_right(self.run_starts, t) - 1
+        return 0 if k < 0 else self._busy_before[k] + min(t, self.run_ends[k]) - self.run_starts[k]
+
+    def _label_until(self, t: int, label: int) -> int:
+        k = bisect.bisect_right(self._seg_starts, t) - 1
+        if k < 0:
+            return 0
+        start, end, lab = self.segments[k]
+        return self._cum[label][k] + (min(t, end) - start if lab == label else 0)
 
     def add(self, start: int, end: int, label: int) -> None:
+        """Append a labelled idle segment; a stage's spans are labelled in time order, so this keeps them sorted."""
         if end > start:
-            k = bisect.bisect_right(self._seg_starts, start)
-            self.segments.insert(k, (start, end, label))
-            self._seg_starts.insert(k, start)
-
-
-def _mb_opening_run(tl: _Timeline, run: int) -> tuple[int, int]:
-    """(mb_id, duration) of the compute event opening merged run ``run`` (the first such event, if several do)."""
-    rows = tl.compute[tl.compute[:, 1] == tl.run_starts[run]]
-    return int(rows[0, 3]), int(rows[0, 2] - rows[0, 1])
+            self.segments.append((start, end, label))
+            self._seg_starts.append(start)
+            for lab, cum in self._cum.items():  # cum[k]: ns of lab in the segments before k
+                cum.append(cum[-1] + (end - start if lab == label else 0))
 
 
 def _input_of(stage: int, mb: int, a: int, b: int, timelines: dict[int, _Timeline], stages: list[int]):
@@ -114,16 +108,15 @@ def _input_of(stage: int, mb: int, a: int, b: int, timelines: dict[int, _Timelin
         u, r = up.by_mb[mb]
         return u, r, up
     up = timelines[stages[-1]]
-    ends = up.compute[:, 2]
-    ok = (ends <= b) & (up.compute[:, 3] != mb)
-    if not ok.any():  # no tokens had come back yet: rank 0 was not waiting on them, so all of it is hop
+    i = bisect.bisect_right(up.ends_sorted, b) - 1
+    while i >= 0 and up.rows_by_end[i][3] == mb:
+        i -= 1
+    if i < 0:  # no tokens had come back yet: rank 0 was not waiting on them, so all of it is hop
         return a, a, up
-    rows = up.compute[ok]
-    row = rows[np.argmax(rows[:, 2])]
-    return int(row[1]), int(row[2]), up
+    return up.rows_by_end[i][1], up.rows_by_end[i][2], up
 
 
-def _attribute_span(a: int, b: int, d_prev: int, dep, lo: int, *, fill: bool) -> list[tuple[int, int, int]]:
+def _attribute_span(a: int, b: int, d_prev: int, dep, *, fill: bool) -> list[tuple[int, int, int]]:
     """Labelled pieces (start, end, label) covering ``[a, b)`` exactly."""
     if dep is None:
         return [(a, b, _REST)]
@@ -135,17 +128,21 @@ def _attribute_span(a: int, b: int, d_prev: int, dep, lo: int, *, fill: bool) ->
         # first, so that the fill's end, which later copies read first, holds its causes.
         computing = min(wait, r - u)
         imb = min(computing, max(0, (r - u) - d_prev))
-        causes = [p for p in up.label_at(u - (wait - computing), u, lo) if p[1] != _FILL]
+        causes = [p for p in up.label_at(u - (wait - computing), u) if p[1] != _FILL]
         pieces = [(wait - imb - sum(n for n, _ in causes), _FILL), *causes, (imb, _IMB)]
     else:
         imb = min(wait, max(0, (r - u) - d_prev))
-        pieces = [*up.label_at(u - (wait - imb), u, lo), (imb, _IMB)]
+        pieces = [*up.label_at(u - (wait - imb), u), (imb, _IMB)]
     pieces.append((b - r_c, _HOP))
     out, t = [], a
     for length, label in pieces:
-        if length:
+        if not length:
+            continue
+        if out and out[-1][2] == label:  # coalesce, or copies of copies fragment without bound
+            out[-1] = (out[-1][0], t + length, label)
+        else:
             out.append((t, t + length, label))
-            t += length
+        t += length
     return out
 
 
@@ -169,16 +166,13 @@ def attribute_idle(events: dict[int, np.ndarray]) -> dict:
             b = tl.run_starts[run]
             if b <= a:
                 continue
-            mb, own = _mb_opening_run(tl, run)
+            mb, own = tl.opening[b]
             # The fill compares upstream's time on m with this stage's own (equal in a balanced pipeline).
-            prev = own
-            if run > 0:
-                ends = tl.compute[tl.compute[:, 2] == a]
-                prev = int((ends[:, 2] - ends[:, 1]).max()) if len(ends) else 0
+            prev = own if run == 0 else tl.longest_ending.get(a, 0)
             spans.append((b, pos, s, a, prev, mb, run == 0))
     for b, _, s, a, prev, mb, is_fill in sorted(spans, key=lambda x: (x[0], x[1])):
         dep = _input_of(s, mb, a, b, timelines, stages)
-        for start, end, label in _attribute_span(a, b, prev, dep, lo, fill=is_fill):
+        for start, end, label in _attribute_span(a, b, prev, dep, fill=is_fill):
             timelines[s].add(start, end, label)
     out = {"stages": {}}
     total = dict.fromkeys(("idle_ns", *(f"{p}_ns" for p in PARTS), "idle_in_plan_ns", "idle_in_send_ns",
@@ -223,10 +217,18 @@ def _stage_figures(tl: _Timeline, ev: np.ndarray, lo: int, hi: int) -> dict:
 def _overlap_ns(starts, ends, idle_starts: list[int], idle_ends: list[int], lo: int, hi: int) -> int:
     """ns covered by both the union of ``[starts, ends)`` and the (disjoint) idle spans, inside the window."""
     s, e = merge_intervals(np.clip(starts, lo, hi), np.clip(ends, lo, hi))
-    total = 0
-    for a, b in zip(idle_starts, idle_ends):
-        total += int(np.clip(np.minimum(e, b) - np.maximum(s, a), 0, None).sum())
-    return total
+    if not len(s) or not idle_starts:
+        return 0
+    order = np.argsort(idle_starts)
+    i_s, i_e = np.asarray(idle_starts, np.int64)[order], np.asarray(idle_ends, np.int64)[order]
+    before = np.concatenate([[0], np.cumsum(i_e - i_s)])  # idle ns before each idle span
+
+    def idle_until(t: np.ndarray) -> np.ndarray:  # idle ns in [lo, t)
+        k = np.searchsorted(i_s, t, side="right") - 1
+        inside = np.clip(t - i_s[np.maximum(k, 0)], 0, (i_e - i_s)[np.maximum(k, 0)])
+        return np.where(k >= 0, before[np.maximum(k, 0)] + inside, 0)
+
+    return int((idle_until(e) - idle_until(s)).sum())
 
 
 def _with_fractions(fig: dict) -> dict:

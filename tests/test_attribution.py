@@ -183,3 +183,37 @@ def test_real_two_stage_run_writes_an_attribution_that_sums(tmp_path_factory, tm
     assert set(written["stages"]) == {"0", "1"}
     assert_sums(written, events)
     assert written["pipeline"]["idle_ns"] > 0
+
+
+def _simulated(times_s, *, latency_s=0.0, stages=3, depth=3, requests=12, max_tokens=3):
+    """Events of pp_runtime.sim on constant per-stage times (the simulator's format is the tracer's)."""
+    from pp_runtime.request import Request, SamplingParams
+    from pp_runtime.sim import LinkModel, simulate
+    from tests.jobs import make_config
+    from tests.test_sim import ConstantTimes
+
+    cfg = make_config([f"pipeline.stages={stages}", f"pipeline.num_microbatches={depth}", "scheduler=fcfs",
+                       "scheduler.token_budget=8", "scheduler.chunk_size=8", "sim.planner_time_us=0"])
+    reqs = [Request(f"r{i}", (5,) * 8, SamplingParams(max_tokens=max_tokens)) for i in range(requests)]
+    return simulate(cfg, reqs, time_model=ConstantTimes(times_s), links=LinkModel.uniform(stages, latency_s=latency_s),
+                    hidden_size=4, dtype_bytes=4, max_model_len=256, num_blocks=1024).events
+
+
+def test_simulated_slow_stage_idles_others_by_imbalance_only():
+    events = _simulated([0.002, 0.004, 0.002])
+    a = attribute_idle(events)
+    assert_sums(a, events)
+    assert steady_ns(events, 1) == 0
+    for s in ("0", "2"):
+        assert a["stages"][s]["imbalance_ns"] == steady_ns(events, int(s)) > 0
+        assert a["stages"][s]["hop_ns"] == a["stages"][s]["rest_ns"] == 0
+
+
+def test_simulated_link_latency_is_hop():
+    events = _simulated([0.002] * 3, latency_s=0.0003)
+    a = attribute_idle(events)
+    assert_sums(a, events)
+    for s in range(3):  # equal stages: every steady gap is the links' latency
+        f = a["stages"][str(s)]
+        assert f["hop_ns"] == steady_ns(events, s) > 0
+        assert f["imbalance_ns"] == f["rest_ns"] == 0

@@ -30,6 +30,8 @@ setup(
             "pp-run=launch.run:main",
             "pp-report=scripts.report:main",
             "pp-sweep=launch.sweep:main",
+            "pp-tune=launch.tune:main",
+            "pp-sim=launch.sim:main",
         ]
     },
 )

@@ -17,6 +17,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 WORKLOADS = ("default", "jsonl", "trace", "synthetic")
 ARRIVALS = ("all", "trace", "poisson")
 DISTRIBUTIONS = ("uniform", "zipf", "lognormal")
+SIM_COST_MODELS = ("profiled", "layer_profile", "roofline")
+SIM_GPUS = ("h100", "a100")
+SIM_LINKS = ("auto", "nvlink", "pcie", "infiniband", "gloo")
 
 
 class ConfigError(ValueError):
@@ -225,6 +228,66 @@ class DebugConfig:
 
 
 @dataclass
+class SimConfig:
+    # Where pp-sim takes a micro-batch's time on each stage from: profiled (a cost_model.json of a real run,
+    # sim.cost_model_path), layer_profile (a per-layer profile of one GPU, sim.layer_profile_path, scaled to the
+    # layer split) or roofline (analytic, from sim.gpu's peak FLOP/s and memory bandwidth and the model shape).
+    cost_model: str = "profiled"
+    # cost_model.json written by a real run (CostModel.to_json); None with cost_model=profiled: the file of
+    # scheduler.cost_model_path, else CostModel.default's rough CPU numbers.
+    cost_model_path: str | None = None
+    # Per-layer profile file for cost_model=layer_profile.
+    layer_profile_path: str | None = None
+    # GPU preset of the simulated hardware (roofline numbers, NVLink/InfiniBand generation): h100 or a100.
+    gpu: str = "h100"
+    # Model shape preset to simulate (e.g. gpt3-175b, llama-3.1-8b, llama-3.2-1b, see pp_runtime.sim.hardware);
+    # None: the job's model (model.path, or the default model).
+    model_shape: str | None = None
+    # Link between consecutive stages: auto (loopback gloo for CPU runs and profiled CPU cost models; else NVLink
+    # within a node and InfiniBand across nodes), nvlink, pcie (within a node; InfiniBand across), infiniband
+    # (every hop) or gloo (every hop, loopback TCP). Preset numbers and sources: pp_runtime/sim/links.py.
+    link: str = "auto"
+    # GPUs per node: stages s and s+1 share a node iff s // gpus_per_node == (s+1) // gpus_per_node.
+    gpus_per_node: int = 8
+    # Override every hop's bandwidth, in GB/s (gigabytes per second, one direction); None: the preset's.
+    link_bandwidth_gbps: float | None = None
+    # Override every hop's latency, in microseconds; None: the preset's.
+    link_latency_us: float | None = None
+    # Override the sender's own time per send (pickling, posting), in microseconds; None: the preset's.
+    link_send_overhead_us: float | None = None
+    # Transfers start only once the receiving stage is free, as pp-runtime's stages post their receives after
+    # computing (see pp_runtime/sim/links.py); false: eager, the data waits at a busy receiver (textbook pipeline).
+    rendezvous: bool = True
+    # Charge the planner's time per schedule() call to stage 0 (rank 0 plans on the thread that runs stage 0).
+    charge_planner: bool = True
+    # Planner time charged per schedule() call, in microseconds; None: measure the real planner's time on this
+    # machine at every call (not deterministic); a number makes simulations repeatable (tests use one).
+    planner_time_us: float | None = None
+
+    def validate(self) -> None:
+        _check(self.cost_model in SIM_COST_MODELS, "sim.cost_model", self.cost_model,
+               f"use one of {', '.join(SIM_COST_MODELS)}")
+        if self.cost_model == "layer_profile":
+            _check(bool(self.layer_profile_path), "sim.layer_profile_path", self.layer_profile_path,
+                   "sim.cost_model=layer_profile needs the path of a per-layer profile")
+        _check(self.gpu in SIM_GPUS, "sim.gpu", self.gpu, f"use one of {', '.join(SIM_GPUS)}")
+        _check(self.link in SIM_LINKS, "sim.link", self.link, f"use one of {', '.join(SIM_LINKS)}")
+        _check(self.gpus_per_node >= 1, "sim.gpus_per_node", self.gpus_per_node, "must be >= 1")
+        if self.link_bandwidth_gbps is not None:
+            _check(self.link_bandwidth_gbps > 0, "sim.link_bandwidth_gbps", self.link_bandwidth_gbps,
+                   "must be > 0 (GB/s), or null for the link preset's")
+        if self.link_latency_us is not None:
+            _check(self.link_latency_us >= 0, "sim.link_latency_us", self.link_latency_us,
+                   "must be >= 0 (microseconds), or null for the link preset's")
+        if self.link_send_overhead_us is not None:
+            _check(self.link_send_overhead_us >= 0, "sim.link_send_overhead_us", self.link_send_overhead_us,
+                   "must be >= 0 (microseconds), or null for the link preset's")
+        if self.planner_time_us is not None:
+            _check(self.planner_time_us >= 0, "sim.planner_time_us", self.planner_time_us,
+                   "must be >= 0 (microseconds), or null to measure the planner")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
@@ -234,6 +297,8 @@ class Config:
     tracer: TracerConfig = field(default_factory=TracerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    # Only pp-sim reads it: the simulated hardware and where its times come from.
+    sim: SimConfig = field(default_factory=SimConfig)
     # auto: CUDA with NCCL when a GPU exists, else CPU with gloo.
     device: str = "auto"
     # auto: float32 on CPU, bfloat16 on CUDA.
@@ -245,7 +310,7 @@ class Config:
         _check(self.device in DEVICES, "device", self.device, f"use one of {', '.join(DEVICES)}")
         _check(self.dtype in DTYPES, "dtype", self.dtype, f"use one of {', '.join(DTYPES)}")
         for part in (self.model, self.pipeline, self.scheduler, self.workload, self.cache, self.tracer,
-                     self.runtime):
+                     self.runtime, self.sim):
             part.validate()
         self.debug.validate(self.pipeline.stages)
 
@@ -258,5 +323,5 @@ def register_configs() -> None:
     cs.store(name="base_config", node=Config)
     for group, node in (("model", ModelConfig), ("pipeline", PipelineConfig), ("scheduler", SchedulerConfig),
                         ("workload", WorkloadConfig), ("cache", CacheConfig), ("tracer", TracerConfig),
-                        ("runtime", RuntimeConfig), ("debug", DebugConfig)):
+                        ("runtime", RuntimeConfig), ("debug", DebugConfig), ("sim", SimConfig)):
         cs.store(group=group, name=f"base_{group}", node=node)

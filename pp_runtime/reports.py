@@ -2,7 +2,8 @@
 
 A run directory holds ``events.npz`` (the raw events: arrays ``stage0``, ``stage1``, ... and ``clock_error_ns``,
 rows of (stage, error)), from which everything else is derived: ``trace.json`` (Chrome/Perfetto trace),
-``bubbles.json`` (``compute_bubbles`` plus the policy and each stage's clock error) and ``timeline.png``.
+``bubbles.json`` (``compute_bubbles`` plus the policy, each stage's clock error and, under ``"attribution"``, the
+idle time by cause from ``pp_runtime.attribution``) and ``timeline.png``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 
 import numpy as np
 
+from pp_runtime.attribution import attribute_idle
 from pp_runtime.bubbles import compute_bubbles
 from pp_runtime.trace_export import chrome_trace, validate_chrome_trace
 
@@ -38,6 +40,7 @@ def write_reports(run_dir: str, events: dict[int, np.ndarray], *, policy: str, c
     for stage, figures in bubbles["stages"].items():
         figures["clock_error_ns"] = errors[int(stage)]
     bubbles["policy"] = policy
+    bubbles["attribution"] = attribute_idle(events)
     write_json(os.path.join(run_dir, "bubbles.json"), bubbles, indent=2)
 
     if timeline:

@@ -1,5 +1,9 @@
 """Split a model's decoder layers into contiguous per-stage ranges, balanced by cost.
 
+Two rules: the head-share heuristic below (the default), and ``partition_by_time`` from a per-layer time model
+(a layer profile or the roofline, ``pp_runtime.sim``), which ``choose_split`` uses only where it predicts a
+lower bottleneck.
+
 A stage plan is data: one ``range`` of global layer indices per stage. Stage 0 also owns the embeddings and
 the last stage the final norm and LM head, whose cost is weighed in as "layer equivalents". The embedding is a
 table lookup (no matmul) and weighs nothing; the LM head is a vocab x hidden matmul on the sampled tokens.
@@ -63,6 +67,43 @@ def partition_layers(num_layers: int, num_stages: int, *, head_cost: float = 0.0
         counts = list(layers_per_stage)
     else:
         counts = _balanced_counts(num_layers, num_stages, head_cost)
+    return _ranges(counts)
+
+
+def partition_by_time(num_layers: int, num_stages: int, parts) -> list[range]:
+    """Contiguous layer ranges minimising the bottleneck stage's predicted time.
+
+    ``parts`` (a ``pp_runtime.sim.parts.PartTimes``) prices the workload's micro-batch mix per part, summed
+    over the mix: one decoder layer, the embeddings (stage 0), the LM head (last stage), a fixed cost per stage.
+    """
+    check_layout(num_layers, num_stages)
+    if parts.layer <= 0:
+        return partition_layers(num_layers, num_stages)
+    counts = _balanced_counts(num_layers, num_stages, parts.head / parts.layer, first_cost=parts.embed / parts.layer)
+    return _ranges(counts)
+
+
+def choose_split(num_layers: int, num_stages: int, *, head_cost: float, parts=None) -> tuple[list[range], str]:
+    """The layer split a job should use, and which rule chose it: ``"time"`` or ``"heuristic"``.
+
+    The head-share heuristic (``partition_layers`` with ``head_cost`` layer equivalents) is the default. With a
+    per-layer time model (``parts``, a ``PartTimes`` of the workload's mix) the split of ``partition_by_time``
+    wins only where that model predicts a strictly lower bottleneck than the heuristic's split.
+    """
+    heuristic = partition_layers(num_layers, num_stages, head_cost=head_cost)
+    if parts is None:
+        return heuristic, "heuristic"
+    timed = partition_by_time(num_layers, num_stages, parts)
+
+    def bottleneck(ranges: list[range]) -> float:
+        return max(parts.stage_times([len(r) for r in ranges]))
+
+    if bottleneck(timed) < bottleneck(heuristic) * (1 - 1e-9):
+        return timed, "time"
+    return heuristic, "heuristic"
+
+
+def _ranges(counts: list[int]) -> list[range]:
     ranges, start = [], 0
     for n in counts:
         ranges.append(range(start, start + n))
@@ -70,14 +111,14 @@ def partition_layers(num_layers: int, num_stages: int, *, head_cost: float = 0.0
     return ranges
 
 
-def _balanced_counts(num_layers: int, num_stages: int, head_cost: float) -> list[int]:
+def _balanced_counts(num_layers: int, num_stages: int, head_cost: float, *, first_cost: float = 0.0) -> list[int]:
     # best[s][i]: the lowest bottleneck for layers [0, i) over stages [0, s); choice[s][i]: where stage s-1 starts.
     inf = float("inf")
     best = [[inf] * (num_layers + 1) for _ in range(num_stages + 1)]
     choice = [[0] * (num_layers + 1) for _ in range(num_stages + 1)]
     best[0][0] = 0.0
     for s in range(1, num_stages + 1):
-        extra = head_cost if s == num_stages else 0.0
+        extra = (head_cost if s == num_stages else 0.0) + (first_cost if s == 1 else 0.0)
         for i in range(s, num_layers + 1):
             for j in range(i - 1, s - 2, -1):
                 # Largest j first with a strict '<': ties give earlier stages more layers (the last has the head).

@@ -1,0 +1,197 @@
+"""``pp-tune --tbt-slo-ms 50 [--ttft-slo-ms 2000] [overrides]``: pick budget, chunk, depth and split by simulation.
+
+The overrides are a job's (``workload=...``, ``pipeline.stages=N``, ``sim.cost_model=roofline`` ...). Every
+candidate of a small grid (``pp_runtime.sim.tuning``) runs through ``pp_runtime.sim.simulate`` on the workload
+(or ``--sample`` requests of it) with a constant planner time (``sim.planner_time_us``, 200 us unless set),
+so that simulations are fast and repeatable. The default stays the winner when it meets the SLO and nothing is
+``--min-gain`` (5%) faster: a smaller predicted gain is inside the simulator's error. Layer splits: the job's
+(``pipeline.layers_per_stage`` or the head-share heuristic), and with a per-layer time model (layer_profile,
+roofline) the split that minimises the bottleneck stage over the workload's planned micro-batches
+(``stages.partition.choose_split``).
+
+Prints the Pareto frontier (throughput vs p99 TBT) and writes the winner to ``<out>/tune/<name>.yaml``, a
+Hydra config-group file of package ``_global_``. A job loads it with
+``torchrun ... -m launch.run hydra.searchpath=[file://<abs out>] +tune=<name> <the same workload overrides>``.
+Exit code: 0 with a winner, 1 when no candidate meets the SLO, 2 for a config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import sys
+import time
+from pathlib import Path
+
+from pp_runtime.config import ConfigError
+from pp_runtime.sim.tuning import Candidate, TuneError, TuneResult, candidates, frontier_table, search
+
+PLANNER_TIME_US = 200.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run pp-tune on ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = argparse.ArgumentParser(prog="pp-tune", description="Search token budget, chunk size, micro-batches "
+                                     "in flight and layer split by simulation, under a p99 TBT SLO.")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the job to tune (workload, stages, sim)")
+    parser.add_argument("--tbt-slo-ms", type=float, required=True, help="p99 time between tokens to meet, ms")
+    parser.add_argument("--ttft-slo-ms", type=float, help="p99 time to first token to meet, ms (optional)")
+    parser.add_argument("--max-sims", type=int, default=60, help="most simulations to run")
+    parser.add_argument("--min-gain", type=float, default=0.05,
+                        help="keep the default (when it meets the SLO) unless the pick is this much faster (0.05: 5%%)")
+    parser.add_argument("--sample", type=int, help="simulate this many requests of the workload (default: all)")
+    parser.add_argument("--out", default="tune_out", help="folder for tune/<name>.yaml and frontier.txt")
+    parser.add_argument("--name", default="best", help="name of the override file (loaded as +tune=<name>)")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        cfg = compose(args.overrides)
+        result = tune(cfg, tbt_slo_ms=args.tbt_slo_ms, ttft_slo_ms=args.ttft_slo_ms, max_sims=args.max_sims,
+                      sample=args.sample, min_gain=args.min_gain)
+    except ConfigError as exc:
+        print(f"pp-tune: {exc}", file=sys.stderr)
+        return 2
+    except TuneError as exc:
+        print(f"pp-tune: {exc}", file=sys.stderr)
+        return 1
+    table = frontier_table(result)
+    print(f"pp-tune: {len(result.trials)} simulation(s); frontier (throughput vs p99 TBT):\n{table}")
+    path = write_override_file(result.winner.candidate, Path(args.out), args.name)
+    (Path(args.out) / "frontier.txt").write_text(table + "\n")
+    print(f"winner: {result.winner.candidate} -> {path}\nload it with: hydra.searchpath=[file://"
+          f"{Path(args.out).resolve()}] +tune={args.name}")
+    return 0
+
+
+def compose(overrides: list[str]):
+    """The job's config from Hydra overrides, composed as launch.run does."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from pp_runtime.config import register_configs
+
+    register_configs()
+    conf = str(Path(__file__).resolve().parent.parent / "conf")
+    try:
+        with initialize_config_dir(config_dir=conf, version_base=None):
+            return OmegaConf.to_object(hydra_compose("config", overrides=overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"cannot compose the config: {exc}") from None
+
+
+def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: int = 60, sample: int | None = None,
+         min_gain: float = 0.0, simulate=None) -> TuneResult:
+    """Search by simulation (``simulate`` defaults to ``pp_runtime.sim.simulate``; tests inject a stand-in)."""
+    from pp_runtime.sim.job import prepare_sim
+    from pp_runtime.sim.parts import total_parts
+    from pp_runtime.sim.time_model import part_source
+    from stages.partition import choose_split, head_cost_layers, sampled_share
+
+    if cfg.pipeline.stages is None:
+        raise ConfigError("pp-tune needs pipeline.stages=N (the number of stages to tune for)")
+    if cfg.sim.planner_time_us is None:
+        cfg.sim.planner_time_us = PLANNER_TIME_US
+    job = prepare_sim(cfg)
+    requests = job.requests
+    if sample is not None and sample < len(requests):
+        requests = sorted(random.Random(cfg.workload.seed).sample(requests, sample), key=lambda r: r.arrival_s)
+    num_layers, stages = job.hf_config.num_hidden_layers, cfg.pipeline.stages
+    head_cost = head_cost_layers(job.hf_config, sampled_share(requests))
+    splits = [tuple(len(r) for r in job.layer_ranges)]  # the job's: pipeline.layers_per_stage or the heuristic
+    splits.append(tuple(len(r) for r in choose_split(num_layers, stages, head_cost=head_cost)[0]))
+    source = part_source(cfg, hf_config=job.hf_config)
+    if source is not None:
+        mix = planned_pieces(job, requests)
+        timed, rule = choose_split(num_layers, stages, head_cost=head_cost, parts=total_parts(source, mix))
+        if rule == "time":
+            splits.append(tuple(len(r) for r in timed))
+    grid = candidates(token_budget=cfg.scheduler.token_budget, chunk_size=cfg.scheduler.chunk_size,
+                      num_microbatches=cfg.pipeline.depth, num_stages=stages, splits=list(dict.fromkeys(splits)))
+    run = simulate or _simulate()
+    start = time.monotonic()
+    result = search(lambda cand: simulate_candidate(job, cand, requests, simulate=run), grid,
+                    tbt_slo_ms=tbt_slo_ms, ttft_slo_ms=ttft_slo_ms, max_sims=max_sims, min_gain=min_gain)
+    print(f"pp-tune: {len(result.trials)} of {len(grid)} candidates simulated in {time.monotonic() - start:.1f}s",
+          file=sys.stderr)
+    return result
+
+
+def simulate_candidate(job, cand: Candidate, requests, *, simulate) -> dict:
+    """Metrics of one simulated run of ``cand`` on ``requests`` (``job``: a ``prepare_sim`` result)."""
+    from pp_runtime.kv_cache import num_blocks_for_budget
+    from pp_runtime.sim.time_model import build_time_model
+    from stages.partition import partition_layers
+
+    c = apply(job.cfg, cand)
+    ranges = partition_layers(job.hf_config.num_hidden_layers, len(cand.layers_per_stage),
+                              layers_per_stage=list(cand.layers_per_stage))
+    time_model = build_time_model(c, hf_config=job.hf_config, layer_ranges=ranges)
+    num_blocks = c.cache.num_blocks or num_blocks_for_budget(
+        c.cache.memory_gib, max_layers_per_stage=max(cand.layers_per_stage), block_size=c.cache.block_size,
+        hf_config=job.hf_config, dtype=_torch_dtype(job.dtype_bytes))
+    result = simulate(c, requests, time_model=time_model, links=job.links, hidden_size=job.hf_config.hidden_size,
+                      dtype_bytes=job.dtype_bytes, eos_token_ids=job.eos_token_ids, max_model_len=job.max_model_len,
+                      num_blocks=num_blocks)
+    return result.metrics
+
+
+def apply(cfg, cand: Candidate):
+    """A copy of ``cfg`` with the candidate's values set (and validated)."""
+    c = copy.deepcopy(cfg)
+    for group, values in cand.overrides().items():
+        for key, value in values.items():
+            setattr(getattr(c, group), key, value)
+    c.validate()
+    return c
+
+
+def planned_pieces(job, requests) -> list[tuple]:
+    """The micro-batches (their pieces) the job's planner makes of ``requests``, driven in virtual time."""
+    from pp_runtime.planner import CostModel, make_planner
+    from pp_runtime.planner.drive import drive
+    from pp_runtime.sim import fit_cost_model
+
+    cfg = job.cfg
+    model = job.time_model if isinstance(job.time_model, CostModel) else fit_cost_model(
+        job.time_model, token_budget=cfg.scheduler.token_budget, max_context_len=job.max_model_len)
+    planner = make_planner(cfg.scheduler, num_blocks=job.num_blocks, block_size=cfg.cache.block_size,
+                           num_slots=cfg.pipeline.depth, max_model_len=job.max_model_len, cost_model=model)
+    for req in requests:
+        planner.add_request(req)
+    mbs: list[tuple] = []
+    drive(planner, lambda piece: -1, on_schedule=lambda mb: mbs.append(mb.pieces))
+    return mbs
+
+
+def write_override_file(cand: Candidate, out: Path, name: str) -> Path:
+    """Write ``cand`` as ``<out>/tune/<name>.yaml`` (a ``_global_`` Hydra config-group file)."""
+    lines = ["# @package _global_", f"# Written by pp-tune: load with hydra.searchpath=[file://{out.resolve()}] "
+             f"+tune={name}"]
+    for group, values in cand.overrides().items():
+        lines.append(f"{group}:")
+        lines += [f"  {key}: {value}" for key, value in values.items()]
+    path = out / "tune" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _torch_dtype(dtype_bytes: int):
+    import torch
+
+    return torch.float32 if dtype_bytes == 4 else torch.bfloat16
+
+
+def _simulate():
+    try:
+        from pp_runtime.sim import simulate
+    except ImportError as exc:
+        raise ConfigError(f"pp-tune needs the simulator (pp_runtime.sim.simulate): {exc}") from None
+    return simulate
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The discrete-event pipeline simulation: the real planner, driven the way rank 0 drives it, on a virtual clock.
+
+The loop is ``planner/drive.py``'s (the one tests and benchmarks use); this module is its clock. Rank 0 is one
+thread that, exactly as ``stages/engine.py`` orders it, plans (``planner.schedule``, charged the
+planner's time), computes stage 0 and sends while fewer than ``pipeline.depth`` micro-batches are in flight, else
+waits for the oldest micro-batch's sampled tokens and folds them back; with nothing in flight and nothing
+schedulable, its clock jumps to the next arrival. Every later stage is a server with a FIFO queue: it computes a
+micro-batch once it has arrived and the stage is free. Each send costs the sender the link's send overhead, then
+the hop adds the link's transfer time for the activations (``num_tokens x hidden x dtype bytes``), starting at
+once (eager) or once the receiver is free (rendezvous, as pp-runtime's stages receive); the last stage's tokens
+reach stage 0 after the return link's latency.
+
+Micro-batches leave rank 0 in order and every stage serves them in order, so a micro-batch's whole trip down
+the pipeline is fixed the moment it is launched: the simulation computes it then, with no event heap. The clock
+is integer nanoseconds, so constant times add up exactly. Events come out as ``Tracer.events()`` rows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pp_runtime.config import Config, ConfigError
+from pp_runtime.metrics import compute_metrics
+from pp_runtime.plan import MicroBatch, Piece
+from pp_runtime.planner import CostModel, make_planner, needs_cost_model, profile_points
+from pp_runtime.planner.drive import drive
+from pp_runtime.request import Request
+from pp_runtime.sequence import Sequence
+from pp_runtime.sim.links import LinkModel
+from pp_runtime.tracer import EventKind
+
+_NS = 1_000_000_000
+
+
+@dataclass
+class SimResult:
+    """A simulated run: ``metrics`` as ``compute_metrics`` gives them (plus policy, stages, simulated=True),
+    ``events`` per stage as ``Tracer.events()`` rows, the planner's ``seqs``, and ``micro_batches`` in launch
+    order."""
+
+    metrics: dict
+    events: dict[int, np.ndarray]
+    seqs: list[Sequence]
+    micro_batches: list[MicroBatch] = field(default_factory=list)
+
+
+def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkModel | None = None, hidden_size: int,
+             dtype_bytes: int, sample: Callable[[Piece], int] | None = None, planner_time_s: float | None = None,
+             eos_token_ids=(), max_model_len: int, num_blocks: int, planner_cost_model=None) -> SimResult:
+    """Simulate ``requests`` served by ``cfg``'s planner (policy, budget, chunk, depth) on ``cfg.pipeline.stages``.
+
+    ``time_model``: any object with ``num_stages`` and ``predict(pieces) -> list[float]`` (seconds per stage).
+    ``links``: per-hop transfer times; None: free links. ``hidden_size`` and ``dtype_bytes`` size the activations.
+    ``sample(piece)``: the token sampled from a piece; None: a fixed id that stops nothing (runs go to max_tokens).
+    ``planner_time_s``: seconds charged per ``schedule`` call; None: from ``cfg.sim`` (charge_planner and
+    planner_time_us; a null planner_time_us measures each call). ``planner_cost_model``: the CostModel the
+    planner balances with when its policy needs one; None: ``time_model`` itself if it is a CostModel, else one
+    fitted to ``time_model`` over ``profile_points``, as the runtime fits its stages.
+    """
+    n = cfg.pipeline.stages
+    if n is None or time_model.num_stages != n:
+        raise ConfigError(f"pipeline.stages={n} but the time model has {time_model.num_stages} stage(s); set "
+                          f"pipeline.stages={time_model.num_stages} or give a cost model for {n} stages")
+    links = links or LinkModel.uniform(n)
+    if needs_cost_model(cfg.scheduler) and planner_cost_model is None:
+        planner_cost_model = time_model if isinstance(time_model, CostModel) else fit_cost_model(
+            time_model, token_budget=cfg.scheduler.token_budget, max_context_len=max_model_len)
+    planner = make_planner(cfg.scheduler, num_blocks=num_blocks, block_size=cfg.cache.block_size,
+                           num_slots=cfg.pipeline.depth, max_model_len=max_model_len, eos_token_ids=eos_token_ids,
+                           cost_model=planner_cost_model)
+    for req in requests:
+        planner.add_request(req)
+    if sample is None:
+        sample = _fixed_token(requests, eos_token_ids)
+    if planner_time_s is None and cfg.sim.charge_planner and cfg.sim.planner_time_us is not None:
+        planner_time_s = cfg.sim.planner_time_us * 1e-6
+    clock = _PipelineClock(time_model, links, row_bytes=hidden_size * dtype_bytes,
+                           plan_ns=None if planner_time_s is None and cfg.sim.charge_planner
+                           else round((planner_time_s or 0.0) * _NS))
+    launched: list[MicroBatch] = []
+    drive(planner, sample, on_schedule=launched.append, clock=clock)
+    events = {s: _as_events(r) for s, r in enumerate(clock.rows)}
+    metrics = compute_metrics(planner.seqs, wall_s=clock.seconds())
+    metrics.update(policy=cfg.scheduler.policy, stages=n, simulated=True)
+    return SimResult(metrics, events, planner.seqs, launched)
+
+
+class _PipelineClock:
+    """Rank 0's clock in integer ns over N stage servers: the ``Clock`` that ``planner.drive`` runs the planner
+    on. Records every stage's PLAN, COMPUTE, SEND and WAIT rows as a real run's tracer would."""
+
+    def __init__(self, time_model, links: LinkModel, *, row_bytes: int, plan_ns: int | None):
+        self.time_model, self.plan_ns = time_model, plan_ns  # plan_ns None: measure each schedule call
+        n = time_model.num_stages
+        self.n = n
+        self.hops = [_Hop(link, row_bytes) for link in (*links.hops, links.back)]  # hops[n-1]: tokens back, 0 bytes
+        self.send_ns = [round(link.send_s * _NS) for link in (*links.hops, links.back)]  # the sender's own time
+        self.rows: list[list[tuple]] = [[] for _ in range(n)]
+        self.free = [0] * n  # when each stage s > 0 is done with its last micro-batch
+        self.now = 0  # rank 0's clock
+
+    def seconds(self) -> float:
+        return self.now / _NS
+
+    def schedule(self, planner):
+        t0 = self.now
+        if self.plan_ns is None:
+            c0 = time.perf_counter_ns()
+            mb = planner.schedule(t0 / _NS)
+            self.now += time.perf_counter_ns() - c0
+        else:
+            mb = planner.schedule(t0 / _NS)
+            self.now += self.plan_ns
+        self.rows[0].append((EventKind.PLAN, t0, self.now, -1 if mb is None else mb.id, 0, 0))
+        return mb
+
+    def launch(self, mb: MicroBatch) -> int | None:
+        """Stage 0 computes and sends on rank 0's thread; the micro-batch's whole trip is fixed here, because
+        every stage serves micro-batches in launch order."""
+        times = [round(x * _NS) for x in self.time_model.predict(mb.pieces)]
+        p, d, rows, now = mb.num_prefill_tokens, mb.num_decode_tokens, self.rows, self.now
+        rows[0].append((EventKind.COMPUTE, now, now + times[0], mb.id, p, d))
+        now += times[0]
+        if self.n == 1:
+            self.now = now
+            return None
+        rows[0].append((EventKind.SEND, now, now + self.send_ns[0], mb.id, 0, 0))
+        self.now = sent = now + self.send_ns[0]
+        for s in range(1, self.n):
+            free = self.free[s]
+            start = max(free, self.hops[s - 1].arrival(sent, free, mb.num_tokens))
+            end = start + times[s]
+            rows[s] += [(EventKind.WAIT, free, start, mb.id, 0, 0), (EventKind.COMPUTE, start, end, mb.id, p, d),
+                        (EventKind.SEND, end, end + self.send_ns[s], mb.id, 0, 0)]
+            self.free[s] = sent = end + self.send_ns[s]
+        return sent  # when the last stage has sent the tokens back; receive() adds the return hop
+
+    def receive(self, mb: MicroBatch, sent: int) -> None:
+        back = max(self.now, self.hops[-1].arrival(sent, self.now, 0))
+        self.rows[0].append((EventKind.WAIT, self.now, back, mb.id, 0, 0))
+        self.now = back
+
+    def jump_to(self, arrival_s: float) -> None:
+        self.now = max(self.now, math.ceil(arrival_s * _NS))
+        while self.now / _NS < arrival_s:  # the planner compares seconds: land on or after the arrival
+            self.now += 1
+
+
+class _Hop:
+    """When a micro-batch of ``num_tokens`` activation rows sent at ``sent`` reaches a receiver free from ``free``,
+    in integer ns: eager hops start at once, rendezvous hops once the receiver is free too."""
+
+    def __init__(self, link, row_bytes: int):
+        self.link, self.row_bytes, self.rendezvous = link, row_bytes, link.rendezvous
+
+    def arrival(self, sent: int, free: int, num_tokens: int) -> int:
+        start = max(sent, free) if self.rendezvous else sent
+        return start + round(self.link.transfer_s(num_tokens * self.row_bytes) * _NS)
+
+
+def _as_events(rows: list[tuple]) -> np.ndarray:
+    ev = np.array(rows, dtype=np.int64).reshape(-1, 6)  # [n, 6]: kind, start_ns, end_ns, mb_id, prefill, decode
+    return ev[np.argsort(ev[:, 1], kind="stable")]
+
+
+def _fixed_token(requests: list[Request], eos_token_ids) -> Callable[[Piece], int]:
+    """A sampler returning one token id that is neither EOS nor any request's stop token."""
+    banned = set(eos_token_ids).union(*(r.params.stop_token_ids for r in requests))
+    token = next(i for i in range(len(banned) + 1) if i not in banned)
+    return lambda piece: token
+
+
+def fit_cost_model(time_model, *, token_budget: int, max_context_len: int) -> CostModel:
+    """A CostModel fitted to ``time_model``'s predictions on the shapes the runtime profiles at start-up, so a
+    planner that balances by predicted time sees the simulated hardware as the runtime would have measured it."""
+    rows = []
+    for shape in profile_points(token_budget, max_context_len=max_context_len):
+        pieces = [Piece(seq_id=i, start=ctx - k, token_ids=(0,) * k, block_table=(), is_prefill=k > 1, sample=True)
+                  for i, (k, ctx) in enumerate(shape)]
+        tokens = sum(k for k, _ in shape)
+        attn = sum(k * ctx for k, ctx in shape if k > 1)
+        dec = sum(ctx for k, ctx in shape if k == 1)
+        rows += [(s, tokens, attn, dec, secs) for s, secs in enumerate(time_model.predict(pieces))]
+    return CostModel.fit(rows)

@@ -17,6 +17,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 WORKLOADS = ("default", "jsonl", "trace", "synthetic")
 ARRIVALS = ("all", "trace", "poisson")
 DISTRIBUTIONS = ("uniform", "zipf", "lognormal")
+TRANSPORTS = ("auto", "nccl", "gloo")
 
 
 class ConfigError(ValueError):
@@ -53,6 +54,10 @@ class PipelineConfig:
     layers_per_stage: list[int] | None = None
     # Micro-batches in flight at once. None: one per stage. Must be >= stages so every stage has work.
     num_microbatches: int | None = None
+    # How activations travel between stages: nccl (GPU to GPU), gloo (over the host; CUDA activations are staged
+    # through pinned host memory, so several stages can share one GPU), or auto: nccl when every rank of the node
+    # has its own GPU, else gloo. The CPU always uses gloo.
+    transport: str = "auto"
 
     def validate(self) -> None:
         _check(self.stages is not None and self.stages >= 1, "pipeline.stages", self.stages, "must be >= 1")
@@ -61,6 +66,8 @@ class PipelineConfig:
                    f"needs one entry per stage ({self.stages} entries, pipeline.stages={self.stages})")
             _check(all(n >= 1 for n in self.layers_per_stage), "pipeline.layers_per_stage", self.layers_per_stage,
                    "every stage needs at least one layer")
+        _check(self.transport in TRANSPORTS, "pipeline.transport", self.transport,
+               f"use one of {', '.join(TRANSPORTS)}")
         if self.num_microbatches is not None:
             _check(self.num_microbatches >= self.stages, "pipeline.num_microbatches", self.num_microbatches,
                    f"must be >= pipeline.stages ({self.stages}) so that every stage has work")

@@ -34,14 +34,15 @@ class ModelConfig:
     # Local Hugging Face model folder (config.json + safetensors). null: the embedded SmolLM2-135M-Instruct.
     # Mandatory in the schema so that `model=local` without `model.path=DIR` fails; conf/model/smollm2.yaml sets null.
     path: str | None = MISSING
-    # Attention backend: auto (flash-attn on CUDA when importable, else SDPA), sdpa, or flash.
+    # Attention backend: auto, triton, flash or sdpa. auto: flash on CUDA when flash-attn imports and
+    # cache.block_size % 256 == 0, else triton on CUDA, sdpa on the CPU. triton on the CPU needs TRITON_INTERPRET=1.
     attention: str = "auto"
     # Longest prompt + output allowed; None: the model's max_position_embeddings.
     max_model_len: int | None = None
 
     def validate(self) -> None:
-        _check(self.attention in ("auto", "sdpa", "flash"), "model.attention", self.attention,
-               "use auto, sdpa or flash")
+        _check(self.attention in ("auto", "triton", "flash", "sdpa"), "model.attention", self.attention,
+               "use auto, triton, flash or sdpa")
         if self.max_model_len is not None:
             _check(self.max_model_len >= 2, "model.max_model_len", self.max_model_len, "must be >= 2")
 
@@ -186,10 +187,13 @@ class RuntimeConfig:
     threads: int = 1
     # Show a progress bar on rank 0 when stdout is a terminal.
     progress: bool = True
+    # Replay decode-only micro-batches from CUDA graphs (CUDA with the triton or flash backend only; else ignored).
+    cuda_graphs: bool = True
 
     def validate(self) -> None:
         _check(self.timeout_s > 0, "runtime.timeout_s", self.timeout_s, "must be > 0")
         _check(self.threads >= 1, "runtime.threads", self.threads, "must be >= 1")
+        _check(isinstance(self.cuda_graphs, bool), "runtime.cuda_graphs", self.cuda_graphs, "use true or false")
 
 
 @dataclass
@@ -224,7 +228,7 @@ class Config:
     tracer: TracerConfig = field(default_factory=TracerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
-    # auto: CUDA with NCCL when a GPU exists, else CPU with gloo.
+    # auto: CUDA when a GPU exists, else CPU (pipeline.transport says how stages talk).
     device: str = "auto"
     # auto: float32 on CPU, bfloat16 on CUDA.
     dtype: str = "auto"

@@ -35,9 +35,12 @@ def run_stage(plan) -> dict | None:
     transport = None
     clock_error_ns = 0
     if world > 1:
-        cpu_group = dist.new_group(backend="gloo") if plan.device.type == "cuda" else None
+        # With NCCL carrying activations, headers, clock sync and gathers need a gloo group of their own; with
+        # gloo the default group serves both (CUDA activations then go through pinned host memory).
+        cpu_group = dist.new_group(backend="gloo") if plan.transport == "nccl" else None
         transport = Transport(rank, world, device=plan.device, hidden_size=plan.hf_config.hidden_size,
-                              dtype=plan.dtype, timeout_s=cfg.runtime.timeout_s, tracer=tracer, cpu_group=cpu_group)
+                              dtype=plan.dtype, timeout_s=cfg.runtime.timeout_s, tracer=tracer, cpu_group=cpu_group,
+                              host_staging=plan.transport == "gloo" and plan.device.type == "cuda")
         if cfg.tracer.enabled:
             from pp_runtime.clock import estimate_clock_offset
 

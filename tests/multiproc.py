@@ -1,7 +1,9 @@
 """Fork N ranks of a function with torch.distributed env vars set, without torchrun's start-up cost.
 
-Each rank runs ``fn(rank, world_size, *args)`` in a forked process (one intra-op thread). ``run_ranks``
-returns the ranks' results in rank order, or raises ``RanksFailed`` with every rank's exit code and error.
+Each rank runs ``fn(rank, world_size, *args)`` in a forked process (one intra-op thread); ``start_method="spawn"``
+starts fresh interpreters instead, for ranks that use CUDA after the parent process has (a forked child cannot).
+``run_ranks`` returns the ranks' results in rank order, or raises ``RanksFailed`` with every rank's exit code and
+error.
 """
 
 from __future__ import annotations
@@ -59,9 +61,10 @@ def _entry(fn, rank, world_size, port, conn, args):
     os._exit(code)
 
 
-def run_ranks_outcomes(fn, world_size: int, *args, timeout: float = 300.0) -> list[RankOutcome]:
+def run_ranks_outcomes(fn, world_size: int, *args, timeout: float = 300.0,
+                       start_method: str = "fork") -> list[RankOutcome]:
     """Run the ranks and return each one's outcome (never raises for a failing rank)."""
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context(start_method)
     port = free_port()
     procs, pipes = [], []
     for rank in range(world_size):
@@ -91,8 +94,8 @@ def run_ranks_outcomes(fn, world_size: int, *args, timeout: float = 300.0) -> li
     return outcomes
 
 
-def run_ranks(fn, world_size: int, *args, timeout: float = 300.0) -> list:
-    outcomes = run_ranks_outcomes(fn, world_size, *args, timeout=timeout)
+def run_ranks(fn, world_size: int, *args, timeout: float = 300.0, start_method: str = "fork") -> list:
+    outcomes = run_ranks_outcomes(fn, world_size, *args, timeout=timeout, start_method=start_method)
     if any(o.exitcode != 0 for o in outcomes):
         raise RanksFailed(outcomes)
     return [o.result for o in outcomes]

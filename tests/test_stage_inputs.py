@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -83,3 +84,16 @@ def test_a_stage_gets_only_what_it_reads():
     assert middle.token_ids is None and middle.sample_rows is None and middle.sdpa is None
     fixed = build_stage_inputs(mb, block_size=4, device=CPU, table_width=5)
     assert fixed.block_tables.tolist() == [[1, 0, 0, 0, 0]]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@given(plans())
+def test_cuda_build_equals_cpu_build(plan):
+    mb, block_size = plan
+    kwargs = dict(block_size=block_size, token_ids=True, sample_rows=True, sdpa_split=True)
+    cpu = build_stage_inputs(mb, device=CPU, **kwargs)
+    gpu = build_stage_inputs(mb, device=torch.device("cuda"), **kwargs)  # pinned buffer, one non-blocking copy
+    for name in ("positions", "slot_mapping", "cu_seqlens_q", "context_lens", "block_tables", "token_ids",
+                 "sample_rows"):
+        assert torch.equal(getattr(gpu, name).cpu(), getattr(cpu, name)), name

@@ -129,7 +129,8 @@ def test_gpu_tile_shapes(monkeypatch, tiles):
 
 
 def test_writes_into_out_and_leaves_padding_rows():
-    batch = make_batch([(10, 1), (0, 5)], hkv=1, group=2, head_dim=16, block_size=16)
+    # Also a sequence with no query (q_len 0), which a caller may use as padding: it must write nothing.
+    batch = make_batch([(10, 1), (7, 0), (0, 5)], hkv=1, group=2, head_dim=16, block_size=16)
     q = batch["q"]
     out = torch.full((q.shape[0] + 3, *q.shape[1:]), 7.0, device=DEVICE)  # a static buffer larger than T
     batch["q"] = torch.cat([q, torch.zeros_like(out[:3])])  # padded rows past cu[B], as a CUDA graph bucket has
@@ -164,6 +165,47 @@ def test_packed_micro_batches(seqs, block_size, group, hkv, head_dim, window, sh
     batch = make_batch(seqs, hkv=hkv, group=group, head_dim=head_dim, block_size=block_size, seed=seed,
                        share_prefix=share)
     check(batch, scale=head_dim ** -0.5, window=window)
+
+
+# Compiles the kernel for an H100 (sm_90) without a GPU: the interpreter does not type-check what the compiler does
+# (loop-carried types, constants specialised from arguments equal to 1, dot shapes). Strides and pointers marked
+# 16-divisible as Triton's launcher marks them. Arguments: dtype, BLOCK_M, BLOCK_N, head_dim, group, windowed,
+# num_seqs == window == 1 (specialised to constants).
+_COMPILE = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from pp_runtime.attention import triton_paged as tp
+dt, bm, bn, d, group, win, ones = sys.argv[1], *map(int, sys.argv[2:])
+names = list(tp._KERNEL.arg_names)
+sig = {n: "*" + dt if i < 4 else "*i32" if i < 7 else "fp32" if n == "scale_log2" else "i32"
+       for i, n in enumerate(names) if n.islower()}
+gp = triton.next_power_of_2(group)
+const = dict(HEAD_DIM=d, D_PAD=max(16, triton.next_power_of_2(d)), GROUP=group, GROUP_PAD=gp, BLOCK_Q=bm // gp,
+             BLOCK_M=bm, BLOCK_N=bn, BLOCK_SIZE=16, USE_WINDOW=bool(win), IEEE=dt == "fp32", UPCAST=False)
+if ones:
+    const.update(num_seqs=1, window=1)
+sig.update({n: "constexpr" for n in const})
+attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr") or
+         (n.startswith("stride") and n != "stride_tb")}
+kernel = triton.compile(ASTSource(tp._KERNEL, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
+                        options={"num_warps": 4, "num_stages": 3})
+assert kernel.asm["cubin"]
+"""
+
+
+@pytest.mark.parametrize("args", [("bf16", 64, 64, 128, 4, 1, 1), ("fp32", 16, 32, 80, 8, 0, 0)])
+def test_compiles_for_h100(args):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _COMPILE, *map(str, args)], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if "ptxas" in run.stderr and "not found" in run.stderr.lower():
+        pytest.skip("no ptxas bundled with this triton")
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 @pytest.mark.gpu

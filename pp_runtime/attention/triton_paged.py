@@ -18,12 +18,15 @@ binary search over ``cu_seqlens_q`` and exits at once when its tile starts past 
 decode thus costs one program (per KV head), a long chunk ``ceil(q_len / BLOCK_Q)``, and at most about
 ``T / BLOCK_Q`` programs exit empty, whatever the mix; the grid depends on shapes only (no host read of tensor
 values), so a launch can be captured in a CUDA graph (the caller preallocates ``out``; compile the kernel by one
-eager call before capture). Two configurations: ``max_q == 1`` or short chunks get BLOCK_M = 16 rows (the
-decode-specialised tile), longer chunks BLOCK_M = 64 on a GPU.
+eager call before capture). Tiles on a GPU (``_tiles``): BLOCK_M = 16 rows when every query tile fits in 16 rows
+(decode-only batches: the decode-specialised tile) or for fp32, else 64; BLOCK_N = 64 keys (32 for fp32 or
+head_dim > 128). The interpreter uses 16 x 16 tiles.
 
-Verified: under ``TRITON_INTERPRET=1`` on the CPU only (tests/test_triton_attention.py, against a dense float64
-reference). This kernel has NEVER run on a GPU in the session that wrote it: the GPU tile sizes, num_warps and
-its speed are unmeasured, and a split-KV variant for long-context decodes is not written.
+Verified: results under ``TRITON_INTERPRET=1`` on the CPU only (tests/test_triton_attention.py, against a dense
+float64 reference, including the GPU tile shapes); compiled to a cubin for sm_90 without a GPU (same file), and
+ptxas reported no register spills for the GPU tiles at head_dim 64/128 (256: bf16 64 x 32). This kernel has NEVER
+RUN on a GPU in the session that wrote it: its results there, its speed and the tile choices are unmeasured, and
+a split-KV variant for long-context decodes with few sequences is not written.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def _kernel_fn(
     kv_head = tl.program_id(1)
 
     # Which sequence owns this program: the last b with cu[b] // BLOCK_Q + b <= pid.
-    # Typed, so the loop-carried values stay int32 even when Triton specialises num_seqs == 1 to a constant.
+    # Typed: loop-carried int32 even where Triton specialises num_seqs == 1 to a constant.
     lo: tl.int32 = 0
     hi: tl.int32 = num_seqs
     while lo < hi:
@@ -145,12 +148,14 @@ def check_block_size(block_size: int) -> None:
                          "(16, 32, 64, ...); set cache.block_size accordingly")
 
 
-def _tiles(device: torch.device, max_q: int, group_pad: int, d_pad: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps). GPU values are educated guesses, never tuned (no GPU in this session)."""
+def _tiles(device: torch.device, max_q: int, group_pad: int, d_pad: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps). GPU values: chosen from ptxas register/spill reports for sm_90 (no spills
+    for 16- and 64-row bf16/fp16 tiles at head_dim 128; fp32 64x64 tiles spill, so fp32 gets 16x32), never timed."""
     if device.type == "cpu":  # the interpreter: few, small programs (numpy per op)
         return max(16, group_pad), 16, 1
-    rows = 16 if max_q * group_pad <= 16 else 64
-    block_n = 64 if d_pad <= 128 else 32
+    fp32 = dtype == torch.float32
+    rows = 64 if max_q * group_pad > 16 and not fp32 else 16
+    block_n = 32 if fp32 or d_pad > 128 else 64
     return max(rows, group_pad), block_n, 4
 
 
@@ -165,8 +170,11 @@ def paged_attention(q, k_cache, v_cache, *, cu_seqlens_q, context_lens, block_ta
     int, the longest query (picks the tile shape only, so no host sync); scale: softmax scale; window: None or int
     (a query at position p sees keys at positions k with k <= p and p - k < window, transformers'
     sliding-window rule). Query i of sequence b (0-based within it) sits at position context_lens[b] - q_len_b + i.
-    Every sequence needs context_lens[b] >= q_len_b >= 1. Returns [T, Hq, D] in q.dtype (written into ``out`` if
-    given; rows past cu[B] are left untouched). The last dimension of q, the caches and out must be contiguous.
+    Every sequence needs context_lens[b] >= q_len_b (q_len_b == 0, padding, costs one empty program). Returns
+    [T, Hq, D] in q.dtype (written into ``out`` if given; rows past cu[B] are left untouched). The last dimension
+    of q, the caches and out must be contiguous; any other strides are fine. block_size must be a power of two
+    >= 16 (ValueError naming cache.block_size otherwise). CPU tensors need TRITON_INTERPRET=1 set before triton's
+    first import (RuntimeError otherwise).
     """
     _check_device(q.device)
     t, hq, d = q.shape
@@ -178,7 +186,7 @@ def paged_attention(q, k_cache, v_cache, *, cu_seqlens_q, context_lens, block_ta
     if window is not None and window < 1:
         raise ValueError(f"paged_attention: window={window} must be None or >= 1")
     if out is None:
-        out = torch.empty_like(q)
+        out = q.new_empty(q.shape)  # contiguous even when q is a transposed view (the caller reshapes it)
     elif out.shape != q.shape or out.dtype != q.dtype:
         raise ValueError(f"paged_attention: out {tuple(out.shape)} {out.dtype} must match q {tuple(q.shape)} {q.dtype}")
     for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
@@ -190,7 +198,7 @@ def paged_attention(q, k_cache, v_cache, *, cu_seqlens_q, context_lens, block_ta
     group = hq // hkv
     group_pad = triton.next_power_of_2(group)
     d_pad = max(16, triton.next_power_of_2(d))
-    block_m, block_n, num_warps = _tiles(q.device, max_q, group_pad, d_pad)
+    block_m, block_n, num_warps = _tiles(q.device, max_q, group_pad, d_pad, k_cache.dtype)
     block_q = block_m // group_pad
     grid = (t // block_q + num_seqs, hkv)
     _KERNEL[grid](

@@ -59,7 +59,8 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
 def resolve_transport(name: str, *, device_type: str, local_world_size: int, gpu_count: int) -> str:
     """``pipeline.transport`` resolved to "nccl" or "gloo" for this node: ``local_world_size`` ranks on a node
     with ``gpu_count`` visible GPUs. NCCL refuses two ranks on one GPU, so auto picks it only when every rank has
-    its own; an explicit nccl that cannot work is a ConfigError raised before the ranks meet."""
+    its own; an explicit nccl that cannot work is a ConfigError raised before the ranks meet. auto is decided per
+    node from that node's counts: on nodes with different GPU counts, set pipeline.transport explicitly."""
     if device_type != "cuda":
         if name == "nccl":
             raise ConfigError(f"pipeline.transport=nccl needs CUDA devices but the job runs on the {device_type}; "

@@ -170,7 +170,7 @@ def test_packed_micro_batches(seqs, block_size, group, hkv, head_dim, window, sh
 # Compiles the kernel for an H100 (sm_90) without a GPU: the interpreter does not type-check what the compiler does
 # (loop-carried types, constants specialised from arguments equal to 1, dot shapes). Strides and pointers marked
 # 16-divisible as Triton's launcher marks them. Arguments: dtype, BLOCK_M, BLOCK_N, head_dim, group, windowed,
-# num_seqs == window == 1 (specialised to constants).
+# window == 1 (the launcher then passes it as a constant).
 _COMPILE = """
 import sys
 import triton
@@ -185,7 +185,7 @@ gp = triton.next_power_of_2(group)
 const = dict(HEAD_DIM=d, D_PAD=max(16, triton.next_power_of_2(d)), GROUP=group, GROUP_PAD=gp, BLOCK_Q=bm // gp,
              BLOCK_M=bm, BLOCK_N=bn, BLOCK_SIZE=16, USE_WINDOW=bool(win), IEEE=dt == "fp32", UPCAST=False)
 if ones:
-    const.update(num_seqs=1, window=1)
+    const.update(window=1)
 sig.update({n: "constexpr" for n in const})
 attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr") or
          (n.startswith("stride") and n != "stride_tb")}

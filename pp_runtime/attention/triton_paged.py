@@ -129,7 +129,9 @@ def _kernel_fn(
 
 # Compiled, or interpreted on the CPU when TRITON_INTERPRET=1 was set before triton was first imported (the
 # interpreter needs triton.language itself built that way, so it cannot be switched on later).
-_KERNEL = triton.jit(_kernel_fn)
+# num_seqs unspecialised: one compiled variant serves every batch size (else 1, multiples of 16 and the rest
+# would each compile, e.g. once per CUDA-graph bucket).
+_KERNEL = triton.jit(_kernel_fn, do_not_specialize=["num_seqs"])
 
 
 def _check_device(device: torch.device) -> None:

@@ -49,7 +49,7 @@ def _kernel_fn(
     kv_head = tl.program_id(1)
 
     # Which sequence owns this program: the last b with cu[b] // BLOCK_Q + b <= pid.
-    # Typed: loop-carried int32 even where Triton specialises num_seqs == 1 to a constant.
+    # Typed, so the literal 0 starts an int32 loop-carried value rather than a compile-time constant.
     lo: tl.int32 = 0
     hi: tl.int32 = num_seqs
     while lo < hi:
@@ -93,7 +93,7 @@ def _kernel_fn(
     for start in range(k_start, k_end, BLOCK_N):
         kpos = start + tl.arange(0, BLOCK_N)  # [BLOCK_N]
         key_ok = kpos < k_end
-        # Padding entries of the table are never read: masked loads, block 0 in their place.
+        # Table entries past the context (padding, arbitrary) are never read: masked loads, block 0 instead.
         block = tl.load(table_row + kpos // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
         slot_k = block * stride_kb + (kpos % BLOCK_SIZE) * stride_ko + kv_head * stride_kh  # [BLOCK_N]
         slot_v = block * stride_vb + (kpos % BLOCK_SIZE) * stride_vo + kv_head * stride_vh

@@ -24,6 +24,7 @@ _U64 = (1 << 64) - 1
 _GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's state increment (odd: visits every 64-bit state)
 _M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # SplitMix64's finaliser multipliers
 _SEED_SALT = 0x5851F42D4C957F2D  # keeps seed 0 / step 0 away from the all-zero state
+_ROW_BLOCK = 64  # drawn rows per vectorised block
 
 
 def _signed(x: int) -> int:
@@ -116,34 +117,42 @@ def sample_tensors(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
     out = logits.argmax(dim=-1)  # [S]; greedy rows are exactly this
     if st.all_greedy:
         return out
-    drawn = logits.index_select(0, st.rows)  # [N, V]
+    # Drawn rows go in blocks: a block's temporaries (sort, int64 hashes, float64 noise) are some 40 bytes per
+    # logit, so blocks bound the peak memory; each row's draw is the same whichever block it lands in.
+    n = st.rows.numel()
+    tokens = [_draw(logits, st, slice(i, i + _ROW_BLOCK)) for i in range(0, n, _ROW_BLOCK)]
+    return out.index_copy(0, st.rows, torch.cat(tokens))
+
+
+def _draw(logits: torch.Tensor, st: SamplingTensors, block: slice) -> torch.Tensor:
+    """Token ids ``[B]`` for the drawn rows ``st.rows[block]``."""
+    keys, top_k, top_p = st.keys[block], st.top_k[block], st.top_p[block]
+    drawn = logits.index_select(0, st.rows[block])  # [B, V]
     # Shift by the row maximum first: a tiny temperature must not overflow the division to inf - inf.
-    scaled = (drawn - drawn.amax(dim=-1, keepdim=True)) / st.temperature[:, None]  # [N, V]
-    vocab = scaled.shape[-1]
-    if st.any_filter:
-        tokens = _draw_filtered(scaled, st)
-    else:
-        ids = torch.arange(vocab, dtype=torch.int64, device=logits.device)  # [V]
-        tokens = (scaled.double() + gumbel_noise(st.keys, ids)).argmax(dim=-1)  # [N]
-    return out.index_copy(0, st.rows, tokens)
+    scaled = (drawn - drawn.amax(dim=-1, keepdim=True)) / st.temperature[block, None]  # [B, V]
+    if not st.any_filter:
+        ids = torch.arange(scaled.shape[-1], dtype=torch.int64, device=logits.device)  # [V]
+        return (scaled.double() + gumbel_noise(keys, ids)).argmax(dim=-1)
+    return _draw_filtered(scaled, keys, top_k, top_p)
 
 
-def _draw_filtered(scaled: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
-    """Top-k, then top-p, then the Gumbel draw, for all drawn rows at once in sorted order (stable, so ties are
+def _draw_filtered(scaled: torch.Tensor, keys: torch.Tensor, top_k: torch.Tensor,
+                   top_p: torch.Tensor) -> torch.Tensor:
+    """Top-k, then top-p, then the Gumbel draw, for a block of rows at once in sorted order (stable, so ties are
     ordered by token id whatever the batch). Rows with top_k 0 and top_p 1 keep every token."""
     vocab = scaled.shape[-1]
-    ordered, order = torch.sort(scaled, dim=-1, descending=True, stable=True)  # [N, V] each
+    ordered, order = torch.sort(scaled, dim=-1, descending=True, stable=True)  # [B, V] each
     # top-k keeps every token at least as large as the k-th largest (ties with it stay, as a threshold would).
-    k = torch.where((st.top_k > 0) & (st.top_k < vocab), st.top_k, vocab)  # [N]
-    kth = ordered.gather(1, (k - 1)[:, None])  # [N, 1]
+    k = torch.where((top_k > 0) & (top_k < vocab), top_k, vocab)  # [B]
+    kth = ordered.gather(1, (k - 1)[:, None])  # [B, 1]
     ordered = ordered.masked_fill(ordered < kth, float("-inf"))
     # top-p drops a token once the tokens before it already reach p; the first token always stays.
     probs = ordered.softmax(dim=-1)
-    before = probs.cumsum(dim=-1) - probs  # [N, V]
-    drop = (before >= st.top_p[:, None]) & (st.top_p < 1.0)[:, None]
+    before = probs.cumsum(dim=-1) - probs  # [B, V]
+    drop = (before >= top_p[:, None]) & (top_p < 1.0)[:, None]
     ordered = ordered.masked_fill(drop, float("-inf"))
     # The noise belongs to the token id, not to the sorted position: same draw as without filters.
-    pick = (ordered.double() + gumbel_noise(st.keys, order)).argmax(dim=-1)  # [N]
+    pick = (ordered.double() + gumbel_noise(keys, order)).argmax(dim=-1)  # [B]
     return order.gather(1, pick[:, None]).squeeze(1)
 
 

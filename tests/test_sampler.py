@@ -224,3 +224,14 @@ def test_sample_tensors_returns_int64_on_the_logits_device_and_keeps_greedy_rows
     assert out[[0, 2, 4]].tolist() == argmax[[0, 2, 4]].tolist()
     assert out[3].item() in set(torch.topk(logits[3], 3).indices.tolist())
     assert SamplingTensors.build([_piece(), _piece()], logits.device).all_greedy
+
+
+def test_batches_larger_than_a_row_block_draw_each_row_as_alone():
+    # 150 drawn rows span three vectorised blocks; rows with and without filters mix in every block.
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randn(150, 50, generator=gen) * 2
+    pieces = [_piece(seq_id=i, step=i % 7, temperature=0.5 + (i % 4) * 0.5, top_k=(0, 3, 20)[i % 3],
+                     top_p=(1.0, 0.8)[i % 2], seed=None if i % 5 else i * 11) for i in range(150)]
+    together = sample(logits, pieces)
+    assert together == [sample(logits[i:i + 1], [pieces[i]])[0] for i in range(150)]
+    assert len(set(together)) > 10

@@ -25,6 +25,8 @@ _GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's state increment (odd: visits every 6
 _M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # SplitMix64's finaliser multipliers
 _SEED_SALT = 0x5851F42D4C957F2D  # keeps seed 0 / step 0 away from the all-zero state
 _ROW_BLOCK = 64  # drawn rows per vectorised block
+_MAX_TOP_K = 1 << 62
+_MIN_TEMPERATURE = torch.finfo(torch.float32).tiny
 
 
 def _signed(x: int) -> int:
@@ -91,9 +93,11 @@ class SamplingTensors:
         drawn = [(i, p) for i, p in enumerate(pieces) if not p.params.greedy]
         if not drawn:
             return SamplingTensors(len(pieces), all_greedy=True, any_filter=False)
-        ints = torch.tensor([[i for i, _ in drawn], [p.params.top_k for _, p in drawn],
+        # top_k beyond any vocabulary means no filter; clamped so that it fits an int64.
+        ints = torch.tensor([[i for i, _ in drawn], [min(p.params.top_k, _MAX_TOP_K) for _, p in drawn],
                              [_signed(row_key(_seed(p), p.step)) for _, p in drawn]], dtype=torch.int64)  # [3, N]
-        floats = torch.tensor([[p.params.temperature for _, p in drawn],
+        # A temperature below float32's smallest normal would round to 0 and divide 0 by 0; clamped, it stays greedy.
+        floats = torch.tensor([[max(p.params.temperature, _MIN_TEMPERATURE) for _, p in drawn],
                                [p.params.top_p for _, p in drawn]], dtype=torch.float32)  # [2, N]
         ints, floats = _to_device(ints, device), _to_device(floats, device)
         any_filter = any(p.params.top_k > 0 or p.params.top_p < 1.0 for _, p in drawn)

@@ -144,6 +144,15 @@ def test_seed_none_falls_back_to_seq_id():
 def test_tiny_positive_temperature_does_not_crash():
     logits = torch.tensor([30.0, -2.0, 1.0, 0.5])  # 30 / 1e-38 overflows float32
     assert _draw(logits, temperature=1e-38, seed=0) == 0
+    # Below float32's range the temperature would round to 0 (then 0 / 0 is NaN): it is clamped above 0.
+    tiny = SamplingTensors.build([_piece(temperature=1e-300)], logits.device)
+    assert tiny.temperature.item() > 0
+    assert all(_draw(logits, temperature=1e-300, top_p=0.5, seed=s) == 0 for s in range(20))
+
+
+def test_top_k_beyond_int64_is_no_filter():
+    uniform = torch.zeros(8)
+    assert {_draw(uniform, temperature=1.0, top_k=10**30, seed=s) for s in range(300)} == set(range(8))
 
 
 def test_tensor_hash_equals_the_integer_reference():

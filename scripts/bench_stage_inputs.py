@@ -21,10 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pp_runtime.attention import prepare  # noqa: E402
-from pp_runtime.kv_cache import KVCache  # noqa: E402
 from pp_runtime.plan import MicroBatch, Piece  # noqa: E402
-from pp_runtime.stage_inputs import build_stage_inputs  # noqa: E402
 
 BLOCK = 16
 CPU = torch.device("cpu")
@@ -76,7 +73,10 @@ def _before(mb: MicroBatch, device: torch.device) -> None:
     torch.tensor(rows, dtype=torch.long, device=device)
 
 
-def _after(mb: MicroBatch, cache: KVCache, backend: str) -> None:
+def _after(mb: MicroBatch, cache, backend: str) -> None:
+    from pp_runtime.attention import prepare
+    from pp_runtime.stage_inputs import build_stage_inputs
+
     inputs = build_stage_inputs(mb, block_size=BLOCK, device=CPU, token_ids=True, sample_rows=True,
                                 sdpa_split=backend == "sdpa")
     prepare(backend, cache, inputs)
@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=200)
     args = ap.parse_args(argv)
+    from pp_runtime.kv_cache import KVCache
+
     torch.set_num_threads(1)
     cfg = type("Cfg", (), dict(num_attention_heads=8, num_key_value_heads=2, head_dim=64, hidden_size=512))()
     cache = KVCache([0], num_blocks=4096, block_size=BLOCK, hf_config=cfg, dtype=torch.float32, device=CPU)

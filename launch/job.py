@@ -46,6 +46,8 @@ class JobPlan:
     cost_model: object = None
     # How this attempt continues the run directory (pp_runtime.run_state); checked on every rank.
     resume: object = None
+    # How activations travel between stages (resolve_transport): "nccl", or "gloo" (through the host on CUDA).
+    transport: str = "gloo"
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
@@ -54,6 +56,27 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def resolve_transport(name: str, *, device_type: str, local_world_size: int, gpu_count: int) -> str:
+    """``pipeline.transport`` resolved to "nccl" or "gloo" for this node: ``local_world_size`` ranks on a node
+    with ``gpu_count`` visible GPUs. NCCL refuses two ranks on one GPU, so auto picks it only when every rank has
+    its own; an explicit nccl that cannot work is a ConfigError raised before the ranks meet. auto is decided per
+    node from that node's counts: on nodes with different GPU counts, set pipeline.transport explicitly."""
+    if device_type != "cuda":
+        if name == "nccl":
+            raise ConfigError(f"pipeline.transport=nccl needs CUDA devices but the job runs on the {device_type}; "
+                              f"use pipeline.transport=gloo or auto (or device=cuda on a machine with GPUs)")
+        return "gloo"
+    shared = local_world_size > gpu_count
+    if name == "nccl" and shared:
+        raise ConfigError(f"pipeline.transport=nccl but {local_world_size} ranks share {gpu_count} GPU(s) on this "
+                          f"node, and NCCL refuses two ranks on one GPU (\"Duplicate GPU detected\"); set "
+                          f"pipeline.transport=gloo (activations then go through pinned host memory), or run one "
+                          f"rank per GPU (torchrun --nproc_per_node={gpu_count} per node)")
+    if name == "auto":
+        return "gloo" if shared else "nccl"
+    return name
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -80,6 +103,9 @@ def prepare(cfg: Config) -> JobPlan:
     torch.set_num_threads(cfg.runtime.threads)
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", rank)))
     dtype = resolve_dtype(cfg.dtype, device)
+    transport = resolve_transport(cfg.pipeline.transport, device_type=device.type,
+                                  local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+                                  gpu_count=torch.cuda.device_count() if device.type == "cuda" else 0)
     try:
         backend = attention.choose_backend(cfg.model.attention, device, cfg.cache.block_size)
     except ValueError as exc:
@@ -108,7 +134,7 @@ def prepare(cfg: Config) -> JobPlan:
     # Every rank checks the run directory (same config? same requests?) so a refusal fails everywhere at once.
     resume = plan_resume(cfg, requests)
     return JobPlan(cfg, rank, world, device, dtype, model_dir, hf_config, tokenizer, max_model_len, ranges,
-                   num_blocks, requests, backend, _load_cost_model(cfg), resume)
+                   num_blocks, requests, backend, _load_cost_model(cfg), resume, transport=transport)
 
 
 def _load_cost_model(cfg: Config):
@@ -146,9 +172,9 @@ def run_job(cfg: Config) -> dict | None:
     with StopSignal() as stop:  # from the start: a signal while loading still ends the job gracefully
         plan = prepare(cfg)
         if plan.world_size > 1:
-            kwargs = {"device_id": plan.device} if plan.device.type == "cuda" else {}
-            dist.init_process_group("nccl" if plan.device.type == "cuda" else "gloo",
-                                    timeout=timedelta(seconds=cfg.runtime.timeout_s), **kwargs)
+            # The default group carries the activations: NCCL binds it to this rank's GPU; gloo takes no device.
+            kwargs = {"device_id": plan.device} if plan.transport == "nccl" else {}
+            dist.init_process_group(plan.transport, timeout=timedelta(seconds=cfg.runtime.timeout_s), **kwargs)
         try:
             from stages.runtime import run_stage
 

@@ -6,9 +6,10 @@ bytes, activation rows), the pickled metadata (the plan, or the sampled tokens) 
 ``[rows, hidden]`` tensor. Metadata up to ``_INLINE_BYTES`` travels inside the header's fixed-size buffer, whose
 receive is posted in advance: each extra message costs gloo a rendezvous round trip between the two processes'
 threads, several ms on a loaded CPU (the token return became one message instead of two). Headers and
-metadata always travel over a gloo group on the CPU; activations over the default group (NCCL on CUDA, the
-same gloo group on the CPU). Sends are asynchronous, and the next header is received in the background while
-the stage computes.
+metadata always travel over a gloo group on the CPU; activations over the default group: NCCL GPU to GPU
+(``pipeline.transport=nccl``), or gloo (the CPU, and ``pipeline.transport=gloo`` on CUDA, where activations are
+staged through pinned host memory so that several stages can share one GPU). Sends are asynchronous, and the
+next header is received in the background while the stage computes.
 
 Every wait has a timeout (``runtime.timeout_s``). A rank that fails writes its error into the job's store
 (``report_failure``), so a peer that loses it can say which stage failed and why.
@@ -49,7 +50,7 @@ class Message:
 
 class Transport:
     def __init__(self, rank: int, world_size: int, *, device: torch.device, hidden_size: int, dtype: torch.dtype,
-                 timeout_s: float, tracer: Tracer, cpu_group=None):
+                 timeout_s: float, tracer: Tracer, cpu_group=None, host_staging: bool = False):
         self.rank, self.world_size = rank, world_size
         self.next, self.prev = (rank + 1) % world_size, (rank - 1) % world_size
         self.device, self.hidden_size, self.dtype = device, hidden_size, dtype
@@ -57,6 +58,8 @@ class Transport:
         self.tracer = tracer
         self.cpu_group = cpu_group  # None: the default group (gloo on the CPU)
         self.data_group = None
+        # CUDA activations over gloo: copied to pinned host memory to send, received there, copied back.
+        self.host_staging = host_staging
         self._sends: deque[tuple[list, tuple]] = deque()  # (works, tensors kept alive until sent)
         self._header: torch.Tensor | None = None
         self._header_work = None
@@ -76,6 +79,8 @@ class Transport:
             keep += (payload,)
         if tensor is not None:
             tensor = tensor.contiguous()
+            if self.host_staging:
+                tensor = _to_pinned_host(tensor)
             works.append(dist.isend(tensor, self.next, group=self.data_group))
             keep += (tensor,)
         self._sends.append((works, keep))
@@ -121,12 +126,16 @@ class Transport:
             works.append(dist.irecv(payload, self.prev, group=self.cpu_group))
         tensor = None
         if rows:
-            tensor = torch.empty(rows, self.hidden_size, dtype=self.dtype, device=self.device)
+            where = {"pin_memory": True} if self.host_staging else {"device": self.device}
+            tensor = torch.empty(rows, self.hidden_size, dtype=self.dtype, **where)  # [rows, hidden]
             works.append(dist.irecv(tensor, self.prev, group=self.data_group))
         for w in works:
             self._wait(w, "receive from", self.prev)
         if nbytes > _INLINE_BYTES - _HEADER_BYTES:
             data = payload.numpy().tobytes()
+        if tensor is not None and self.host_staging:
+            # Asynchronous: the host allocator keeps the pinned buffer until the copy has run on the stream.
+            tensor = tensor.to(self.device, non_blocking=True)
         self._post_header()  # the next header arrives while this micro-batch computes
         self.tracer.record(EventKind.WAIT, t0, self.tracer.now_ns(), mb_id)
         return Message(DATA, mb_id, pickle.loads(data), tensor)
@@ -149,6 +158,11 @@ def _header_message(kind: int, mb_id: int, data: bytes, rows: int) -> torch.Tens
     if len(data) <= _INLINE_BYTES - _HEADER_BYTES:
         buf[_HEADER_BYTES:_HEADER_BYTES + len(data)] = data
     return torch.frombuffer(buf, dtype=torch.uint8)  # [_INLINE_BYTES]
+def _to_pinned_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A pinned host copy of a CUDA tensor, complete on return (gloo's send thread reads it right away)."""
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor)  # blocking: waits for the kernels that produce ``tensor``, then for the copy
+    return host
 
 
 def _store():

@@ -20,6 +20,7 @@ DISTRIBUTIONS = ("uniform", "zipf", "lognormal")
 SIM_COST_MODELS = ("profiled", "layer_profile", "roofline")
 SIM_GPUS = ("h100", "a100")
 SIM_LINKS = ("auto", "nvlink", "pcie", "infiniband", "gloo")
+TRANSPORTS = ("auto", "nccl", "gloo")
 
 
 class ConfigError(ValueError):
@@ -36,14 +37,15 @@ class ModelConfig:
     # Local Hugging Face model folder (config.json + safetensors). null: the embedded SmolLM2-135M-Instruct.
     # Mandatory in the schema so that `model=local` without `model.path=DIR` fails; conf/model/smollm2.yaml sets null.
     path: str | None = MISSING
-    # Attention backend: auto (flash-attn on CUDA when importable, else SDPA), sdpa, or flash.
+    # Attention backend: auto, triton, flash or sdpa. auto: flash on CUDA when flash-attn imports and
+    # cache.block_size % 256 == 0, else triton on CUDA, sdpa on the CPU. triton on the CPU needs TRITON_INTERPRET=1.
     attention: str = "auto"
     # Longest prompt + output allowed; None: the model's max_position_embeddings.
     max_model_len: int | None = None
 
     def validate(self) -> None:
-        _check(self.attention in ("auto", "sdpa", "flash"), "model.attention", self.attention,
-               "use auto, sdpa or flash")
+        _check(self.attention in ("auto", "triton", "flash", "sdpa"), "model.attention", self.attention,
+               "use auto, triton, flash or sdpa")
         if self.max_model_len is not None:
             _check(self.max_model_len >= 2, "model.max_model_len", self.max_model_len, "must be >= 2")
 
@@ -56,6 +58,10 @@ class PipelineConfig:
     layers_per_stage: list[int] | None = None
     # Micro-batches in flight at once. None: one per stage. Must be >= stages so every stage has work.
     num_microbatches: int | None = None
+    # How activations travel between stages: nccl (GPU to GPU), gloo (over the host; CUDA activations are staged
+    # through pinned host memory, so several stages can share one GPU), or auto: nccl when every rank of the node
+    # has its own GPU, else gloo. The CPU always uses gloo.
+    transport: str = "auto"
 
     def validate(self) -> None:
         _check(self.stages is not None and self.stages >= 1, "pipeline.stages", self.stages, "must be >= 1")
@@ -64,6 +70,8 @@ class PipelineConfig:
                    f"needs one entry per stage ({self.stages} entries, pipeline.stages={self.stages})")
             _check(all(n >= 1 for n in self.layers_per_stage), "pipeline.layers_per_stage", self.layers_per_stage,
                    "every stage needs at least one layer")
+        _check(self.transport in TRANSPORTS, "pipeline.transport", self.transport,
+               f"use one of {', '.join(TRANSPORTS)}")
         if self.num_microbatches is not None:
             _check(self.num_microbatches >= self.stages, "pipeline.num_microbatches", self.num_microbatches,
                    f"must be >= pipeline.stages ({self.stages}) so that every stage has work")
@@ -189,6 +197,8 @@ class RuntimeConfig:
     # After SIGTERM / SIGUSR1, seconds rank 0 keeps serving the requests already running (admitting none) before
     # it stops; the micro-batches in flight then come back, and every rank exits with code 75. 0: stop at once.
     drain_timeout_s: float = 10.0
+    # Replay decode-only micro-batches from CUDA graphs (CUDA with the triton or flash backend only; else ignored).
+    cuda_graphs: bool = True
 
     def validate(self) -> None:
         _check(self.timeout_s > 0, "runtime.timeout_s", self.timeout_s, "must be > 0")
@@ -196,6 +206,7 @@ class RuntimeConfig:
         _check(self.resume is True or self.resume is False or self.resume == "force", "runtime.resume",
                self.resume, "use true (continue the run directory), false (start over) or force")
         _check(self.drain_timeout_s >= 0, "runtime.drain_timeout_s", self.drain_timeout_s, "must be >= 0")
+        _check(isinstance(self.cuda_graphs, bool), "runtime.cuda_graphs", self.cuda_graphs, "use true or false")
 
 
 @dataclass
@@ -299,7 +310,7 @@ class Config:
     debug: DebugConfig = field(default_factory=DebugConfig)
     # Only pp-sim reads it: the simulated hardware and where its times come from.
     sim: SimConfig = field(default_factory=SimConfig)
-    # auto: CUDA with NCCL when a GPU exists, else CPU with gloo.
+    # auto: CUDA when a GPU exists, else CPU (pipeline.transport says how stages talk).
     device: str = "auto"
     # auto: float32 on CPU, bfloat16 on CUDA.
     dtype: str = "auto"

@@ -30,12 +30,15 @@ def num_blocks_for_budget(memory_gib: float, *, max_layers_per_stage: int, block
 
 class KVCache:
     def __init__(self, layer_ids: list[int], *, num_blocks: int, block_size: int, hf_config,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, extra_blocks: int = 0):
+        """``extra_blocks=1`` adds a scratch block (id ``num_blocks``, never in a plan) that CUDA graphs' padded
+        rows write to; ``num_blocks`` stays the count the block manager hands out."""
         kv_heads, head_dim = kv_geometry(hf_config)
         self.block_size = block_size
         self.num_blocks = num_blocks
+        self.scratch_block = num_blocks if extra_blocks else None
         self._local = {layer: i for i, layer in enumerate(layer_ids)}
-        shape = (len(layer_ids), num_blocks, block_size, kv_heads, head_dim)
+        shape = (len(layer_ids), num_blocks + extra_blocks, block_size, kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         # Reused gather buffers (keys, values): a fresh multi-MB tensor per gather costs more in page faults
@@ -58,5 +61,5 @@ class KVCache:
         if buf.shape[0] < n:
             buf = self._scratch[which] = buf.new_empty(max(n, 2 * buf.shape[0]), buf.shape[1])
         out = buf[:n]
-        torch.index_select(blocks.view(self.num_blocks, -1), 0, index, out=out)
+        torch.index_select(blocks.view(blocks.shape[0], -1), 0, index, out=out)
         return out.view(n, *blocks.shape[1:])

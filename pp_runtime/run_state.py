@@ -10,8 +10,9 @@ Rank 0 keeps two files next to ``outputs.jsonl``:
 
 ``plan_resume`` runs on every rank before the ranks meet, so a changed config or request file fails
 everywhere at once (``ConfigError``); ``begin_attempt`` and ``end_attempt`` run on rank 0 only.
-Keys under ``runtime``, ``tracer`` and ``debug`` (timeouts, tracing, fault injection) and ``output_dir`` may
-change between attempts; any other change is refused unless ``runtime.resume`` is ``force`` or ``false``.
+Keys under ``runtime``, ``tracer``, ``debug`` and ``sim`` (timeouts, tracing, fault injection, the simulator's
+settings, which a job never reads) and ``output_dir`` may change between attempts; any other change is refused
+unless ``runtime.resume`` is ``force`` or ``false``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ log = logging.getLogger("pp_runtime")
 
 STATE_FILE = "run_state.json"
 MARKER_FILE = "INCOMPLETE"
-_VOLATILE = ("output_dir", "runtime", "tracer", "debug")  # may change between attempts: outputs do not depend on them
+# May change between attempts: outputs do not depend on them.
+_VOLATILE = ("output_dir", "runtime", "tracer", "debug", "sim")
 
 
 @dataclass

@@ -1,39 +1,165 @@
-"""Turn the last stage's logits into next tokens: greedy, or temperature / top-k / top-p with per-step seeds.
+"""Turn the last stage's logits into next tokens on the device, in one vectorised pass over the sampled rows.
 
-Each sampled token draws from its own generator seeded by (request seed, step), so a seeded request gives
-the same tokens however it is batched, chunked or split over stages.
+Greedy rows take the argmax. The other rows apply temperature, then top-k, then top-p (on the tempered, top-k
+filtered distribution; the first token always stays), and draw with the Gumbel-max trick: the token is the
+argmax of ``logit / temperature + g`` over the kept tokens, where ``g = -log(-log u)`` and ``u`` is a uniform
+number made by hashing (seed, step, token id) with SplitMix64. The noise of a row depends only on its request's
+seed (its sequence id when the request has none) and its step, so a seeded request gives the same tokens
+however it is batched, chunked or split over stages, and no row's draw depends on another row.
+
+``SamplingTensors.build`` runs on the host from the plan and ships a few small tensors with non-blocking copies;
+``sample_tensors`` then runs on the device without a host synchronisation. ``sample`` wraps both for callers
+that want a list of token ids.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from pp_runtime.plan import Piece
 
-_MIX = 1_000_003  # odd multiplier that spreads (seed, step) pairs over distinct generator seeds
+_U64 = (1 << 64) - 1
+_GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's state increment (odd: visits every 64-bit state)
+_M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # SplitMix64's finaliser multipliers
+_SEED_SALT = 0x5851F42D4C957F2D  # keeps seed 0 / step 0 away from the all-zero state
+_ROW_BLOCK = 64  # drawn rows per vectorised block
+_MAX_TOP_K = 1 << 62
+_MIN_TEMPERATURE = torch.finfo(torch.float32).tiny
+
+
+def _signed(x: int) -> int:
+    """The int64 with the same 64 bits as the unsigned ``x`` (torch has no uint64 arithmetic)."""
+    x &= _U64
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def mix64(x: int) -> int:
+    """SplitMix64's finaliser on a Python int taken modulo 2**64; returns the unsigned 64-bit result."""
+    x &= _U64
+    x = ((x ^ (x >> 30)) * _M1) & _U64
+    x = ((x ^ (x >> 27)) * _M2) & _U64
+    return x ^ (x >> 31)
+
+
+def row_key(seed: int, step: int) -> int:
+    """The (unsigned) SplitMix64 state of one draw: a hash of the request seed and the step."""
+    return mix64(mix64(seed + _SEED_SALT) + step * _GAMMA)
+
+
+def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns (torch's ``>>`` is arithmetic: mask the copied sign bits)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def mix64_tensor(x: torch.Tensor) -> torch.Tensor:
+    """``mix64`` on int64 tensors holding 64-bit patterns (multiplication wraps modulo 2**64 on CPU and CUDA)."""
+    x = (x ^ _shr(x, 30)) * _signed(_M1)
+    x = (x ^ _shr(x, 27)) * _signed(_M2)
+    return x ^ _shr(x, 31)
+
+
+def gumbel_noise(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Gumbel noise ``[N, V]`` (float64) for rows with SplitMix64 states ``keys`` ``[N]`` at ``token_ids``
+    (``[V]`` or ``[N, V]``): the (token id + 1)-th output of each row's SplitMix64 stream, as a uniform in (0, 1)."""
+    bits = mix64_tensor(keys[:, None] + (token_ids + 1) * _signed(_GAMMA))  # [N, V]
+    # The top 53 bits, centred in their interval: u is never 0 or 1, so both logarithms are finite.
+    u = (_shr(bits, 11).to(torch.float64) + 0.5) * 2.0**-53
+    return -torch.log(-torch.log(u))
+
+
+@dataclass(frozen=True)
+class SamplingTensors:
+    """Per-micro-batch sampling inputs on the device: one row per sampled piece, in plan order.
+
+    ``rows`` and the parameter tensors cover only the non-greedy rows (``N`` of them); greedy rows need nothing
+    but the argmax. ``all_greedy`` and ``any_filter`` are known on the host, so the common cases skip work
+    without a synchronisation.
+    """
+
+    num_rows: int  # S: sampled pieces in the micro-batch
+    all_greedy: bool  # every row is greedy: sampling is one argmax
+    any_filter: bool  # some non-greedy row uses top-k or top-p: sort those rows once
+    rows: torch.Tensor | None = None  # [N] int64: which of the S rows are drawn at random
+    temperature: torch.Tensor | None = None  # [N] float32, > 0
+    top_k: torch.Tensor | None = None  # [N] int64, 0 = off
+    top_p: torch.Tensor | None = None  # [N] float32, 1 = off
+    keys: torch.Tensor | None = None  # [N] int64: row_key(seed, step) as a 64-bit pattern
+
+    @staticmethod
+    def build(pieces: list[Piece], device: torch.device) -> SamplingTensors:
+        """From the sampling pieces of a micro-batch (in plan order): one small non-blocking copy per tensor."""
+        drawn = [(i, p) for i, p in enumerate(pieces) if not p.params.greedy]
+        if not drawn:
+            return SamplingTensors(len(pieces), all_greedy=True, any_filter=False)
+        # top_k beyond any vocabulary means no filter; clamped so that it fits an int64.
+        ints = torch.tensor([[i for i, _ in drawn], [min(p.params.top_k, _MAX_TOP_K) for _, p in drawn],
+                             [_signed(row_key(_seed(p), p.step)) for _, p in drawn]], dtype=torch.int64)  # [3, N]
+        # A temperature below float32's smallest normal would round to 0 and divide 0 by 0; clamped, it stays greedy.
+        floats = torch.tensor([[max(p.params.temperature, _MIN_TEMPERATURE) for _, p in drawn],
+                               [p.params.top_p for _, p in drawn]], dtype=torch.float32)  # [2, N]
+        ints, floats = _to_device(ints, device), _to_device(floats, device)
+        any_filter = any(p.params.top_k > 0 or p.params.top_p < 1.0 for _, p in drawn)
+        return SamplingTensors(len(pieces), all_greedy=False, any_filter=any_filter, rows=ints[0],
+                               temperature=floats[0], top_k=ints[1], top_p=floats[1], keys=ints[2])
+
+
+def _seed(p: Piece) -> int:
+    return p.params.seed if p.params.seed is not None else p.seq_id
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def sample_tensors(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
+    """``logits`` ``[S, vocab]`` (float32), one row per sampling piece; returns ``[S]`` int64 token ids on the
+    logits' device, without synchronising with the host."""
+    out = logits.argmax(dim=-1)  # [S]; greedy rows are exactly this
+    if st.all_greedy:
+        return out
+    # Drawn rows go in blocks: a block's temporaries (sort, int64 hashes, float64 noise) are some 40 bytes per
+    # logit, so blocks bound the peak memory; each row's draw is the same whichever block it lands in.
+    n = st.rows.numel()
+    tokens = [_draw(logits, st, slice(i, i + _ROW_BLOCK)) for i in range(0, n, _ROW_BLOCK)]
+    return out.index_copy(0, st.rows, torch.cat(tokens))
+
+
+def _draw(logits: torch.Tensor, st: SamplingTensors, block: slice) -> torch.Tensor:
+    """Token ids ``[B]`` for the drawn rows ``st.rows[block]``."""
+    keys, top_k, top_p = st.keys[block], st.top_k[block], st.top_p[block]
+    drawn = logits.index_select(0, st.rows[block])  # [B, V]
+    # Shift by the row maximum first: a tiny temperature must not overflow the division to inf - inf.
+    scaled = (drawn - drawn.amax(dim=-1, keepdim=True)) / st.temperature[block, None]  # [B, V]
+    if not st.any_filter:
+        ids = torch.arange(scaled.shape[-1], dtype=torch.int64, device=logits.device)  # [V]
+        return (scaled.double() + gumbel_noise(keys, ids)).argmax(dim=-1)
+    return _draw_filtered(scaled, keys, top_k, top_p)
+
+
+def _draw_filtered(scaled: torch.Tensor, keys: torch.Tensor, top_k: torch.Tensor,
+                   top_p: torch.Tensor) -> torch.Tensor:
+    """Top-k, then top-p, then the Gumbel draw, for a block of rows at once in sorted order (stable, so ties are
+    ordered by token id whatever the batch). Rows with top_k 0 and top_p 1 keep every token."""
+    vocab = scaled.shape[-1]
+    ordered, order = torch.sort(scaled, dim=-1, descending=True, stable=True)  # [B, V] each
+    # top-k keeps every token at least as large as the k-th largest (ties with it stay, as a threshold would).
+    k = torch.where((top_k > 0) & (top_k < vocab), top_k, vocab)  # [B]
+    kth = ordered.gather(1, (k - 1)[:, None])  # [B, 1]
+    ordered = ordered.masked_fill(ordered < kth, float("-inf"))
+    # top-p drops a token once the tokens before it already reach p; the first token always stays.
+    probs = ordered.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # [B, V]
+    drop = (before >= top_p[:, None]) & (top_p < 1.0)[:, None]
+    ordered = ordered.masked_fill(drop, float("-inf"))
+    # The noise belongs to the token id, not to the sorted position: same draw as without filters.
+    pick = (ordered.double() + gumbel_noise(keys, order)).argmax(dim=-1)  # [B]
+    return order.gather(1, pick[:, None]).squeeze(1)
 
 
 def sample(logits: torch.Tensor, pieces: list[Piece]) -> list[int]:
     """``logits`` ``[S, vocab]`` (float32), one row per sampling piece in order; returns S token ids."""
-    out = logits.argmax(dim=-1).tolist()
-    for i, p in enumerate(pieces):
-        if not p.params.greedy:
-            out[i] = _sample_one(logits[i], p)
-    return out
-
-
-def _sample_one(row: torch.Tensor, p: Piece) -> int:
-    params = p.params
-    row = (row - row.max()) / params.temperature  # shift first: a tiny temperature must not overflow to inf
-    if params.top_k and params.top_k < row.numel():
-        kth = torch.topk(row, params.top_k).values[-1]
-        row = row.masked_fill(row < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(row, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        # Drop a token when the tokens before it already reach top_p (the first one always stays).
-        drop = (cum - sorted_logits.softmax(-1)) >= params.top_p
-        row = row.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
-    seed = params.seed if params.seed is not None else p.seq_id
-    gen = torch.Generator(device=row.device).manual_seed((seed * _MIX + p.step) % (2**63))
-    return int(torch.multinomial(row.softmax(-1), 1, generator=gen).item())
+    return sample_tensors(logits, SamplingTensors.build(pieces, logits.device)).tolist()

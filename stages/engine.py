@@ -1,7 +1,8 @@
 """Rank 0's loop: plan a micro-batch, run stage 0 on it, send it down the pipeline, fold tokens back.
 
 Up to ``depth`` micro-batches are in flight, so every stage has work; rank 0 plans the next micro-batch while
-the later stages compute the earlier ones. With one stage the loop runs the whole model in place.
+the later stages compute the earlier ones. With one stage the loop runs the whole model in place, and its sampled
+tokens are read only when the loop needs them (with depth > 1 the next micro-batch is launched first).
 
 After a stop signal (``StopSignal``, checked between micro-batches) no request is admitted; the running ones
 are served for up to ``drain_timeout_s``, the micro-batches in flight come back, and the stop message goes
@@ -20,7 +21,7 @@ from pp_runtime.planner import Planner
 from pp_runtime.preemption import StopSignal, announce
 from pp_runtime.sequence import Sequence
 from pp_runtime.tracer import EventKind, Tracer
-from stages.executor import StageExecutor
+from stages.executor import SampledTokens, StageExecutor
 from stages.faults import Faults
 
 _POLL_S = 0.05  # longest sleep between checks of the stop signal while waiting for an arrival (online mode)
@@ -45,7 +46,7 @@ class Engine:
         """Serve every request the planner holds; returns the wall time in seconds."""
         planner, tracer = self.planner, self.tracer
         start = time.monotonic()
-        in_flight: deque[MicroBatch] = deque()
+        in_flight: deque[tuple[MicroBatch, SampledTokens | None]] = deque()
         drain_until = None  # set by a stop signal: serve the running requests until then, admit none
         while planner.has_unfinished():
             now = time.monotonic() - start
@@ -59,7 +60,7 @@ class Engine:
                 mb = planner.schedule(now)
                 tracer.record(EventKind.PLAN, t0, tracer.now_ns(), -1 if mb is None else mb.id)
                 if mb is not None:
-                    self._launch(mb, in_flight, start)
+                    self._launch(mb, in_flight)
                     continue
             if in_flight:
                 self._receive(in_flight, start)
@@ -89,21 +90,29 @@ class Engine:
             time.sleep(min(_POLL_S, left))
 
     def _receive(self, in_flight: deque, start: float) -> None:
-        msg = self.transport.recv()
-        mb = in_flight.popleft()
-        if msg.kind == STOP or msg.mb_id != mb.id:
-            raise PipelineError(f"stage 0 expected tokens of micro-batch {mb.id}, got {msg}")
-        self._finish(self.planner.postprocess(mb, msg.meta, time.monotonic() - start))
+        """Fold the oldest micro-batch in flight back into the planner."""
+        mb, tokens = in_flight.popleft()
+        self._finish(self.planner.postprocess(mb, self._tokens(mb, tokens), time.monotonic() - start))
 
-    def _launch(self, mb: MicroBatch, in_flight: deque, start: float) -> None:
+    def _launch(self, mb: MicroBatch, in_flight: deque) -> None:
         with self.tracer.span(EventKind.COMPUTE, mb.id, mb.num_prefill_tokens, mb.num_decode_tokens):
             self.faults.on_compute(0)
             out = self.executor.execute(mb)
-        if self.transport is None:  # one stage: out holds the sampled tokens
-            self._finish(self.planner.postprocess(mb, out, time.monotonic() - start))
+        if self.transport is None:  # one stage: out holds the sampled tokens, read when the loop needs them
+            in_flight.append((mb, out))
         else:
             self.transport.send(mb.id, mb, out)
-            in_flight.append(mb)
+            in_flight.append((mb, None))
+
+    def _tokens(self, mb: MicroBatch, tokens: SampledTokens | None) -> list[int]:
+        """The sampled ids of the oldest micro-batch in flight: from this rank's own last stage, or from the
+        last rank."""
+        if tokens is not None:
+            return tokens.result()
+        msg = self.transport.recv()
+        if msg.kind == STOP or msg.mb_id != mb.id:
+            raise PipelineError(f"stage 0 expected tokens of micro-batch {mb.id}, got {msg}")
+        return msg.meta
 
     def _finish(self, seqs: list[Sequence]) -> None:
         for seq in seqs:

@@ -1,4 +1,9 @@
-"""Turns a micro-batch plan into tensors and runs it through this stage's modules (the model runner)."""
+"""Turns a micro-batch plan into tensors and runs it through this stage's modules (the model runner).
+
+Per micro-batch: ``build_stage_inputs`` (numpy, one host-to-device copy), then the decoder layers (replayed from a
+CUDA graph for decode-only micro-batches when graphs are on, else eagerly), then on the last stage the LM head on
+the sampled rows and the sampler. Nothing here reads the device except ``SampledTokens.result()``.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +12,75 @@ import torch
 from pp_runtime import attention
 from pp_runtime.kv_cache import KVCache
 from pp_runtime.plan import MicroBatch
-from pp_runtime.sampler import sample
+from pp_runtime.sampler import SamplingTensors, sample_tensors
+from pp_runtime.stage_inputs import StageInputs, build_stage_inputs
+from stages.cuda_graphs import MAX_GRAPH_TOKENS, CudaGraphs, StaticBuffers, bucket_sizes, graphs_wanted
 from stages.stage_model import StageModel
 
 
+class SampledTokens:
+    """The last stage's sampled token ids, on their way to the host: ``result()`` waits for them.
+
+    On CUDA the ids go to a pinned host buffer by a non-blocking copy followed by an event, so rank 0 can plan
+    and launch the next micro-batch before reading this one; on the CPU they are ready at once.
+    """
+
+    def __init__(self, ids: torch.Tensor):  # [S] int64
+        self._event = None
+        if ids.device.type == "cuda":
+            self._host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+            self._host.copy_(ids, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = ids
+
+    def result(self) -> list[int]:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.tolist()
+
+
 class StageExecutor:
-    def __init__(self, model: StageModel, cache: KVCache, *, device: torch.device, backend: str = "sdpa"):
+    def __init__(self, model: StageModel, cache: KVCache, *, device: torch.device, backend: str = "sdpa",
+                 cuda_graphs: bool = False, max_blocks_per_seq: int | None = None,
+                 graph_max_tokens: int = MAX_GRAPH_TOKENS):
+        """``cuda_graphs`` acts only on CUDA with the triton or flash backend; it needs ``max_blocks_per_seq`` (the
+        graphs' block-table width) and a cache built with a scratch block (``extra_blocks=1``)."""
         self.model = model
         self.cache = cache
         self.device = device
         self.backend = backend
+        attention.configure_device(device)
+        self.graphs = None
+        if graphs_wanted(cuda_graphs, device, backend):
+            if max_blocks_per_seq is None or cache.scratch_block is None:
+                raise ValueError("CUDA graphs need max_blocks_per_seq and a KV cache built with extra_blocks=1")
+            hidden = None if model.is_first else model.config.hidden_size
+            sizes = bucket_sizes(graph_max_tokens)
+            buffers = StaticBuffers.allocate(sizes[-1], table_width=max_blocks_per_seq,
+                                            hidden_size=hidden, dtype=cache.k.dtype, device=device)
+            self.graphs = CudaGraphs(self._body, buffers, sizes=sizes,
+                                     block_size=cache.block_size, scratch_block=cache.scratch_block)
+            self.graphs.capture()
 
-    def execute(self, mb: MicroBatch, hidden: torch.Tensor | None = None) -> torch.Tensor | list[int]:
-        """Stage 0 takes no ``hidden``; a middle stage returns ``[T, hidden]``; the last stage returns tokens."""
-        dev = self.device
-        positions = torch.tensor([pos for p in mb.pieces for pos in range(p.start, p.context_len)],
-                                 dtype=torch.long, device=dev)  # [T]
-        if self.model.is_first:
-            inputs = torch.tensor([t for p in mb.pieces for t in p.token_ids], dtype=torch.long, device=dev)
-        else:
-            inputs = hidden  # [T, hidden]
-        meta = attention.build_metadata(mb, self.cache, dev, self.backend)
-        sample_rows = None
-        if self.model.is_last:
-            ends, rows = 0, []
-            for p in mb.pieces:
-                ends += p.num_tokens
-                if p.sample:
-                    rows.append(ends - 1)
-            sample_rows = torch.tensor(rows, dtype=torch.long, device=dev)
-        out = self.model(inputs, positions, meta, sample_rows)
-        if not self.model.is_last:
-            return out
-        return sample(out, [p for p in mb.pieces if p.sample])
+    def execute(self, mb: MicroBatch, hidden: torch.Tensor | None = None) -> torch.Tensor | SampledTokens:
+        """Stage 0 takes no ``hidden``; a middle stage returns ``[T, hidden]``; the last stage returns its sampled
+        tokens as a ``SampledTokens`` handle."""
+        model = self.model
+        inputs = build_stage_inputs(mb, block_size=self.cache.block_size, device=self.device,
+                                    token_ids=model.is_first, sample_rows=model.is_last,
+                                    sdpa_split=self.backend == "sdpa")
+        x = inputs.token_ids if model.is_first else hidden  # [T] or [T, hidden]
+        h = self.graphs.run(inputs, x) if self.graphs is not None else None
+        if h is None:
+            h = self._body(inputs, x)  # [T, hidden]
+        if not model.is_last:
+            return h
+        pieces = [p for p in mb.pieces if p.sample]
+        logits = model.logits(h[inputs.sample_rows])  # [S, vocab]
+        return SampledTokens(sample_tensors(logits, SamplingTensors.build(pieces, self.device)))
+
+    def _body(self, inputs: StageInputs, x: torch.Tensor) -> torch.Tensor:
+        ctx = attention.prepare(self.backend, self.cache, inputs)
+        return self.model.body(x, inputs.positions, ctx)

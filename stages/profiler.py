@@ -13,7 +13,7 @@ import torch
 
 from pp_runtime.plan import MicroBatch, Piece
 from pp_runtime.planner.cost_model import profile_points, work
-from stages.executor import StageExecutor
+from stages.executor import SampledTokens, StageExecutor
 
 
 def profile_stage(stage: int, executor: StageExecutor, *, token_budget: int, max_context_len: int,
@@ -29,10 +29,10 @@ def profile_stage(stage: int, executor: StageExecutor, *, token_budget: int, max
         if not executor.model.is_first:
             hidden = torch.randn(mb.num_tokens, hidden_size, dtype=dtype, device=executor.device)  # [T, hidden]
         if i == 0:
-            executor.execute(mb, hidden)  # warm-up: first-call allocations and kernel selection
+            _wait(executor.execute(mb, hidden))  # warm-up: first-call allocations and kernel selection
         _sync(executor.device)
         start = time.perf_counter()
-        executor.execute(mb, hidden)
+        _wait(executor.execute(mb, hidden))
         _sync(executor.device)
         rows.append((stage, *work(shape), time.perf_counter() - start))
     return rows
@@ -45,6 +45,12 @@ def _fake_microbatch(shape: list[tuple[int, int]], block_size: int) -> MicroBatc
         pieces.append(Piece(seq_id=seq_id, start=ctx - n, token_ids=(3,) * n, block_table=table,
                             is_prefill=n > 1, sample=True))
     return MicroBatch(-1, tuple(pieces))
+
+
+def _wait(out) -> None:
+    # The last stage returns its sampled tokens as a handle: reading them is part of its step time.
+    if isinstance(out, SampledTokens):
+        out.result()
 
 
 def _sync(device: torch.device) -> None:

@@ -12,6 +12,7 @@ from pp_runtime.kv_cache import KVCache
 from pp_runtime.planner import needs_cost_model
 from pp_runtime.preemption import Preempted, announced
 from pp_runtime.tracer import Tracer
+from stages.cuda_graphs import MAX_GRAPH_TOKENS, graphs_wanted
 from stages.executor import StageExecutor
 from stages.faults import Faults
 from stages.stage_model import build_stage_model
@@ -30,19 +31,26 @@ def run_stage(plan, *, stop=None) -> dict | None:
     tracer = Tracer(rank, capacity=cfg.tracer.capacity, enabled=cfg.tracer.enabled, device=plan.device)
     model = build_stage_model(plan.model_dir, plan.hf_config, layers, num_stages=world, stage=rank,
                               device=plan.device, dtype=plan.dtype)
-    cache = KVCache(list(layers), num_blocks=plan.num_blocks, block_size=cfg.cache.block_size,
-                    hf_config=plan.hf_config, dtype=plan.dtype, device=plan.device)
     backend = plan.attention_backend
-    executor = StageExecutor(model, cache, device=plan.device, backend=backend)
-    log.info("stage %d: layers %d-%d%s%s, %d KV blocks of %d tokens, %s attention, %s %s", rank, layers.start,
+    graphs = graphs_wanted(cfg.runtime.cuda_graphs, plan.device, backend)
+    cache = KVCache(list(layers), num_blocks=plan.num_blocks, block_size=cfg.cache.block_size,
+                    hf_config=plan.hf_config, dtype=plan.dtype, device=plan.device, extra_blocks=int(graphs))
+    executor = StageExecutor(model, cache, device=plan.device, backend=backend, cuda_graphs=graphs,
+                             max_blocks_per_seq=-(-plan.max_model_len // cfg.cache.block_size),
+                             graph_max_tokens=min(cfg.scheduler.token_budget, MAX_GRAPH_TOKENS))
+    log.info("stage %d: layers %d-%d%s%s, %d KV blocks of %d tokens, %s attention%s, %s %s", rank, layers.start,
              layers.stop - 1, " + embeddings" if model.is_first else "", " + LM head" if model.is_last else "",
-             plan.num_blocks, cfg.cache.block_size, backend, plan.device, str(plan.dtype).removeprefix("torch."))
+             plan.num_blocks, cfg.cache.block_size, backend, ", CUDA graphs" if graphs else "", plan.device,
+             str(plan.dtype).removeprefix("torch."))
     transport = None
     clock_error_ns = 0
     if world > 1:
-        cpu_group = dist.new_group(backend="gloo") if plan.device.type == "cuda" else None
+        # With NCCL carrying activations, headers, clock sync and gathers need a gloo group of their own; with
+        # gloo the default group serves both (CUDA activations then go through pinned host memory).
+        cpu_group = dist.new_group(backend="gloo") if plan.transport == "nccl" else None
         transport = Transport(rank, world, device=plan.device, hidden_size=plan.hf_config.hidden_size,
-                              dtype=plan.dtype, timeout_s=cfg.runtime.timeout_s, tracer=tracer, cpu_group=cpu_group)
+                              dtype=plan.dtype, timeout_s=cfg.runtime.timeout_s, tracer=tracer, cpu_group=cpu_group,
+                              host_staging=plan.transport == "gloo" and plan.device.type == "cuda")
         if cfg.tracer.enabled:
             from pp_runtime.clock import estimate_clock_offset
 

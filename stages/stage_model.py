@@ -68,8 +68,14 @@ class StageModel(nn.Module):
         return self.head is not None
 
     @torch.inference_mode()
-    def forward(self, inputs: torch.Tensor, positions: torch.Tensor, meta: attention.AttentionMetadata,
+    def forward(self, inputs: torch.Tensor, positions: torch.Tensor, attn: attention.AttentionContext,
                 sample_rows: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.body(inputs, positions, attn)
+        return h if self.head is None else self.logits(h[sample_rows])
+
+    @torch.inference_mode()
+    def body(self, inputs: torch.Tensor, positions: torch.Tensor, attn: attention.AttentionContext) -> torch.Tensor:
+        """Embeddings (stage 0) and this stage's decoder layers: ``[T, hidden]`` out (what CUDA graphs capture)."""
         if self.embed is not None:
             h = self.embed(inputs)  # [T, hidden]
             if self.pos_embed is not None:
@@ -80,12 +86,13 @@ class StageModel(nn.Module):
         position_ids = positions.unsqueeze(0)
         pos_emb = self.rotary(h, position_ids=position_ids) if self.rotary is not None else None
         for layer in self.layers:
-            h = layer(h, attention_mask=None, position_ids=position_ids, position_embeddings=pos_emb, pp_attn=meta)
-        h = h[0]
-        if self.head is None:
-            return h
-        h = self.norm(h[sample_rows])  # [S, hidden]
-        return self.head(h).float()  # [S, vocab]
+            h = layer(h, attention_mask=None, position_ids=position_ids, position_embeddings=pos_emb, pp_attn=attn)
+        return h[0]
+
+    @torch.inference_mode()
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head (last stage) on the sampled rows ``[S, hidden]``: ``[S, vocab]`` float32."""
+        return self.head(self.norm(h)).float()
 
 
 def build_stage_model(model_dir: str, hf_config, layer_range: range, *, num_stages: int, stage: int,

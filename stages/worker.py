@@ -22,7 +22,7 @@ def serve(stage: int, executor: StageExecutor, transport: Transport, tracer: Tra
             faults.on_compute(stage)
             out = executor.execute(mb, msg.tensor)
         if executor.model.is_last:
-            transport.send(mb.id, out)  # sampled token ids go back to stage 0
+            transport.send(mb.id, out.result())  # sampled token ids go back to stage 0
         else:
             transport.send(mb.id, mb, out)
         count += 1

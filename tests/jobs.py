@@ -28,12 +28,13 @@ def _rank_main(rank: int, world_size: int, overrides: list[str]):
     return None if result is None else result["metrics"]
 
 
-def run_job_ranks(stages: int, overrides: list[str], *, timeout: float = 300.0):
-    """Run a job on ``stages`` forked ranks; returns rank 0's metrics. Raises RanksFailed if any rank fails."""
+def run_job_ranks(stages: int, overrides: list[str], *, timeout: float = 300.0, start_method: str = "fork"):
+    """Run a job on ``stages`` forked (or spawned) ranks; returns rank 0's metrics. Raises RanksFailed if any rank
+    fails. One stage runs in this process."""
     overrides = [f"pipeline.stages={stages}", "runtime.progress=false", *overrides]
     if stages == 1:
         return _rank_main(0, 1, overrides)
-    return run_ranks(_rank_main, stages, overrides, timeout=timeout)[0]
+    return run_ranks(_rank_main, stages, overrides, timeout=timeout, start_method=start_method)[0]
 
 
 def run_job_outcomes(stages: int, overrides: list[str], *, timeout: float = 120.0):

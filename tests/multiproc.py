@@ -1,7 +1,9 @@
 """Fork N ranks of a function with torch.distributed env vars set, without torchrun's start-up cost.
 
-Each rank runs ``fn(rank, world_size, *args)`` in a forked process (one intra-op thread). ``run_ranks``
-returns the ranks' results in rank order, or raises ``RanksFailed`` with every rank's exit code and error.
+Each rank runs ``fn(rank, world_size, *args)`` in a forked process (one intra-op thread); ``start_method="spawn"``
+starts fresh interpreters instead, for ranks that use CUDA after the parent process has (a forked child cannot).
+``run_ranks`` returns the ranks' results in rank order, or raises ``RanksFailed`` with every rank's exit code and
+error.
 """
 
 from __future__ import annotations
@@ -59,15 +61,16 @@ def _entry(fn, rank, world_size, port, conn, args):
     os._exit(code)
 
 
-def run_ranks_outcomes(fn, world_size: int, *args, timeout: float = 300.0) -> list[RankOutcome]:
+def run_ranks_outcomes(fn, world_size: int, *args, timeout: float = 300.0,
+                       start_method: str = "fork") -> list[RankOutcome]:
     """Run the ranks and return each one's outcome (never raises for a failing rank)."""
-    return collect_outcomes(*start_ranks(fn, world_size, *args), timeout=timeout)
+    return collect_outcomes(*start_ranks(fn, world_size, *args, start_method=start_method), timeout=timeout)
 
 
-def start_ranks(fn, world_size: int, *args) -> tuple[list, list]:
+def start_ranks(fn, world_size: int, *args, start_method: str = "fork") -> tuple[list, list]:
     """Start the ranks in the background: (processes, result pipes), for ``collect_outcomes``. Tests that signal
-    or kill a rank while it runs use the processes' pids."""
-    ctx = mp.get_context("fork")
+    or kill a rank while it runs use the processes' pids. ``spawn`` for ranks that use CUDA after the parent has."""
+    ctx = mp.get_context(start_method)
     port = free_port()
     procs, pipes = [], []
     for rank in range(world_size):
@@ -102,8 +105,8 @@ def collect_outcomes(procs: list, pipes: list, *, timeout: float = 300.0) -> lis
     return outcomes
 
 
-def run_ranks(fn, world_size: int, *args, timeout: float = 300.0) -> list:
-    outcomes = run_ranks_outcomes(fn, world_size, *args, timeout=timeout)
+def run_ranks(fn, world_size: int, *args, timeout: float = 300.0, start_method: str = "fork") -> list:
+    outcomes = run_ranks_outcomes(fn, world_size, *args, timeout=timeout, start_method=start_method)
     if any(o.exitcode != 0 for o in outcomes):
         raise RanksFailed(outcomes)
     return [o.result for o in outcomes]

@@ -1,7 +1,8 @@
 """Paged attention on token-packed micro-batches against a dense causal reference over each whole sequence.
 
-A schedule of micro-batches is run through ``paged_attention`` one after another, sharing one paged cache;
-every output row must equal what dense attention over the full sequence gives at that position.
+A schedule of micro-batches is run through ``paged_attention`` (the ``pp_paged`` function transformers calls, with
+the sdpa backend) one after another, sharing one paged cache; every output row must equal what dense attention
+over the full sequence gives at that position.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pp_runtime.attention import build_metadata, paged_attention
+from pp_runtime.attention import paged_attention, prepare
 from pp_runtime.kv_cache import KVCache
 from pp_runtime.plan import MicroBatch, Piece
+from pp_runtime.stage_inputs import build_stage_inputs
 
 HQ, HKV, D, BLOCK = 4, 2, 8, 4
 LAYER = 3  # a global layer index that is not the cache's first local slot
@@ -64,6 +66,11 @@ def _dense_reference(q, k, v, *, window: int | None = None, scale: float | None 
     return out[0].transpose(0, 1)
 
 
+def _context(mb: MicroBatch, cache: KVCache):
+    inputs = build_stage_inputs(mb, block_size=cache.block_size, device=CPU, sdpa_split=True)
+    return prepare("sdpa", cache, inputs)
+
+
 def _run_schedule(qkv, *, num_blocks: int = 10, **attn_kwargs) -> tuple[dict, KVCache]:
     """Run every micro-batch; returns {sequence: {position: output [HQ, D]}} and the cache."""
     cache = KVCache([0, LAYER], num_blocks=num_blocks, block_size=BLOCK, hf_config=_hf_config(),
@@ -79,11 +86,11 @@ def _run_schedule(qkv, *, num_blocks: int = 10, **attn_kwargs) -> tuple[dict, KV
             pieces.append(Piece(seq_id=seq_id, start=start, token_ids=(0,) * n, block_table=used,
                                 is_prefill=start == 0 or n > 1, sample=True))
         mb = MicroBatch(mb_id, tuple(pieces))
-        meta = build_metadata(mb, cache, CPU)
+        ctx = _context(mb, cache)
         query = torch.cat([qkv[name][0][:, s:s + n] for name, s, n in entries], dim=1)[None]  # [1, HQ, T, D]
         key = torch.cat([qkv[name][1][:, s:s + n] for name, s, n in entries], dim=1)[None]  # [1, HKV, T, D]
         value = torch.cat([qkv[name][2][:, s:s + n] for name, s, n in entries], dim=1)[None]
-        out, weights = paged_attention(module, query, key, value, None, pp_attn=meta, **attn_kwargs)
+        out, weights = paged_attention(module, query, key, value, None, pp_attn=ctx, **attn_kwargs)
         assert weights is None
         assert out.shape == (1, mb.num_tokens, HQ, D)
         row = 0
@@ -153,26 +160,28 @@ def test_window_actually_restricts_attention():
     assert not torch.allclose(outputs["A"][10], full[10])
 
 
-def test_build_metadata_slots_and_decode_tables():
+def test_sdpa_split_slots_and_decode_tables():
     cache = KVCache([0], num_blocks=8, block_size=4, hf_config=_hf_config(), dtype=torch.float32, device=CPU)
     mb = MicroBatch(0, (
         Piece(seq_id=0, start=2, token_ids=(1, 2, 3), block_table=(5, 6), is_prefill=True, sample=True),
         Piece(seq_id=1, start=6, token_ids=(4,), block_table=(3, 1), is_prefill=False, sample=True),
         Piece(seq_id=2, start=0, token_ids=(7,), block_table=(2,), is_prefill=True, sample=True),
     ))
-    meta = build_metadata(mb, cache, CPU)
+    ctx = _context(mb, cache)
+    state = ctx.state
     # Positions 2, 3 in block 5 (slots 22, 23) and 4 in block 6 (slot 24); position 6 in block 1 (slot 6);
     # position 0 in block 2 (slot 8).
-    assert meta.slot_mapping.tolist() == [22, 23, 24, 6, 8]
-    assert [(row, q_len, ctx, blocks.tolist()) for row, q_len, ctx, blocks in meta.chunks] == [(0, 3, 5, [5, 6])]
-    assert meta.decode_rows.tolist() == [3, 4]
-    assert meta.decode_ctx.tolist() == [7, 1]
-    assert meta.decode_tables.tolist() == [[3, 1], [2, 0]]
+    assert ctx.inputs.slot_mapping.tolist() == [22, 23, 24, 6, 8]
+    assert [(row, q_len, n_ctx, blocks.tolist()) for row, q_len, n_ctx, blocks in state.chunks] == [(0, 3, 5, [5, 6])]
+    assert state.decode_rows.tolist() == [3, 4]
+    assert state.decode_ctx.tolist() == [7, 1]
+    assert state.decode_tables.view(2, -1).tolist() == [[3, 1], [2, 0]]
 
 
-def test_build_metadata_without_decodes():
+def test_sdpa_split_without_decodes():
     cache = KVCache([0], num_blocks=4, block_size=4, hf_config=_hf_config(), dtype=torch.float32, device=CPU)
     mb = MicroBatch(0, (Piece(seq_id=0, start=0, token_ids=(1, 2), block_table=(3,), is_prefill=True, sample=True),))
-    meta = build_metadata(mb, cache, CPU)
-    assert meta.decode_rows.numel() == 0
-    assert meta.decode_tables.shape == (0, 0)
+    state = _context(mb, cache).state
+    assert state.decode_rows.numel() == 0
+    assert state.decode_tables.numel() == 0
+    assert len(state.chunks) == 1

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pp_runtime.plan import Piece
 from pp_runtime.request import SamplingParams
-from pp_runtime.sampler import sample
+from pp_runtime.sampler import SamplingTensors, mix64, mix64_tensor, sample, sample_tensors
 
 
 def _piece(*, seq_id: int = 0, step: int = 0, **params) -> Piece:
@@ -144,3 +144,103 @@ def test_seed_none_falls_back_to_seq_id():
 def test_tiny_positive_temperature_does_not_crash():
     logits = torch.tensor([30.0, -2.0, 1.0, 0.5])  # 30 / 1e-38 overflows float32
     assert _draw(logits, temperature=1e-38, seed=0) == 0
+    # Below float32's range the temperature would round to 0 (then 0 / 0 is NaN): it is clamped above 0.
+    tiny = SamplingTensors.build([_piece(temperature=1e-300)], logits.device)
+    assert tiny.temperature.item() > 0
+    assert all(_draw(logits, temperature=1e-300, top_p=0.5, seed=s) == 0 for s in range(20))
+
+
+def test_top_k_beyond_int64_is_no_filter():
+    uniform = torch.zeros(8)
+    assert {_draw(uniform, temperature=1.0, top_k=10**30, seed=s) for s in range(300)} == set(range(8))
+
+
+def test_tensor_hash_equals_the_integer_reference():
+    # Bit patterns with the sign bit set too: torch's >> is arithmetic, the hash needs a logical shift.
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randint(-2**63, 2**63 - 1, (2000,), dtype=torch.int64, generator=gen)
+    x = torch.cat([x, torch.tensor([0, 1, -1, -2**63, 2**63 - 1])])
+    got = [v & (2**64 - 1) for v in mix64_tensor(x).tolist()]
+    assert got == [mix64(v) for v in x.tolist()]
+
+
+def _chi_square(counts: Counter, probs: list[float], n: int) -> float:
+    return sum((counts[t] - n * p) ** 2 / (n * p) for t, p in enumerate(probs) if p > 0)
+
+
+# Chi-square critical values at p = 0.001 for 7 and 2 degrees of freedom.
+_CHI2_7, _CHI2_2 = 24.32, 13.82
+
+
+def test_distribution_matches_the_softmax_chi_square():
+    probs = [0.3, 0.2, 0.15, 0.12, 0.1, 0.07, 0.04, 0.02]
+    n = 4000
+    counts = Counter(_draw(_logits_for(probs), temperature=1.0, seed=seed, step=seed % 7) for seed in range(n))
+    assert set(counts) <= set(range(8))
+    assert _chi_square(counts, probs, n) < _CHI2_7
+
+
+def test_filtered_distribution_is_the_renormalised_kept_set_chi_square():
+    # top_k=4 keeps 0.3 0.2 0.15 0.12 (sum 0.77); top_p=0.7 then keeps the first three of those
+    # (renormalised 0.39, 0.26, 0.19, 0.16: 0.65 < 0.7 comes before the third, 0.84 before the fourth).
+    probs = [0.12, 0.3, 0.02, 0.2, 0.07, 0.15, 0.1, 0.04]
+    n = 3000
+    counts = Counter(_draw(_logits_for(probs), temperature=1.0, top_k=4, top_p=0.7, seed=seed) for seed in range(n))
+    assert set(counts) == {1, 3, 5}
+    kept = [p if t in (1, 3, 5) else 0.0 for t, p in enumerate(probs)]
+    total = sum(kept)
+    assert _chi_square(counts, [p / total for p in kept], n) < _CHI2_2
+
+
+def test_a_no_op_filter_draws_the_same_token_as_no_filter():
+    # The sorted path takes each token's noise by its id, so keeping every token changes nothing.
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(6))
+    for seed in range(60):
+        plain = _draw(logits, temperature=0.8, seed=seed, step=2)
+        assert _draw(logits, temperature=0.8, top_k=300, seed=seed, step=2) == plain
+        assert _draw(logits, temperature=0.8, top_k=1000, top_p=1.0, seed=seed, step=2) == plain
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_each_row_depends_only_on_its_logits_and_seed_step(data):
+    # A batch mixing greedy rows and rows with different temperatures, top-k and top-p, in any order: every row
+    # gets the token it gets alone.
+    n = data.draw(st.integers(1, 6))
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
+    logits = torch.randn(n, 40, generator=gen) * 3
+    pieces = [_piece(seq_id=data.draw(st.integers(0, 50)), step=data.draw(st.integers(0, 99)),
+                     temperature=data.draw(st.sampled_from([0.0, 0.5, 1.0, 2.0])),
+                     top_k=data.draw(st.sampled_from([0, 1, 5, 40, 100])),
+                     top_p=data.draw(st.sampled_from([1.0, 0.9, 0.3])),
+                     seed=data.draw(st.one_of(st.none(), st.integers(-2**70, 2**70))))
+              for _ in range(n)]
+    alone = [sample(logits[i:i + 1], [pieces[i]])[0] for i in range(n)]
+    perm = data.draw(st.permutations(range(n)))
+    together = sample(logits[list(perm)], [pieces[i] for i in perm])
+    assert together == [alone[i] for i in perm]
+
+
+def test_sample_tensors_returns_int64_on_the_logits_device_and_keeps_greedy_rows():
+    logits = torch.randn(5, 30, generator=torch.Generator().manual_seed(7))
+    pieces = [_piece(), _piece(temperature=1.0, seed=1), _piece(), _piece(temperature=0.7, top_k=3, seed=2),
+              _piece()]
+    st_ = SamplingTensors.build(pieces, logits.device)
+    assert not st_.all_greedy and st_.any_filter and st_.rows.tolist() == [1, 3]
+    out = sample_tensors(logits, st_)
+    assert out.dtype == torch.int64 and out.shape == (5,) and out.device == logits.device
+    argmax = logits.argmax(-1)
+    assert out[[0, 2, 4]].tolist() == argmax[[0, 2, 4]].tolist()
+    assert out[3].item() in set(torch.topk(logits[3], 3).indices.tolist())
+    assert SamplingTensors.build([_piece(), _piece()], logits.device).all_greedy
+
+
+def test_batches_larger_than_a_row_block_draw_each_row_as_alone():
+    # 150 drawn rows span three vectorised blocks; rows with and without filters mix in every block.
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randn(150, 50, generator=gen) * 2
+    pieces = [_piece(seq_id=i, step=i % 7, temperature=0.5 + (i % 4) * 0.5, top_k=(0, 3, 20)[i % 3],
+                     top_p=(1.0, 0.8)[i % 2], seed=None if i % 5 else i * 11) for i in range(150)]
+    together = sample(logits, pieces)
+    assert together == [sample(logits[i:i + 1], [pieces[i]])[0] for i in range(150)]
+    assert len(set(together)) > 10

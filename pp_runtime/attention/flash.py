@@ -1,0 +1,36 @@
+"""The flash backend: flash-attn 2's ``flash_attn_varlen_func`` reading K/V through a block table.
+
+UNVERIFIED HERE: flash-attn cannot be installed on the machines this was written on (no CUDA toolchain, no
+network), so this file has never run. The call follows flash-attn 2's documented interface (>= 2.5):
+``flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=...,
+causal=True, window_size=(left, right), block_table=...)`` with paged ``k``/``v`` of shape
+``[num_blocks, page_block_size, Hkv, D]`` (``page_block_size`` a multiple of 256, hence the cache.block_size
+rule in ``choose_backend``), ``cu_seqlens_k`` the cumulative context lengths and ``block_table`` ``[B, W]``
+int32. With ``causal=True`` flash-attn aligns each sequence's queries to the end of its keys, which is where
+our new tokens sit (their K/V are written into the cache before the call).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pp_runtime.stage_inputs import StageInputs
+
+
+def prepare(inputs: StageInputs) -> torch.Tensor:
+    """``cu_seqlens_k`` [B+1] int32 from the context lengths (a device op: no host read, capturable)."""
+    return F.pad(torch.cumsum(inputs.context_lens, 0, dtype=torch.int32), (1, 0))
+
+
+def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, ctx, *, scale: float,
+           window: int | None) -> torch.Tensor:
+    """q ``[T, Hq, D]``; returns ``[T, Hq, D]``."""
+    from flash_attn import flash_attn_varlen_func
+
+    x: StageInputs = ctx.inputs
+    # transformers' window counts the query itself: a query sees window - 1 keys back.
+    window_size = (-1, -1) if window is None else (window - 1, 0)
+    return flash_attn_varlen_func(q, k_cache, v_cache, x.cu_seqlens_q, ctx.state, x.max_q, x.max_context,
+                                  softmax_scale=scale, causal=True, window_size=window_size,
+                                  block_table=x.block_tables)

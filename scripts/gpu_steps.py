@@ -1,0 +1,104 @@
+"""Per-shape step times of one whole-model stage on the GPU, eager and with CUDA graphs (for scripts.bench_gpu).
+
+Shapes: a prefill of 2048 tokens from position 0, and decodes of 8, 64 and 256 tokens at context 600, each
+sequence on its own KV blocks (shared blocks would stay in L2 and flatter the decode). A step is
+``StageExecutor.execute`` plus reading the sampled tokens back; the median of 20 runs after 3 warm-ups.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from pp_runtime.roofline import Hardware, ModelShape, step_time_s
+from scripts.gpu_busy import free_cuda_memory
+
+STEP_CONTEXT, DECODE_BATCHES, PREFILL_TOKENS = 600, (8, 64, 256), 2048
+
+
+def step_times(overrides: list[str], shape: ModelShape, hw: Hardware) -> list[dict]:
+    """Median step times of one stage (the whole model, LM head and sampling included), eager and with graphs."""
+    from launch.job import prepare
+    from pp_runtime.kv_cache import KVCache
+    from scripts.hf_baseline import compose_config
+    from stages.stage_model import build_stage_model
+
+    cfg = compose_config(overrides)
+    plan = prepare(cfg)
+    bs = cfg.cache.block_size
+    per_seq = -(-STEP_CONTEXT // bs)
+    num_blocks = max(DECODE_BATCHES) * per_seq + -(-PREFILL_TOKENS // bs)
+    layers = plan.layer_ranges[0]
+    model = build_stage_model(plan.model_dir, plan.hf_config, layers, num_stages=1, stage=0, device=plan.device,
+                              dtype=plan.dtype)
+    cache = KVCache(list(layers), num_blocks=num_blocks, block_size=bs, hf_config=plan.hf_config, dtype=plan.dtype,
+                    device=plan.device, extra_blocks=1)
+    batches = {f"prefill {PREFILL_TOKENS}": _prefill_batch(bs, first_block=max(DECODE_BATCHES) * per_seq)}
+    batches.update({f"decode {b} @ ctx {STEP_CONTEXT}": _decode_batch(b, bs) for b in DECODE_BATCHES})
+    timed = {}
+    for graphs in (False, True):
+        executor = _executor(plan, model, cache, graphs)  # captures its graphs once, here
+        timed[graphs] = {name: _time(executor, mb) for name, mb in batches.items()}
+        del executor
+    rows = []
+    for name in batches:
+        is_prefill = name.startswith("prefill")
+        b = 0 if is_prefill else int(name.split()[1])
+        roof = step_time_s(shape, hw, prefill_tokens=PREFILL_TOKENS if is_prefill else 0, decode_batch=b,
+                           context=STEP_CONTEXT)
+        # Graphs capture decode-only micro-batches; a prefill runs eagerly either way.
+        rows.append({"step": name, "eager_s": timed[False][name], "graphs_s": None if is_prefill else timed[True][name],
+                     "roofline_s": roof})
+    del model, cache
+    free_cuda_memory()
+    return rows
+
+
+def _executor(plan, model, cache, graphs: bool):
+    """The stage executor as stages.runtime builds it, with CUDA graphs on or off."""
+    from stages.cuda_graphs import MAX_GRAPH_TOKENS
+    from stages.executor import StageExecutor
+
+    return StageExecutor(model, cache, device=plan.device, backend=plan.attention_backend, cuda_graphs=graphs,
+                         max_blocks_per_seq=-(-plan.max_model_len // cache.block_size),
+                         graph_max_tokens=min(max(DECODE_BATCHES), MAX_GRAPH_TOKENS))
+
+
+def _prefill_batch(block_size: int, *, first_block: int):
+    from pp_runtime.plan import MicroBatch, Piece
+
+    table = tuple(range(first_block, first_block + -(-PREFILL_TOKENS // block_size)))
+    piece = Piece(seq_id=0, start=0, token_ids=tuple(range(3, 3 + PREFILL_TOKENS)), block_table=table,
+                  is_prefill=True, sample=True)
+    return MicroBatch(0, (piece,))
+
+
+def _decode_batch(batch: int, block_size: int):
+    """``batch`` decodes at position STEP_CONTEXT - 1, each sequence on its own blocks (no shared cache lines)."""
+    from pp_runtime.plan import MicroBatch, Piece
+
+    per_seq = -(-STEP_CONTEXT // block_size)
+    pieces = tuple(Piece(seq_id=i, start=STEP_CONTEXT - 1, token_ids=(3 + i,),
+                         block_table=tuple(range(i * per_seq, (i + 1) * per_seq)), is_prefill=False, sample=True)
+                   for i in range(batch))
+    return MicroBatch(0, pieces)
+
+
+def _time(executor, mb, *, warmup: int = 3, reps: int = 20) -> float:
+    """Median wall time of ``executor.execute(mb)`` including reading the sampled tokens back."""
+    def step():
+        out = executor.execute(mb)
+        if hasattr(out, "result"):
+            out.result()
+        torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -1,6 +1,10 @@
-"""Roofline times: how fast a decoder could run a step or a workload on a GPU with a given peak and bandwidth.
+"""Roofline times: how fast a decoder could run a step or a workload on a GPU at its datasheet peaks.
 
-Counted for decoder-only models with a gated MLP (Llama, Qwen2, Mistral), no sliding window:
+This is the bound issue 8's benchmark compares against (``scripts/bench_gpu.py``); the simulator's analytic
+cost model (``pp_runtime/sim/roofline.py``) prices micro-batches per stage with achievable fractions instead.
+Both take the model shape and the GPU presets from ``pp_runtime/sim/hardware.py``.
+
+Counted for decoder-only models, no sliding window:
 - FLOPs: 2 per weight per token for the layers' matmuls, 2 per LM-head weight per sampled token, and
   ``4 * heads * head_dim`` per layer per (query, key) pair of attention (QK^T and PV).
 - Bytes: the layers' and LM head's weights once per step (the embedding table is gathered, not read whole),
@@ -14,75 +18,69 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pp_runtime.sim.hardware import GpuSpec, ModelShape, gpu
+
 
 @dataclass(frozen=True)
 class Hardware:
+    """The two peaks a roofline needs."""
+
     name: str
     peak_flops: float  # dense FLOP/s at the model's dtype
     bandwidth: float  # memory bytes/s
 
+    @classmethod
+    def from_gpu(cls, spec: GpuSpec) -> Hardware:
+        """Datasheet peaks of a preset (dense bf16 tensor-core FLOP/s, HBM bandwidth), no efficiency factors."""
+        return cls(spec.name, peak_flops=spec.bf16_flops, bandwidth=spec.hbm_bytes_s)
 
-# NVIDIA H100 SXM: dense bf16 tensor-core peak and HBM3 bandwidth from the data sheet.
-H100_SXM = Hardware("H100 SXM", peak_flops=989e12, bandwidth=3.35e12)
+
+H100_SXM = Hardware.from_gpu(gpu("h100"))
 
 
 @dataclass(frozen=True)
-class ModelShape:
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-    bytes_per_param: int = 2  # bf16 weights and KV cache
+class Costs:
+    """FLOPs and bytes of a model shape at a storage width (2: bf16/fp16 weights and KV cache)."""
 
-    @staticmethod
-    def from_hf_config(cfg, *, bytes_per_param: int = 2) -> ModelShape:
-        """From a Hugging Face Llama-like config (num_hidden_layers, hidden_size, ... , vocab_size)."""
-        heads = cfg.num_attention_heads
-        return ModelShape(layers=cfg.num_hidden_layers, hidden=cfg.hidden_size, heads=heads,
-                          kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
-                          head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
-                          intermediate=cfg.intermediate_size, vocab=cfg.vocab_size, bytes_per_param=bytes_per_param)
-
-    @property
-    def layer_params(self) -> int:
-        """Matmul weights of one decoder layer: q, k, v, o projections and the gate, up, down MLP."""
-        attn = 2 * self.hidden * self.heads * self.head_dim + 2 * self.hidden * self.kv_heads * self.head_dim
-        return attn + 3 * self.hidden * self.intermediate
+    shape: ModelShape
+    dtype_bytes: int = 2
 
     @property
     def weight_bytes(self) -> int:
         """Bytes read by one forward step: every layer's weights and the LM head (norms are negligible)."""
-        return (self.layers * self.layer_params + self.vocab * self.hidden) * self.bytes_per_param
+        s = self.shape
+        return (s.num_layers * s.layer_params + s.vocab * s.hidden) * self.dtype_bytes
 
     @property
     def kv_bytes_per_token(self) -> int:
         """Bytes of keys and values of one token over all layers."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * self.bytes_per_param
+        return self.shape.num_layers * self.shape.kv_per_token * self.dtype_bytes
 
     def _attn_flops(self, pairs: int) -> int:
-        return 4 * self.layers * self.heads * self.head_dim * pairs
+        s = self.shape
+        return 4 * s.num_layers * s.num_heads * s.head_dim * pairs
+
+    def _dense_flops(self, tokens: int, sampled: int) -> int:
+        s = self.shape
+        return 2 * s.num_layers * s.layer_params * tokens + 2 * s.vocab * s.hidden * sampled
 
     def prefill_flops(self, tokens: int) -> int:
         """FLOPs of a causal prefill of ``tokens`` tokens from position 0, sampling its last token."""
-        return (2 * self.layers * self.layer_params * tokens + self._attn_flops(tokens * (tokens + 1) // 2)
-                + 2 * self.vocab * self.hidden)
+        return self._dense_flops(tokens, 1) + self._attn_flops(tokens * (tokens + 1) // 2)
 
     def decode_flops(self, context: int) -> int:
         """FLOPs of one decode token that attends to ``context`` tokens (itself included), sampled."""
-        return 2 * self.layers * self.layer_params + self._attn_flops(context) + 2 * self.vocab * self.hidden
+        return self._dense_flops(1, 1) + self._attn_flops(context)
 
 
-def step_time_s(shape: ModelShape, hw: Hardware, *, prefill_tokens: int = 0, decode_batch: int = 0,
+def step_time_s(costs: Costs, hw: Hardware, *, prefill_tokens: int = 0, decode_batch: int = 0,
                 context: int = 0) -> float:
     """Roofline of one step: a prefill of ``prefill_tokens`` from position 0 and/or ``decode_batch`` decode
     tokens each attending to ``context`` tokens; ``max(FLOPs / peak, bytes / bandwidth)``."""
-    flops = decode_batch * shape.decode_flops(context)
+    flops = decode_batch * costs.decode_flops(context)
     if prefill_tokens:
-        flops += shape.prefill_flops(prefill_tokens)
-    nbytes = shape.weight_bytes + decode_batch * context * shape.kv_bytes_per_token
+        flops += costs.prefill_flops(prefill_tokens)
+    nbytes = costs.weight_bytes + decode_batch * context * costs.kv_bytes_per_token
     return max(flops / hw.peak_flops, nbytes / hw.bandwidth)
 
 
@@ -96,13 +94,12 @@ class WorkloadRoofline:
         return self.prefill_s + self.decode_s
 
 
-def workload_time_s(shape: ModelShape, hw: Hardware, prompt_lens: list[int],
-                    output_lens: list[int]) -> WorkloadRoofline:
+def workload_time_s(costs: Costs, hw: Hardware, prompt_lens: list[int], output_lens: list[int]) -> WorkloadRoofline:
     """Roofline of an offline workload: request i has ``prompt_lens[i]`` prompt tokens and ``output_lens[i]``
     output tokens (the first comes from the prefill, the other ``output_lens[i] - 1`` from decode steps)."""
-    prefill_flops = sum(shape.prefill_flops(p) for p in prompt_lens)
+    prefill_flops = sum(costs.prefill_flops(p) for p in prompt_lens)
     steps = max((n - 1 for n in output_lens), default=0)
     # Decode k (1-based) of a p-token prompt attends to p + k tokens: sum over k = 1..m is m*p + m(m+1)/2.
     kv_tokens = sum((n - 1) * p + (n - 1) * n // 2 for p, n in zip(prompt_lens, output_lens))
-    decode_bytes = steps * shape.weight_bytes + kv_tokens * shape.kv_bytes_per_token
+    decode_bytes = steps * costs.weight_bytes + kv_tokens * costs.kv_bytes_per_token
     return WorkloadRoofline(prefill_s=prefill_flops / hw.peak_flops, decode_s=decode_bytes / hw.bandwidth)

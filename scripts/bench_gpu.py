@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from pp_runtime.roofline import H100_SXM, Hardware, ModelShape, workload_time_s
+from pp_runtime.roofline import H100_SXM, Costs, Hardware, workload_time_s
+from pp_runtime.sim.hardware import ModelShape
 from scripts.gpu_busy import GpuBusy, free_cuda_memory
 from scripts.gpu_steps import step_times
 
@@ -101,18 +102,18 @@ def bench_preset(preset: str, hw: Hardware, out: Path, args) -> dict:
     from transformers import LlamaConfig
 
     hf_config = LlamaConfig(**PRESETS[preset])
-    shape = ModelShape.from_hf_config(hf_config)
+    costs = Costs(ModelShape.from_hf(hf_config))
     with tempfile.TemporaryDirectory(prefix=f"bench_gpu_{preset}_") as tmp:
         model_dir = _make_model(hf_config, Path(tmp) / "model", seed=args.seed)
         prompts, outputs = write_workload(Path(tmp) / "requests.jsonl", vocab=hf_config.vocab_size, seed=args.seed)
-        roof = workload_time_s(shape, hw, prompts, outputs)
+        roof = workload_time_s(costs, hw, prompts, outputs)
         common = [f"model.path={model_dir}", "workload=jsonl", f"workload.path={Path(tmp) / 'requests.jsonl'}",
                   "device=cuda", "dtype=bfloat16", f"cache.memory_gib={args.cache_gib}"]
         runs = {"pp-runtime": _run_pipeline(common + PP_OVERRIDES + args.overrides, out / "pp-runtime")}
         if not args.skip_hf:
             runs["hf-generate"] = _run_hf(common, out / "hf-generate")
-        steps = [] if args.skip_steps else step_times(common, shape, hw)
-    params = shape.weight_bytes / shape.bytes_per_param / 1e9
+        steps = [] if args.skip_steps else step_times(common, costs, hw)
+    params = costs.weight_bytes / costs.dtype_bytes / 1e9
     print(f"\n{preset}: {params:.2f} B parameters read per step, {hw.name}; workload roofline "
           f"{roof.total_s:.2f} s (prefill {roof.prefill_s:.2f} s + decode {roof.decode_s:.2f} s)")
     print(f"{'run':<12} {'output tok/s':>12} {'total tok/s':>12} {'wall s':>8} {'GPU busy':>9} {'wall/roofline':>13}")

@@ -12,13 +12,13 @@ import time
 
 import torch
 
-from pp_runtime.roofline import Hardware, ModelShape, step_time_s
+from pp_runtime.roofline import Costs, Hardware, step_time_s
 from scripts.gpu_busy import free_cuda_memory
 
 STEP_CONTEXT, DECODE_BATCHES, PREFILL_TOKENS = 600, (8, 64, 256), 2048
 
 
-def step_times(overrides: list[str], shape: ModelShape, hw: Hardware) -> list[dict]:
+def step_times(overrides: list[str], costs: Costs, hw: Hardware) -> list[dict]:
     """Median step times of one stage (the whole model, LM head and sampling included), eager and with graphs."""
     from launch.job import prepare
     from pp_runtime.kv_cache import KVCache
@@ -46,7 +46,7 @@ def step_times(overrides: list[str], shape: ModelShape, hw: Hardware) -> list[di
     for name in batches:
         is_prefill = name.startswith("prefill")
         b = 0 if is_prefill else int(name.split()[1])
-        roof = step_time_s(shape, hw, prefill_tokens=PREFILL_TOKENS if is_prefill else 0, decode_batch=b,
+        roof = step_time_s(costs, hw, prefill_tokens=PREFILL_TOKENS if is_prefill else 0, decode_batch=b,
                            context=STEP_CONTEXT)
         # Graphs capture decode-only micro-batches; a prefill runs eagerly either way.
         rows.append({"step": name, "eager_s": timed[False][name], "graphs_s": None if is_prefill else timed[True][name],

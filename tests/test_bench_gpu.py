@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from pp_runtime.roofline import ModelShape
+from pp_runtime.roofline import Costs
+from pp_runtime.sim.hardware import ModelShape
 from scripts.bench_gpu import MAX_OUTPUT, MAX_PROMPT, NUM_REQUESTS, PRESETS, main, write_workload
 from scripts.gpu_busy import GpuBusy
 
@@ -40,11 +41,12 @@ def test_presets_have_the_real_models_sizes(preset, total_params):
     from transformers import LlamaConfig
 
     cfg = LlamaConfig(**PRESETS[preset])
-    shape = ModelShape.from_hf_config(cfg)
-    read = shape.weight_bytes // shape.bytes_per_param  # layers + LM head
+    costs = Costs(ModelShape.from_hf(cfg))
+    shape = costs.shape
+    read = costs.weight_bytes // costs.dtype_bytes  # layers + LM head
     # The published parameter counts include the embedding table once more unless it is tied to the LM head.
     embedding = 0 if cfg.tie_word_embeddings else shape.vocab * shape.hidden
-    norms = (2 * shape.layers + 1) * shape.hidden
+    norms = (2 * shape.num_layers + 1) * shape.hidden
     assert read + embedding + norms == pytest.approx(total_params, rel=1e-3)
 
 

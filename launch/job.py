@@ -11,7 +11,6 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -91,7 +90,8 @@ def prepare(cfg: Config) -> JobPlan:
 
     from pp_runtime.run_state import plan_resume
     from pp_runtime.workloads import load_workload
-    from stages.default_model import default_model_dir
+    from stages.model_source import load_tokenizer
+    from stages.model_source import model_dir as resolve_model_dir
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if cfg.pipeline.stages is None:
@@ -110,15 +110,9 @@ def prepare(cfg: Config) -> JobPlan:
         backend = attention.choose_backend(cfg.model.attention, device, cfg.cache.block_size)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if cfg.model.path is not None:
-        if not (Path(cfg.model.path) / "config.json").exists():
-            raise FileNotFoundError(f"model.path={cfg.model.path!r} is not a Hugging Face model folder "
-                                    f"(no config.json there); point model.path at one, or unset it for the default")
-        model_dir = cfg.model.path
-    else:
-        model_dir = str(default_model_dir())
+    model_dir = resolve_model_dir(cfg.model.path)
     hf_config = AutoConfig.from_pretrained(model_dir)
-    tokenizer = _load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     limit = getattr(hf_config, "max_position_embeddings", None) or getattr(hf_config, "n_positions", 2048)
     max_model_len = min(cfg.model.max_model_len or limit, limit)
     check_layout(hf_config.num_hidden_layers, cfg.pipeline.stages, cfg.pipeline.layers_per_stage)
@@ -151,14 +145,6 @@ def _load_cost_model(cfg: Config):
         raise ConfigError(f"scheduler.cost_model_path={path!r} has coefficients for {model.num_stages} stage(s) but "
                           f"the job has pipeline.stages={cfg.pipeline.stages}; profile this layout (unset the path)")
     return model
-
-
-def _load_tokenizer(model_dir: str):
-    if not any((Path(model_dir) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir)
 
 
 def run_job(cfg: Config) -> dict | None:

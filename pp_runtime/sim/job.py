@@ -4,10 +4,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from pp_runtime.config import Config, ConfigError
 from pp_runtime.request import Request
@@ -91,9 +89,6 @@ def _model(cfg: Config):
     from transformers import AutoConfig
 
     if cfg.sim.model_shape is not None:
-        if importlib.util.find_spec("pp_runtime.sim.hardware") is None:
-            raise ConfigError(f"sim.model_shape={cfg.sim.model_shape!r} needs pp_runtime.sim.hardware's model "
-                              "presets, which this checkout lacks; unset sim.model_shape to use the job's model")
         from pp_runtime.sim.hardware import MODEL_SHAPES
 
         if cfg.sim.model_shape not in MODEL_SHAPES:
@@ -101,42 +96,14 @@ def _model(cfg: Config):
                               f"{', '.join(MODEL_SHAPES)}, or null for the job's model")
         # A shape has no tokenizer: only token-id workloads can run on it.
         return MODEL_SHAPES[cfg.sim.model_shape].to_hf_config(), None
-    if cfg.model.path is not None:
-        if not (Path(cfg.model.path) / "config.json").exists():
-            raise FileNotFoundError(f"model.path={cfg.model.path!r} is not a Hugging Face model folder (no "
-                                    f"config.json there); point model.path at one, or unset it for the default")
-        model_dir = cfg.model.path
-    else:
-        from stages.default_model import default_model_dir
+    from stages.model_source import load_tokenizer, model_dir
 
-        model_dir = str(default_model_dir())
-    tokenizer = None
-    if any((Path(model_dir) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return AutoConfig.from_pretrained(model_dir), tokenizer
+    folder = model_dir(cfg.model.path)
+    return AutoConfig.from_pretrained(folder), load_tokenizer(folder)
 
 
 def _time_model(cfg: Config, hf_config, ranges: list[range], run_cost_model):
     """The per-stage time model named by ``cfg.sim.cost_model``."""
-    if importlib.util.find_spec("pp_runtime.sim.time_model") is not None:
-        from pp_runtime.sim.time_model import build_time_model
+    from pp_runtime.sim.time_model import build_time_model
 
-        return build_time_model(cfg, hf_config=hf_config, layer_ranges=ranges, run_cost_model=run_cost_model)
-    from pp_runtime.planner.cost_model import CostModel, CostModelError
-
-    if cfg.sim.cost_model != "profiled":
-        raise ConfigError(f"sim.cost_model={cfg.sim.cost_model!r} needs pp_runtime.sim.time_model, which this "
-                          "checkout lacks; use sim.cost_model=profiled")
-    if run_cost_model is not None:
-        return run_cost_model
-    path = cfg.sim.cost_model_path or cfg.scheduler.cost_model_path
-    if not path:
-        log.warning("no sim.cost_model_path: simulating with CostModel.default's rough CPU numbers for a ~135M "
-                    "model; set sim.cost_model_path to a run's cost_model.json for real figures")
-        return CostModel.default(cfg.pipeline.stages)
-    try:
-        return CostModel.from_json(path)
-    except CostModelError as exc:
-        raise ConfigError(f"sim.cost_model_path: {exc}") from None
+    return build_time_model(cfg, hf_config=hf_config, layer_ranges=ranges, run_cost_model=run_cost_model)

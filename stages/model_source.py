@@ -1,0 +1,32 @@
+"""Where a job's model comes from: the folder named by ``model.path``, or the embedded default, and its tokenizer.
+
+Used by the job (``launch/job.py``) and the simulator (``pp_runtime/sim/job.py``) alike, before any rank waits
+on another: a missing folder raises FileNotFoundError naming ``model.path``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+
+
+def model_dir(path: str | None) -> str:
+    """The Hugging Face model folder for ``model.path`` (None: the embedded SmolLM2-135M-Instruct)."""
+    if path is None:
+        from stages.default_model import default_model_dir
+
+        return str(default_model_dir())
+    if not (Path(path) / "config.json").exists():
+        raise FileNotFoundError(f"model.path={path!r} is not a Hugging Face model folder (no config.json there); "
+                                f"point model.path at one, or unset it for the default")
+    return path
+
+
+def load_tokenizer(folder: str):
+    """The folder's tokenizer, or None when it has none (token-id workloads only, e.g. random-weight models)."""
+    if not any((Path(folder) / f).exists() for f in _TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)

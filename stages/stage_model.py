@@ -48,8 +48,8 @@ def arch_of(hf_config) -> Arch:
 
 
 class StageModel(nn.Module):
-    """Runs one stage on a packed micro-batch: ``[T]`` token ids (stage 0) or ``[T, hidden]`` activations in,
-    ``[T, hidden]`` activations or ``[S, vocab]`` logits of the sampled rows (last stage) out."""
+    """One stage's modules for a packed micro-batch: ``body`` takes ``[T]`` token ids (stage 0) or ``[T, hidden]``
+    activations to ``[T, hidden]``; ``logits`` (last stage) takes the sampled rows to ``[S, vocab]``."""
 
     def __init__(self, hf_config, layers: list[nn.Module], layer_ids: list[int], *, embed=None, pos_embed=None,
                  rotary=None, norm=None, head=None):
@@ -66,12 +66,6 @@ class StageModel(nn.Module):
     @property
     def is_last(self) -> bool:
         return self.head is not None
-
-    @torch.inference_mode()
-    def forward(self, inputs: torch.Tensor, positions: torch.Tensor, attn: attention.AttentionContext,
-                sample_rows: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.body(inputs, positions, attn)
-        return h if self.head is None else self.logits(h[sample_rows])
 
     @torch.inference_mode()
     def body(self, inputs: torch.Tensor, positions: torch.Tensor, attn: attention.AttentionContext) -> torch.Tensor:

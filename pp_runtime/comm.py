@@ -33,6 +33,7 @@ DATA, STOP = 0, 1
 _HEADER_LEN = 4  # kind, micro-batch id, metadata bytes, activation rows
 _HEADER_BYTES = _HEADER_LEN * 8
 _INLINE_BYTES = 16384  # header + metadata up to this size go as one message
+_INLINE_DATA = _INLINE_BYTES - _HEADER_BYTES  # metadata that fits inside the header message
 _ERROR_KEY = "pp_runtime/error"
 
 
@@ -73,7 +74,7 @@ class Transport:
         header = _header_message(DATA, mb_id, data, rows)
         works = [dist.isend(header, self.next, group=self.cpu_group)]
         keep: tuple = (header,)
-        if len(data) > _INLINE_BYTES - _HEADER_BYTES:
+        if len(data) > _INLINE_DATA:
             payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             works.append(dist.isend(payload, self.next, group=self.cpu_group))
             keep += (payload,)
@@ -119,10 +120,8 @@ class Transport:
             self.tracer.record(EventKind.WAIT, t0, self.tracer.now_ns())
             return Message(STOP, -1)
         works = []
-        if nbytes <= _INLINE_BYTES - _HEADER_BYTES:
-            data = self._header[_HEADER_BYTES:_HEADER_BYTES + nbytes].numpy().tobytes()
-        else:
-            payload = torch.empty(nbytes, dtype=torch.uint8)
+        payload = None if nbytes <= _INLINE_DATA else torch.empty(nbytes, dtype=torch.uint8)
+        if payload is not None:
             works.append(dist.irecv(payload, self.prev, group=self.cpu_group))
         tensor = None
         if rows:
@@ -131,8 +130,7 @@ class Transport:
             works.append(dist.irecv(tensor, self.prev, group=self.data_group))
         for w in works:
             self._wait(w, "receive from", self.prev)
-        if nbytes > _INLINE_BYTES - _HEADER_BYTES:
-            data = payload.numpy().tobytes()
+        data = (self._header[_HEADER_BYTES:_HEADER_BYTES + nbytes] if payload is None else payload).numpy().tobytes()
         if tensor is not None and self.host_staging:
             # Asynchronous: the host allocator keeps the pinned buffer until the copy has run on the stream.
             tensor = tensor.to(self.device, non_blocking=True)
@@ -155,7 +153,7 @@ def _header_message(kind: int, mb_id: int, data: bytes, rows: int) -> torch.Tens
     """The fixed-size first message: the header, then ``data`` when it fits (else it follows on its own)."""
     buf = bytearray(_INLINE_BYTES)
     struct.pack_into("=4q", buf, 0, kind, mb_id, len(data), rows)
-    if len(data) <= _INLINE_BYTES - _HEADER_BYTES:
+    if len(data) <= _INLINE_DATA:
         buf[_HEADER_BYTES:_HEADER_BYTES + len(data)] = data
     return torch.frombuffer(buf, dtype=torch.uint8)  # [_INLINE_BYTES]
 def _to_pinned_host(tensor: torch.Tensor) -> torch.Tensor:

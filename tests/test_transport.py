@@ -71,3 +71,44 @@ def test_nccl_on_the_cpu_fails_every_rank_before_they_meet(model, tmp_path):
 def test_explicit_gloo_runs_a_cpu_job(model, tmp_path):
     metrics = run_job_ranks(2, [f"model.path={model}", "pipeline.transport=gloo", f"output_dir={tmp_path}", *_JOB])
     assert metrics["completed"] == 3
+
+
+def _ring(rank: int, world: int, metas: list):
+    """Stage 0 sends each meta (with activations) round a 2-rank ring; stage 1 echoes it back."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    from pp_runtime.comm import DATA, Transport
+    from pp_runtime.tracer import Tracer
+
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    try:
+        t = Transport(rank, world, device=torch.device("cpu"), hidden_size=3, dtype=torch.float32, timeout_s=60,
+                      tracer=Tracer(rank, capacity=64, enabled=False, device=torch.device("cpu")))
+        got = []
+        for i, meta in enumerate(metas):
+            if rank == 0:
+                t.send(i, meta, torch.full((2, 3), float(i)))
+                msg = t.recv()
+                got.append((msg.kind == DATA, msg.mb_id, msg.meta, msg.tensor))
+            else:
+                msg = t.recv()
+                t.send(msg.mb_id, msg.meta, msg.tensor)
+        t.flush()
+        return got
+    finally:
+        dist.destroy_process_group()
+
+
+def test_metadata_inside_the_header_and_too_large_for_it_both_arrive():
+    import torch
+
+    from tests.multiproc import run_ranks
+
+    small, large = {"tokens": [1, 2, 3]}, {"blob": bytes(range(256)) * 200}  # 51 KB: sent after the header
+    got = run_ranks(_ring, 2, [small, large, small])[0]
+    assert [(ok, mb, meta) for ok, mb, meta, _ in got] == [(True, 0, small), (True, 1, large), (True, 2, small)]
+    for i, (*_, tensor) in enumerate(got):
+        assert torch.equal(tensor, torch.full((2, 3), float(i)))

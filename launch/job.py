@@ -42,11 +42,11 @@ class JobPlan:
     requests: list[Request]
     attention_backend: str
     # From scheduler.cost_model_path; None: profiled at start-up when the policy needs one.
-    cost_model: object = None
+    cost_model: object
     # How this attempt continues the run directory (pp_runtime.run_state); checked on every rank.
-    resume: object = None
+    resume: object
     # How activations travel between stages (resolve_transport): "nccl", or "gloo" (through the host on CUDA).
-    transport: str = "gloo"
+    transport: str
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:

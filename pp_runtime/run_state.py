@@ -41,10 +41,8 @@ _VOLATILE = ("output_dir", "runtime", "tracer", "debug", "sim")
 class ResumePlan:
     """What this attempt does with the run directory (the same on every rank)."""
 
-    mode: bool | str  # runtime.resume
     state: dict  # run_state.json as this attempt writes it
     done: frozenset[str] = frozenset()  # request ids with a complete line from earlier attempts
-    num_lines: int = 0  # complete lines kept from earlier attempts
     valid_bytes: int = 0  # outputs.jsonl is cut back to this length: a torn last line goes
     torn: bool = False
     move_aside: bool = False  # runtime.resume=false and there is an outputs.jsonl to keep out of the way
@@ -106,14 +104,14 @@ def plan_resume(cfg: Config, requests) -> ResumePlan:
     """Decide how this attempt treats ``cfg.output_dir``; raises ConfigError if it may not continue it."""
     out_dir, mode = Path(cfg.output_dir), cfg.runtime.resume
     fingerprint = config_fingerprint(cfg)
-    state = {"config_hash": config_hash(cfg), "requests_hash": requests_hash(requests),
+    state = {"config_hash": _digest(fingerprint), "requests_hash": requests_hash(requests),
              "num_requests": len(requests), "request_file_sha256": file_sha256(cfg.workload.path),
              "config": fingerprint, "attempt": 1, "status": "running"}
     old = read_state(out_dir)
     outputs = out_dir / OUTPUTS_FILE
     has_lines = outputs.exists() and outputs.stat().st_size > 0
     if mode is False or not has_lines:
-        return ResumePlan(mode, state, move_aside=has_lines)
+        return ResumePlan(state, move_aside=has_lines)
     changes = _changes(old, state, cfg) if old is not None else [
         f"{outputs} exists but no {STATE_FILE} says what it was started with"]
     if changes and mode != "force":
@@ -122,7 +120,7 @@ def plan_resume(cfg: Config, requests) -> ResumePlan:
                           f"or choose another hydra.run.dir")
     scan = scan_outputs(outputs)
     state["attempt"] = (old or {}).get("attempt", 0) + 1
-    return ResumePlan(mode, state, frozenset(scan.ids), len(scan.ids), scan.valid_bytes, scan.torn, changes=changes)
+    return ResumePlan(state, frozenset(scan.ids), scan.valid_bytes, scan.torn, changes=changes)
 
 
 def _changes(old: dict, new: dict, cfg: Config) -> list[str]:

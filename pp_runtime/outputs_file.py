@@ -25,6 +25,7 @@ class OutputScan:
     valid_bytes: int = 0  # the file's length up to the end of its last complete line
     torn: bool = False  # the file ends in an unterminated line (cut to valid_bytes before appending)
     totals: dict = field(default_factory=lambda: _totals([]))
+    records: list[dict] = field(default_factory=list)  # every complete line, parsed
 
 
 def scan_outputs(path: str | Path) -> OutputScan:
@@ -33,7 +34,7 @@ def scan_outputs(path: str | Path) -> OutputScan:
     scan = OutputScan()
     if not path.exists():
         return scan
-    records = []
+    records = scan.records
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.endswith(b"\n"):

@@ -28,6 +28,7 @@ from pp_runtime.config import Config, ConfigError
 from pp_runtime.metrics import compute_metrics
 from pp_runtime.plan import MicroBatch, Piece
 from pp_runtime.planner import CostModel, make_planner, needs_cost_model, profile_points
+from pp_runtime.planner.cost_model import work
 from pp_runtime.planner.drive import drive
 from pp_runtime.request import Request
 from pp_runtime.sequence import Sequence
@@ -180,10 +181,6 @@ def fit_cost_model(time_model, *, token_budget: int, max_context_len: int) -> Co
     planner that balances by predicted time sees the simulated hardware as the runtime would have measured it."""
     rows = []
     for shape in profile_points(token_budget, max_context_len=max_context_len):
-        pieces = [Piece(seq_id=i, start=ctx - k, token_ids=(0,) * k, block_table=(), is_prefill=k > 1, sample=True)
-                  for i, (k, ctx) in enumerate(shape)]
-        tokens = sum(k for k, _ in shape)
-        attn = sum(k * ctx for k, ctx in shape if k > 1)
-        dec = sum(ctx for k, ctx in shape if k == 1)
-        rows += [(s, tokens, attn, dec, secs) for s, secs in enumerate(time_model.predict(pieces))]
+        # (num_tokens, context_len) pieces: every time model prices them as sampled pieces, as the profiler runs them.
+        rows += [(s, *work(shape), secs) for s, secs in enumerate(time_model.predict(shape))]
     return CostModel.fit(rows)

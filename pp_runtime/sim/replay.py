@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pp_runtime.config import Config, ConfigError
+from pp_runtime.outputs_file import OUTPUTS_FILE, scan_outputs
 from pp_runtime.sim.compare import compare_runs, load_summary, run_summary
 from pp_runtime.sim.job import SimJob, prepare_sim
 from pp_runtime.sim.links import Link, LinkModel
@@ -50,11 +51,12 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 
 def recorded_tokens(run_dir: str | Path) -> dict[str, list[int]]:
-    """Request id -> output token ids, from outputs.jsonl."""
-    path = Path(run_dir) / "outputs.jsonl"
+    """Request id -> output token ids, from the complete lines of outputs.jsonl."""
+    path = Path(run_dir) / OUTPUTS_FILE
     if not path.exists():
-        raise ReplayError(f"run dir {str(run_dir)!r} has no outputs.jsonl: pass a directory written by pp-run")
-    return {rec["id"]: rec["output_token_ids"] for rec in map(json.loads, path.read_text().splitlines())}
+        raise ReplayError(f"run dir {str(run_dir)!r} has no {OUTPUTS_FILE}: pass a directory written by pp-run")
+    # A preempted or killed run may end in a torn line: the same reader as a resume, which drops it.
+    return {rec["id"]: rec["output_token_ids"] for rec in scan_outputs(path).records}
 
 
 def replay_sampler(job: SimJob, tokens: dict[str, list[int]]):

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from launch.sweep_summary import Job, JobResult
+from pp_runtime.run_state import MARKER_FILE, read_state
 
 _DIR_KEYS = ("hydra.sweep.dir", "hydra.sweep.subdir")
 
@@ -72,12 +73,13 @@ def place_jobs(jobs: list[Job], *, out: str | None, sweep_dir: str | None,
 def finished_result(job: Job, job_dir: Path, fingerprint: dict) -> JobResult | None:
     """The result of an earlier complete run of ``job`` in ``job_dir`` with the same ``fingerprint``
     (``config_hash`` and ``request_file_sha256``, as in run_state.json), or None: the job must run."""
+    state = read_state(job_dir)
     try:
-        state = json.loads((job_dir / "run_state.json").read_text())
         metrics = json.loads((job_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    same = all(state.get(key) == value for key, value in fingerprint.items())
-    if state.get("status") != "complete" or not same or (job_dir / "INCOMPLETE").exists():
+    if state is None or state.get("status") != "complete" or (job_dir / MARKER_FILE).exists():
+        return None
+    if any(state.get(key) != value for key, value in fingerprint.items()):
         return None
     return JobResult(job, "ok", metrics=metrics, skipped=True)

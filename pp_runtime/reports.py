@@ -51,6 +51,14 @@ def write_reports(run_dir: str, events: dict[int, np.ndarray], *, policy: str, c
     return bubbles
 
 
+def bubble_metrics(bubbles: dict) -> dict:
+    """The bubble figures metrics.json carries (per-stage and steady fractions, the pipeline's), from bubbles.json."""
+    stages = bubbles["stages"].items()
+    return {"bubble_fraction": {s: b["bubble_fraction"] for s, b in stages},
+            "steady_bubble_fraction": {s: b["steady_bubble_fraction"] for s, b in stages},
+            "pipeline_bubble_fraction": bubbles["pipeline"]["bubble_fraction"]}
+
+
 def load_events(run_dir: str) -> dict[int, np.ndarray]:
     """Read stage -> events back from ``run_dir/events.npz``."""
     with np.load(os.path.join(run_dir, EVENTS_FILE)) as data:

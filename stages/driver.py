@@ -99,13 +99,11 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
               f"metrics.json and the reports are those of the attempt that finished them")
         return _end_attempt(plan, out_dir, status, result["stopped"], check)
     if cfg.tracer.enabled:
-        from pp_runtime.reports import write_reports
+        from pp_runtime.reports import bubble_metrics, write_reports
 
         bubbles = write_reports(str(out_dir), events, policy=cfg.scheduler.policy, clock_errors_ns=clock_errors,
                                 timeline=cfg.tracer.timeline)
-        metrics["bubble_fraction"] = {s: b["bubble_fraction"] for s, b in bubbles["stages"].items()}
-        metrics["steady_bubble_fraction"] = {s: b["steady_bubble_fraction"] for s, b in bubbles["stages"].items()}
-        metrics["pipeline_bubble_fraction"] = bubbles["pipeline"]["bubble_fraction"]
+        metrics.update(bubble_metrics(bubbles))
         metrics["clock_error_us"] = {str(s): e / 1e3 for s, e in clock_errors.items()}
     metrics["config"] = asdict(cfg)
     write_json(out_dir / "metrics.json", metrics, default=str)

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pp_runtime.metrics import request_record
-from pp_runtime.reports import write_json, write_reports
+from pp_runtime.reports import bubble_metrics, write_json, write_reports
 from pp_runtime.sim.pipeline import SimResult
 
 
@@ -28,9 +28,7 @@ def write_sim_run(out_dir: str | Path, result: SimResult, cfg, *, tokenizer=None
     bubbles = write_reports(str(out), result.events, policy=cfg.scheduler.policy,
                             clock_errors_ns=dict.fromkeys(result.events, 0), timeline=cfg.tracer.timeline)
     metrics = dict(result.metrics)
-    metrics["bubble_fraction"] = {s: b["bubble_fraction"] for s, b in bubbles["stages"].items()}
-    metrics["steady_bubble_fraction"] = {s: b["steady_bubble_fraction"] for s, b in bubbles["stages"].items()}
-    metrics["pipeline_bubble_fraction"] = bubbles["pipeline"]["bubble_fraction"]
+    metrics.update(bubble_metrics(bubbles))
     metrics["sim"] = info or {}
     metrics["config"] = asdict(cfg)
     write_json(out / "metrics.json", metrics, default=str)

@@ -13,7 +13,7 @@ stated here once and used by ``roofline``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,6 @@ class ModelShape:
     intermediate: int
     gated_mlp: bool  # SwiGLU (gate, up, down projections) rather than a 2-matrix MLP
     vocab: int
-    hf_model_type: str = field(default="llama", compare=False)
 
     @property
     def layer_params(self) -> int:
@@ -86,8 +85,7 @@ class ModelShape:
         return cls(name or getattr(hf_config, "model_type", "hf"), hf_config.num_hidden_layers, h, heads,
                    getattr(hf_config, "num_key_value_heads", None) or heads,
                    getattr(hf_config, "head_dim", None) or h // heads, inter,
-                   gated_mlp=hasattr(hf_config, "intermediate_size"), vocab=hf_config.vocab_size,
-                   hf_model_type=getattr(hf_config, "model_type", "llama"))
+                   gated_mlp=hasattr(hf_config, "intermediate_size"), vocab=hf_config.vocab_size)
 
     def to_hf_config(self, *, num_layers: int | None = None, max_position_embeddings: int = 4096):
         """A Hugging Face config of this shape (Llama for gated MLPs, GPT-2 otherwise) to build random layers."""
@@ -105,8 +103,7 @@ class ModelShape:
 
 MODEL_SHAPES: dict[str, ModelShape] = {
     # GPT-3 175B (Brown et al. 2020, table 2.1): the SARATHI paper's pipeline-parallel model.
-    "gpt3-175b": ModelShape("gpt3-175b", 96, 12288, 96, 96, 128, 4 * 12288, gated_mlp=False, vocab=50257,
-                            hf_model_type="gpt2"),
+    "gpt3-175b": ModelShape("gpt3-175b", 96, 12288, 96, 96, 128, 4 * 12288, gated_mlp=False, vocab=50257),
     "llama-3.1-8b": ModelShape("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, gated_mlp=True, vocab=128256),
     "llama-3.2-1b": ModelShape("llama-3.2-1b", 16, 2048, 32, 8, 64, 8192, gated_mlp=True, vocab=128256),
     "smollm2-135m": ModelShape("smollm2-135m", 30, 576, 9, 3, 64, 1536, gated_mlp=True, vocab=49152),
@@ -119,11 +116,3 @@ def gpu(name: str) -> GpuSpec:
         return GPUS[name]
     except KeyError:
         raise KeyError(f"unknown GPU {name!r}; presets: {', '.join(GPUS)}") from None
-
-
-def model_shape(name: str) -> ModelShape:
-    """The preset called ``name``; KeyError lists the presets."""
-    try:
-        return MODEL_SHAPES[name]
-    except KeyError:
-        raise KeyError(f"unknown model shape {name!r}; presets: {', '.join(MODEL_SHAPES)}") from None

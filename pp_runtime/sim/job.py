@@ -4,15 +4,13 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from pp_runtime.config import Config, ConfigError
 from pp_runtime.request import Request
 from pp_runtime.sim.links import LinkModel
 from pp_runtime.sim.pipeline import SimResult, simulate
-
-log = logging.getLogger("pp_runtime")
+from pp_runtime.sim.time_model import build_time_model
 
 
 @dataclass
@@ -78,7 +76,7 @@ def prepare_sim(cfg: Config, *, run_cost_model=None) -> SimJob:
         hf_config=hf_config, dtype=dtype)
     eos = getattr(hf_config, "eos_token_id", None)
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
-    time_model = _time_model(cfg, hf_config, ranges, run_cost_model)
+    time_model = build_time_model(cfg, hf_config=hf_config, layer_ranges=ranges, run_cost_model=run_cost_model)
     links = LinkModel.from_config(cfg.sim, cfg.pipeline.stages, cpu=cpu)
     return SimJob(cfg, hf_config, tokenizer, max_model_len, ranges, num_blocks, requests, time_model, links,
                   torch.tensor([], dtype=dtype).element_size(), eos_ids, planner_cost_model=run_cost_model)
@@ -100,10 +98,3 @@ def _model(cfg: Config):
 
     folder = model_dir(cfg.model.path)
     return AutoConfig.from_pretrained(folder), load_tokenizer(folder)
-
-
-def _time_model(cfg: Config, hf_config, ranges: list[range], run_cost_model):
-    """The per-stage time model named by ``cfg.sim.cost_model``."""
-    from pp_runtime.sim.time_model import build_time_model
-
-    return build_time_model(cfg, hf_config=hf_config, layer_ranges=ranges, run_cost_model=run_cost_model)

@@ -56,11 +56,12 @@ def scan_outputs(path: str | Path) -> OutputScan:
 
 
 def _totals(records: list[dict]) -> dict:
+    # "completed" and "rejected" as pp_runtime.metrics.compute_metrics defines them, over the file's records.
     done = [r for r in records if r.get("finish_reason") != "rejected" and not r.get("error")]
     return {
         "requests": len(records),
         "completed": len(done),
-        "rejected": len(records) - len(done),
+        "rejected": sum(r.get("finish_reason") == "rejected" for r in records),
         "total_input_tokens": sum(r.get("prompt_tokens", 0) for r in done),
         "total_output_tokens": sum(len(r.get("output_token_ids", ())) for r in done),
     }

@@ -12,6 +12,7 @@ table lookup (no matmul) and weighs nothing; the LM head is a vocab x hidden mat
 from __future__ import annotations
 
 from pp_runtime.config import ConfigError
+from pp_runtime.sim.hardware import ModelShape
 
 # Share of a micro-batch's tokens that reach the LM head (decode tokens and last prefill chunks) when the
 # workload is not known: a middle ground between prefill-heavy (few) and decode-heavy (all) mixes.
@@ -20,13 +21,7 @@ HEAD_TOKEN_FRACTION = 0.25
 
 def layer_params(hf_config) -> int:
     """Weights in one decoder layer (attention projections + MLP), the unit of cost."""
-    h = hf_config.hidden_size
-    heads = hf_config.num_attention_heads
-    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
-    head_dim = getattr(hf_config, "head_dim", None) or h // heads
-    inter = getattr(hf_config, "intermediate_size", None) or getattr(hf_config, "n_inner", None) or 4 * h
-    gated = 3 if hasattr(hf_config, "intermediate_size") else 2  # SwiGLU has gate, up and down projections
-    return 2 * h * heads * head_dim + 2 * h * kv_heads * head_dim + gated * h * inter
+    return ModelShape.from_hf(hf_config).layer_params
 
 
 def head_cost_layers(hf_config, sampled_share: float = HEAD_TOKEN_FRACTION) -> float:

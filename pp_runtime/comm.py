@@ -170,24 +170,31 @@ def _store():
         return None
 
 
-def report_failure(stage: int, exc: BaseException) -> None:
-    """Record the first failure in the job's store so every other stage can name it."""
+def store_get(key: str) -> str | None:
+    """The value of ``key`` in the job's store, or None: not set, no process group, or the store is gone."""
+    store = _store()
+    try:
+        return store.get(key).decode() if store is not None and store.check([key]) else None
+    except Exception:  # noqa: BLE001 - the store went away with rank 0
+        return None
+
+
+def store_set_once(key: str, value: str) -> bool:
+    """Set ``key`` unless it is set already (the first writer wins); False when there is no store to write to."""
     store = _store()
     if store is None:
-        return
+        return False
     try:
-        store.compare_set(_ERROR_KEY, "", f"stage {stage} failed: {type(exc).__name__}: {exc}")
+        store.compare_set(key, "", value)
     except Exception:  # noqa: BLE001 - the store itself may be gone with the failing rank
-        pass
+        return False
+    return True
+
+
+def report_failure(stage: int, exc: BaseException) -> None:
+    """Record the first failure in the job's store so every other stage can name it."""
+    store_set_once(_ERROR_KEY, f"stage {stage} failed: {type(exc).__name__}: {exc}")
 
 
 def failure_message() -> str | None:
-    store = _store()
-    if store is None:
-        return None
-    try:
-        if store.check([_ERROR_KEY]):
-            return store.get(_ERROR_KEY).decode()
-    except Exception:  # noqa: BLE001
-        return None
-    return None
+    return store_get(_ERROR_KEY)

@@ -17,6 +17,8 @@ import signal
 import threading
 import time
 
+from pp_runtime.comm import store_get, store_set_once
+
 log = logging.getLogger("pp_runtime")
 
 # EX_TEMPFAIL from sysexits.h: a temporary failure, the user is invited to retry (here: to rerun and resume).
@@ -47,7 +49,7 @@ class StopSignal:
         """Rank 0: whether a signal reached this rank, or (checked every _POLL_S) another one."""
         if self.signum is None and self.rank == 0 and time.monotonic() >= self._next_poll:
             self._next_poll = time.monotonic() + _POLL_S
-            passed = _get(_REQUEST_KEY)
+            passed = store_get(_REQUEST_KEY)
             if passed:
                 signame, stage = passed.split()
                 self.signum, self.where = signal.Signals[signame], f" on stage {stage}"
@@ -61,13 +63,8 @@ class StopSignal:
         """Other ranks: tell rank 0 about a signal this rank received (once the ranks have met)."""
         if self.signum is None or self.rank == 0 or self._passed_on:
             return
-        store = _store()
-        if store is not None:
-            try:
-                store.compare_set(_REQUEST_KEY, "", f"{signal.Signals(self.signum).name} {self.rank}")
-                self._passed_on = True
-            except Exception:  # noqa: BLE001 - rank 0 is gone: its own failure handling ends the job
-                pass
+        # False when rank 0 is gone: its own failure handling ends the job.
+        self._passed_on = store_set_once(_REQUEST_KEY, f"{signal.Signals(self.signum).name} {self.rank}")
 
     def __enter__(self) -> StopSignal:
         if threading.current_thread() is not threading.main_thread():
@@ -93,27 +90,9 @@ class StopSignal:
 
 def announce(reason: str) -> None:
     """Rank 0, before the stop message goes round: tell every rank the job stopped early, and why."""
-    store = _store()
-    if store is not None:
-        store.set(_STORE_KEY, reason)
+    store_set_once(_STORE_KEY, reason)
 
 
 def announced() -> str | None:
     """Other ranks, once the stop message reached them: rank 0's reason if it stopped early, else None."""
-    return _get(_STORE_KEY)
-
-
-def _get(key: str) -> str | None:
-    store = _store()
-    try:
-        return store.get(key).decode() if store is not None and store.check([key]) else None
-    except Exception:  # noqa: BLE001 - the store went away with rank 0: nothing there
-        return None
-
-
-def _store():
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        return None
-    return dist.distributed_c10d._get_default_store()
+    return store_get(_STORE_KEY)

@@ -189,7 +189,7 @@ def _replay_run(run: Path, cfg: Config, cost_model, *, path: str | None, measure
                           "no cost_model.json: pass --cost-model PATH")
     cfg.sim.cost_model, cfg.sim.cost_model_path = "profiled", path
     cfg.sim.planner_time_us = planner_time_us
-    if cost_model is None:  # measured times drive the replay; a placeholder keeps prepare_sim from warning
+    if cost_model is None:  # measured times replace the time model: a placeholder, so none is looked up on disk
         from pp_runtime.planner.cost_model import CostModel
 
         cost_model = CostModel.default(cfg.pipeline.stages)

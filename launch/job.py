@@ -15,11 +15,11 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from pp_runtime import attention
 from pp_runtime.config import Config, ConfigError
-from pp_runtime.kv_cache import num_blocks_for_budget
+from pp_runtime.model.cache_size import num_blocks_for_budget
+from pp_runtime.model.partition import check_layout, head_cost_layers, partition_layers, sampled_share
 from pp_runtime.request import Request
-from stages.partition import check_layout, head_cost_layers, partition_layers, sampled_share
+from stages import attention
 
 log = logging.getLogger("pp_runtime")
 
@@ -43,7 +43,7 @@ class JobPlan:
     attention_backend: str
     # From scheduler.cost_model_path; None: profiled at start-up when the policy needs one.
     cost_model: object
-    # How this attempt continues the run directory (pp_runtime.run_state); checked on every rank.
+    # How this attempt continues the run directory (pp_runtime.rundir.run_state); checked on every rank.
     resume: object
     # How activations travel between stages (resolve_transport): "nccl", or "gloo" (through the host on CUDA).
     transport: str
@@ -88,10 +88,10 @@ def prepare(cfg: Config) -> JobPlan:
     """Resolve and validate everything on this rank; raises ConfigError / RequestError / FileNotFoundError."""
     from transformers import AutoConfig
 
-    from pp_runtime.run_state import plan_resume
+    from pp_runtime.model.source import load_tokenizer
+    from pp_runtime.model.source import model_dir as resolve_model_dir
+    from pp_runtime.rundir.run_state import plan_resume
     from pp_runtime.workloads import load_workload
-    from stages.model_source import load_tokenizer
-    from stages.model_source import model_dir as resolve_model_dir
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if cfg.pipeline.stages is None:
@@ -153,7 +153,7 @@ def run_job(cfg: Config) -> dict | None:
     Returns rank 0's metrics (None on other ranks). Raises on failure; the error names the failing stage.
     Raises ``Preempted`` on every rank when a SIGTERM / SIGUSR1 stopped the job early (outputs are flushed).
     """
-    from pp_runtime.preemption import Preempted, StopSignal
+    from stages.preemption import Preempted, StopSignal
 
     with StopSignal() as stop:  # from the start: a signal while loading still ends the job gracefully
         plan = prepare(cfg)
@@ -180,7 +180,7 @@ def _blame(rank: int, exc: BaseException) -> None:
     """Name the stage that failed first. If another stage already reported a failure, this rank's error (a
     reset connection, a timeout, wherever it surfaced) is its consequence: raise that instead. Otherwise this
     rank is the first to fail: record it in the job's store for the others."""
-    from pp_runtime.comm import PipelineError, failure_message, report_failure
+    from stages.transport import PipelineError, failure_message, report_failure
 
     cause = failure_message()
     if cause is None:

@@ -27,8 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from pp_runtime.config import Config, ConfigError, register_configs
-from pp_runtime.preemption import EXIT_PREEMPTED, Preempted, StopSignal
 from pp_runtime.request import RequestError
+from stages.preemption import EXIT_PREEMPTED, Preempted, StopSignal
 
 log = logging.getLogger("pp_runtime")
 register_configs()

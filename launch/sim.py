@@ -31,9 +31,9 @@ def simulate_job(cfg: Config) -> dict:
     import json
     from pathlib import Path
 
-    from pp_runtime.bubbles import format_bubble_table
     from pp_runtime.sim.job import prepare_sim
     from pp_runtime.sim.output import write_sim_run
+    from pp_runtime.trace.bubbles import format_bubble_table
 
     job = prepare_sim(cfg)
     log.info("simulating %d request(s) on %d stage(s): layers %s, %s; links %s", len(job.requests),

@@ -139,7 +139,7 @@ def _check(job: Job) -> tuple[int, str | None, dict]:
     from omegaconf.errors import OmegaConfBaseException
 
     from pp_runtime.config import ConfigError, register_configs
-    from pp_runtime.run_state import config_hash, file_sha256
+    from pp_runtime.rundir.run_state import config_hash, file_sha256
 
     register_configs()
     try:

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from launch.sweep_summary import Job, JobResult
-from pp_runtime.run_state import MARKER_FILE, read_state
+from pp_runtime.rundir.run_state import MARKER_FILE, read_state
 
 _DIR_KEYS = ("hydra.sweep.dir", "hydra.sweep.subdir")
 

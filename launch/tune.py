@@ -7,7 +7,7 @@ so that simulations are fast and repeatable. The default stays the winner when i
 ``--min-gain`` (5%) faster: a smaller predicted gain is inside the simulator's error. Layer splits: the job's
 (``pipeline.layers_per_stage`` or the head-share heuristic), and with a per-layer time model (layer_profile,
 roofline) the split that minimises the bottleneck stage over the workload's planned micro-batches
-(``stages.partition.choose_split``).
+(``pp_runtime.model.partition.choose_split``).
 
 Prints the Pareto frontier (throughput vs p99 TBT) and writes the winner to ``<out>/tune/<name>.yaml``, a
 Hydra config-group file of package ``_global_``. A job loads it with
@@ -85,10 +85,10 @@ def compose(overrides: list[str]):
 def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: int = 60, sample: int | None = None,
          min_gain: float = 0.0, simulate=None) -> TuneResult:
     """Search by simulation (``simulate`` defaults to ``pp_runtime.sim.simulate``; tests inject a stand-in)."""
+    from pp_runtime.model.partition import choose_split, head_cost_layers, sampled_share
     from pp_runtime.sim.job import prepare_sim
     from pp_runtime.sim.parts import total_parts
     from pp_runtime.sim.time_model import part_source
-    from stages.partition import choose_split, head_cost_layers, sampled_share
 
     if cfg.pipeline.stages is None:
         raise ConfigError("pp-tune needs pipeline.stages=N (the number of stages to tune for)")
@@ -121,9 +121,9 @@ def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: 
 
 def simulate_candidate(job, cand: Candidate, requests, *, simulate) -> dict:
     """Metrics of one simulated run of ``cand`` on ``requests`` (``job``: a ``prepare_sim`` result)."""
-    from pp_runtime.kv_cache import num_blocks_for_budget
+    from pp_runtime.model.cache_size import num_blocks_for_budget
+    from pp_runtime.model.partition import partition_layers
     from pp_runtime.sim.time_model import build_time_model
-    from stages.partition import partition_layers
 
     c = apply(job.cfg, cand)
     ranges = partition_layers(job.hf_config.num_hidden_layers, len(cand.layers_per_stage),
@@ -151,7 +151,7 @@ def apply(cfg, cand: Candidate):
 def planned_pieces(job, requests) -> list[tuple]:
     """The micro-batches (their pieces) the job's planner makes of ``requests``, driven in virtual time."""
     from pp_runtime.planner import CostModel, make_planner
-    from pp_runtime.planner.drive import drive
+    from pp_runtime.planner.loop import drive
     from pp_runtime.sim import fit_cost_model
 
     cfg = job.cfg

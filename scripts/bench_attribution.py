@@ -1,4 +1,5 @@
-"""Where the pipeline's idle time goes: repeated runs, each stage's idle split by cause (pp_runtime/attribution.py).
+"""Where the pipeline's idle time goes: repeated runs, each stage's idle split by cause
+(pp_runtime/trace/attribution.py).
 
     python scripts/bench_attribution.py [--stages 2] [--workloads prefill,trace] [--policies sarathi,orca]
                                         [--repeats 2] [--num-requests 32] [extra Hydra overrides ...]

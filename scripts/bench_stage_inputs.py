@@ -74,8 +74,8 @@ def _before(mb: MicroBatch, device: torch.device) -> None:
 
 
 def _after(mb: MicroBatch, cache, backend: str) -> None:
-    from pp_runtime.attention import prepare
-    from pp_runtime.stage_inputs import build_stage_inputs
+    from stages.attention import prepare
+    from stages.inputs import build_stage_inputs
 
     inputs = build_stage_inputs(mb, block_size=BLOCK, device=CPU, token_ids=True, sample_rows=True,
                                 sdpa_split=backend == "sdpa")
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=200)
     args = ap.parse_args(argv)
-    from pp_runtime.kv_cache import KVCache
+    from stages.kv_cache import KVCache
 
     torch.set_num_threads(1)
     cfg = type("Cfg", (), dict(num_attention_heads=8, num_key_value_heads=2, head_dim=64, hidden_size=512))()

@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import LlamaConfig
 
-    from pp_runtime.kv_cache import KVCache
     from stages.executor import StageExecutor
+    from stages.kv_cache import KVCache
     from stages.stage_model import build_stage_model
 
     sys.path.insert(0, here)

@@ -22,7 +22,7 @@ from scripts.jobs import machine, run_torchrun  # noqa: E402
 
 
 def event_cost_ns(n: int = 200_000) -> tuple[float, float]:
-    from pp_runtime.tracer import EventKind, Tracer
+    from pp_runtime.trace.tracer import EventKind, Tracer
 
     tracer = Tracer(0, capacity=n)
     start = time.perf_counter_ns()

@@ -21,8 +21,8 @@ STEP_CONTEXT, DECODE_BATCHES, PREFILL_TOKENS = 600, (8, 64, 256), 2048
 def step_times(overrides: list[str], costs: Costs, hw: Hardware) -> list[dict]:
     """Median step times of one stage (the whole model, LM head and sampling included), eager and with graphs."""
     from launch.job import prepare
-    from pp_runtime.kv_cache import KVCache
     from scripts.hf_baseline import compose_config
+    from stages.kv_cache import KVCache
     from stages.stage_model import build_stage_model
 
     cfg = compose_config(overrides)

@@ -10,7 +10,7 @@ last request has arrived. Prompts are left-padded with an attention mask; ``max_
 largest output allowance, and each request keeps its own tokens up to its ``max_tokens`` (or the model length),
 its first stop token (EOS unless ``ignore_eos``, or a ``stop_token_ids`` entry; the stop token is kept, as in the
 pipeline). The batch stops early once every row has stopped. Greedy requests take the argmax; sampled requests
-draw with ``pp_runtime.sampler`` (same per-request, per-step seeds as the pipeline) through a logits processor.
+draw with ``stages.sampler`` (same per-request, per-step seeds as the pipeline) through a logits processor.
 
 Timing: a streamer records the wall-clock time of every decoding step of the batch. A request's k-th output token
 is stamped with the time step k finished, so its first token time is when the batch's prefill step finished and
@@ -85,8 +85,8 @@ def compose_config(overrides: list[str]) -> Config:
 
 def run_baseline(plan, *, batch_size: int) -> dict:
     """Generate every request of ``plan`` in static batches; writes outputs.jsonl and metrics.json, returns metrics."""
-    from pp_runtime.metrics import compute_metrics, request_record
-    from pp_runtime.reports import write_json
+    from pp_runtime.rundir.metrics import compute_metrics, request_record
+    from pp_runtime.trace.reports import write_json
 
     out_dir = Path(plan.cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -222,7 +222,7 @@ class _RequestSampling:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         from pp_runtime.plan import Piece
-        from pp_runtime.sampler import sample
+        from stages.sampler import sample
 
         step = input_ids.shape[1] - self.width
         for row, seq in enumerate(self.batch):

@@ -18,11 +18,11 @@ import statistics
 
 import torch
 
-from pp_runtime import attention
-from pp_runtime.kv_cache import KVCache
 from pp_runtime.planner.cost_model import profile_points
 from pp_runtime.sim.layer_profile import PARTS, LayerProfile
+from stages import attention
 from stages.executor import StageExecutor
+from stages.kv_cache import KVCache
 from stages.profiler import profile_stage
 from stages.stage_model import StageModel, arch_of
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         hf_config = MODEL_SHAPES[args.model_shape].to_hf_config(num_layers=1,
                                                                 max_position_embeddings=args.max_context_len)
     else:
-        from stages.default_model import default_model_dir
+        from pp_runtime.model.default_model import default_model_dir
 
         hf_config = AutoConfig.from_pretrained(args.model_dir or str(default_model_dir()))
         hf_config.num_hidden_layers = 1

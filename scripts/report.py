@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 import yaml
 
-from pp_runtime.reports import EVENTS_FILE, load_clock_errors, load_events, write_reports
+from pp_runtime.trace.reports import EVENTS_FILE, load_clock_errors, load_events, write_reports
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"run": _run_name(run_dir), "policy": policy, "tokens_per_s": _tokens_per_s(run_dir),
                      "bubbles": bubbles})
     if len(rows) >= 2:
-        from pp_runtime.timeline import draw_comparison
+        from pp_runtime.trace.timeline import draw_comparison
 
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "comparison.md"), "w") as f:

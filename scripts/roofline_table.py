@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
+from pp_runtime.model.partition import partition_layers
 from pp_runtime.sim.hardware import GPUS, MODEL_SHAPES
 from pp_runtime.sim.roofline import RooflineParts
-from stages.partition import partition_layers
 
 SHAPES: list[tuple[str, list[tuple[int, int]]]] = [
     ("prefill 2048 (fresh)", [(2048, 2048)]),

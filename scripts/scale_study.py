@@ -6,7 +6,7 @@
 Each policy is simulated by ``pp-sim``'s machinery (``pp_runtime.sim.job.prepare_sim``: the same planner classes as
 rank 0, ``sim.cost_model=roofline``, ``sim.gpu=a100``, ``sim.model_shape=gpt3-175b``, one GPU per stage, NVLink
 within a node of 8) on a prefill-heavy synthetic mix, all requests arriving at once. Prints throughput, the
-bubble fractions, the idle time by cause (pp_runtime/attribution.py) and the ratios against the SARATHI paper's
+bubble fractions, the idle time by cause (pp_runtime/trace/attribution.py) and the ratios against the SARATHI paper's
 6.29x fewer bubbles and 1.91x throughput (their metric: median bubble time per request, on TP8 x PP8 = 64 A100s;
 here: idle fraction of the window, one A100 per stage).
 """

@@ -8,7 +8,7 @@ For every (stages, workload, policy): run the job under torchrun, then replay th
 none, gets the sarathi run's of the same stages and workload) and, with ``measured``, with the run's own measured
 compute durations (which isolates the pipeline, planner and link modelling from the cost model). Prints measured
 vs predicted throughput, per-stage busy time and idle fraction, p50/p99 TBT with relative errors, the idle time
-by cause (pp_runtime/attribution.py) of both, and a summary against the issue's targets: throughput and busy
+by cause (pp_runtime/trace/attribution.py) of both, and a summary against the issue's targets: throughput and busy
 time within 5%, idle fraction within 3 points. Workloads as in scripts/bench_policies.py.
 """
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pp_runtime.stage_inputs import StageInputs
+from stages.inputs import StageInputs
 
 # Largest captured decode batch by default: more sequences than this rarely decode together, and every bucket
 # costs capture time and pool memory.

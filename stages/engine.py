@@ -15,14 +15,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from pp_runtime.comm import STOP, PipelineError, Transport
 from pp_runtime.plan import MicroBatch
 from pp_runtime.planner import Planner
-from pp_runtime.preemption import StopSignal, announce
 from pp_runtime.sequence import Sequence
-from pp_runtime.tracer import EventKind, Tracer
+from pp_runtime.trace.tracer import EventKind, Tracer
 from stages.executor import SampledTokens, StageExecutor
 from stages.faults import Faults
+from stages.preemption import StopSignal, announce
+from stages.transport import STOP, PipelineError, Transport
 
 _POLL_S = 0.05  # longest sleep between checks of the stop signal while waiting for an arrival (online mode)
 

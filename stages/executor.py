@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from pp_runtime import attention
-from pp_runtime.kv_cache import KVCache
 from pp_runtime.plan import MicroBatch
-from pp_runtime.sampler import SamplingTensors, sample_tensors
-from pp_runtime.stage_inputs import StageInputs, build_stage_inputs
+from stages import attention
 from stages.cuda_graphs import MAX_GRAPH_TOKENS, CudaGraphs, StaticBuffers, bucket_sizes, graphs_wanted
+from stages.inputs import StageInputs, build_stage_inputs
+from stages.kv_cache import KVCache
+from stages.sampler import SamplingTensors, sample_tensors
 from stages.stage_model import StageModel
 
 

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from pp_runtime.comm import Transport
-from pp_runtime.kv_cache import KVCache
 from pp_runtime.planner import needs_cost_model
-from pp_runtime.preemption import Preempted, announced
-from pp_runtime.tracer import Tracer
+from pp_runtime.trace.tracer import Tracer
 from stages.cuda_graphs import MAX_GRAPH_TOKENS, graphs_wanted
 from stages.executor import StageExecutor
 from stages.faults import Faults
+from stages.kv_cache import KVCache
+from stages.preemption import Preempted, announced
 from stages.stage_model import build_stage_model
+from stages.transport import Transport
 
 log = logging.getLogger("pp_runtime")
 
@@ -52,14 +52,14 @@ def run_stage(plan, *, stop=None) -> dict | None:
                               dtype=plan.dtype, timeout_s=cfg.runtime.timeout_s, tracer=tracer, cpu_group=cpu_group,
                               host_staging=plan.transport == "gloo" and plan.device.type == "cuda")
         if cfg.tracer.enabled:
-            from pp_runtime.clock import estimate_clock_offset
+            from stages.clock_sync import estimate_clock_offset
 
             offset, clock_error_ns = estimate_clock_offset(rank, rounds=cfg.tracer.clock_sync_rounds, group=cpu_group)
             tracer.set_clock_offset(offset, clock_error_ns)
     cost_model = plan.cost_model if plan.cost_model is not None else _cost_model(plan, executor, transport)
     faults = Faults(cfg.debug)
     if rank == 0:
-        from stages.driver import drive
+        from stages.rank0 import drive
 
         result = drive(plan, executor, transport, tracer, faults, cost_model=cost_model, stop=stop)
         stopped = result["stopped"]
@@ -80,7 +80,7 @@ def run_stage(plan, *, stop=None) -> dict | None:
             events = {r: g[0] for r, g in enumerate(gathered)}
             errors = {r: g[1] for r, g in enumerate(gathered)}
     if rank == 0:
-        from stages.driver import finish_reports
+        from stages.rank0 import finish_reports
 
         finish_reports(plan, result, events, errors)
     if stopped:

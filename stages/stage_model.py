@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pp_runtime import attention
+from stages import attention
 
 
 @dataclass(frozen=True)

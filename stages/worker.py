@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pp_runtime.comm import STOP, Transport
-from pp_runtime.tracer import EventKind, Tracer
+from pp_runtime.trace.tracer import EventKind, Tracer
 from stages.executor import StageExecutor
 from stages.faults import Faults
+from stages.transport import STOP, Transport
 
 
 def serve(stage: int, executor: StageExecutor, transport: Transport, tracer: Tracer, faults: Faults) -> int:

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pp_runtime.attention import paged_attention, prepare
-from pp_runtime.kv_cache import KVCache
 from pp_runtime.plan import MicroBatch, Piece
-from pp_runtime.stage_inputs import build_stage_inputs
+from stages.attention import paged_attention, prepare
+from stages.inputs import build_stage_inputs
+from stages.kv_cache import KVCache
 
 HQ, HKV, D, BLOCK = 4, 2, 8, 4
 LAYER = 3  # a global layer index that is not the cache's first local slot

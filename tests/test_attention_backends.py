@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pp_runtime.attention import choose_backend, paged_attention, prepare
-from pp_runtime.kv_cache import KVCache
 from pp_runtime.plan import MicroBatch, Piece
-from pp_runtime.stage_inputs import build_stage_inputs
+from stages.attention import choose_backend, paged_attention, prepare
+from stages.inputs import build_stage_inputs
+from stages.kv_cache import KVCache
 
 HQ, HKV, D, BLOCK = 4, 2, 16, 16
 CPU = torch.device("cpu")

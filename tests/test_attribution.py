@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pp_runtime.attribution import PARTS, attribute_idle, format_attribution_table
-from pp_runtime.bubbles import compute_bubbles, format_bubble_table
-from pp_runtime.tracer import EventKind
+from pp_runtime.trace.attribution import PARTS, attribute_idle, format_attribution_table
+from pp_runtime.trace.bubbles import compute_bubbles, format_bubble_table
+from pp_runtime.trace.tracer import EventKind
 
 C = 1_000_000  # ns: one micro-batch on one stage
 
@@ -168,7 +168,7 @@ def test_table_is_printed_with_the_bubble_table():
 
 
 def test_real_two_stage_run_writes_an_attribution_that_sums(tmp_path_factory, tmp_path):
-    from pp_runtime.reports import load_events
+    from pp_runtime.trace.reports import load_events
     from tests.jobs import run_job_ranks
     from tests.tiny_models import make_tiny_model
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pp_runtime.block_manager import BlockManager, blocks_for
+from pp_runtime.planner.block_manager import BlockManager, blocks_for
 from pp_runtime.request import Request
 from pp_runtime.sequence import Sequence
 

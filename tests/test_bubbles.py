@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pp_runtime.bubbles import compute_bubbles, format_bubble_table, merge_intervals
-from pp_runtime.tracer import EventKind
+from pp_runtime.trace.bubbles import compute_bubbles, format_bubble_table, merge_intervals
+from pp_runtime.trace.tracer import EventKind
 
 C, W, S = EventKind.COMPUTE, EventKind.WAIT, EventKind.SEND
 MS = 1_000_000  # ns

@@ -3,7 +3,7 @@ import time
 
 import torch.distributed as dist
 
-from pp_runtime.clock import estimate_clock_offset
+from stages.clock_sync import estimate_clock_offset
 from tests.multiproc import run_ranks
 
 SHIFT_NS = 7_654_321_000

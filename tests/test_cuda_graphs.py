@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pp_runtime.attention import paged_attention, prepare
-from pp_runtime.kv_cache import KVCache
 from pp_runtime.plan import MicroBatch, Piece
-from pp_runtime.stage_inputs import build_stage_inputs
+from stages.attention import paged_attention, prepare
 from stages.cuda_graphs import CudaGraphs, StaticBuffers, bucket_sizes, graphs_wanted, pick_bucket
+from stages.inputs import build_stage_inputs
+from stages.kv_cache import KVCache
 
 CPU = torch.device("cpu")
 HQ, HKV, D, BLOCK = 4, 2, 16, 16

@@ -10,7 +10,7 @@ from tests.jobs import read_outputs, run_job_ranks
 def test_default_model_two_stages_matches_generate(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from stages.default_model import default_model_dir
+    from pp_runtime.model.default_model import default_model_dir
 
     model_dir = default_model_dir()  # converts the GGUF once, then loads from the safetensors cache
     metrics = run_job_ranks(2, ["workload.max_tokens=6", "scheduler=fcfs", "scheduler.chunk_size=16",

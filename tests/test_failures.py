@@ -29,7 +29,7 @@ def test_injected_failure_on_stage_1_ends_every_rank(model, tmp_path, stages, fa
 def test_an_error_after_another_stage_failed_names_that_stage(monkeypatch):
     """Wherever a dead peer surfaces (a reset connection in isend, not only in a wait), the error names the
     stage that failed first; the first failing stage records itself instead."""
-    import pp_runtime.comm as comm
+    import stages.transport as comm
     from launch.job import _blame
 
     reported = []

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from pp_runtime.metrics import compute_metrics
+from pp_runtime.rundir.metrics import compute_metrics
 from scripts.hf_baseline import main
 from tests.jobs import read_outputs, run_job_ranks
 from tests.tiny_models import VOCAB, make_tiny_model, reference_generate, write_jsonl
@@ -30,7 +30,7 @@ def workload(model, tmp_path_factory):
              "ignore_eos": True} for i, (n, m) in enumerate(zip(PROMPT_LENS, MAX_TOKENS))]
     # r0 stops on its own third token: the stop token is kept and the request ends "stop" before max_tokens.
     reqs[0]["stop_token_ids"] = [reference_generate(model, reqs[0]["prompt_token_ids"], 3)[2]]
-    # r3 samples, seeded: both runs draw with pp_runtime.sampler's per-step seeds.
+    # r3 samples, seeded: both runs draw with stages.sampler's per-step seeds.
     reqs[3].update(temperature=0.8, top_k=40, seed=7)
     return write_jsonl(tmp_path_factory.mktemp("w") / "reqs.jsonl", reqs), reqs
 

@@ -3,7 +3,8 @@
 import torch
 from transformers import LlamaConfig
 
-from pp_runtime.kv_cache import KVCache, bytes_per_block, num_blocks_for_budget
+from pp_runtime.model.cache_size import bytes_per_block, num_blocks_for_budget
+from stages.kv_cache import KVCache
 
 CFG = LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3)
 

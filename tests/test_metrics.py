@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pp_runtime.metrics import compute_metrics, request_record
 from pp_runtime.request import Request
+from pp_runtime.rundir.metrics import compute_metrics, request_record
 from pp_runtime.sequence import Sequence
 
 _STATS = ("mean", "median", "p90", "p99")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pp_runtime.config import ConfigError
-from stages.partition import HEAD_TOKEN_FRACTION, head_cost_layers, layer_params, partition_layers
+from pp_runtime.model.partition import HEAD_TOKEN_FRACTION, head_cost_layers, layer_params, partition_layers
 
 
 def _bottleneck(counts: list[int], head_cost: float) -> float:
@@ -144,8 +144,8 @@ def test_head_cost_layers_scales_head_matmul_by_sampled_share():
 def test_the_split_follows_the_workloads_sampled_share():
     from transformers import LlamaConfig
 
+    from pp_runtime.model.partition import check_layout, sampled_share
     from pp_runtime.request import Request, SamplingParams
-    from stages.partition import check_layout, sampled_share
 
     smol = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
                        num_key_value_heads=3, head_dim=64)

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pp_runtime.model.partition import choose_split, partition_by_time, partition_layers
 from pp_runtime.sim.hardware import GPUS, MODEL_SHAPES
 from pp_runtime.sim.parts import PartTimes, total_parts
 from pp_runtime.sim.roofline import RooflineParts
-from stages.partition import choose_split, partition_by_time, partition_layers
 
 
 def _brute_force(num_layers: int, num_stages: int, parts: PartTimes) -> float:

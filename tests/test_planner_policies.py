@@ -8,8 +8,8 @@ import pytest
 
 from pp_runtime.config import SchedulerConfig
 from pp_runtime.planner import CostModel, make_planner
-from pp_runtime.planner.drive import drive
 from pp_runtime.planner.fill import full_budget_time
+from pp_runtime.planner.loop import drive
 from pp_runtime.request import Request, SamplingParams
 from pp_runtime.sequence import SeqStatus
 

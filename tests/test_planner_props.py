@@ -11,11 +11,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pp_runtime.block_manager import blocks_for
 from pp_runtime.config import SchedulerConfig
 from pp_runtime.plan import MicroBatch, Piece
 from pp_runtime.planner import CostModel, make_planner
-from pp_runtime.planner.drive import drive
+from pp_runtime.planner.block_manager import blocks_for
+from pp_runtime.planner.loop import drive
 from pp_runtime.request import Request, SamplingParams
 from pp_runtime.sequence import SeqStatus
 

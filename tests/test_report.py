@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from pp_runtime.reports import load_clock_errors, load_events, write_reports
-from pp_runtime.tracer import EventKind
+from pp_runtime.trace.reports import load_clock_errors, load_events, write_reports
+from pp_runtime.trace.tracer import EventKind
 from scripts.report import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

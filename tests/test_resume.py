@@ -13,9 +13,9 @@ import pytest
 
 from launch.job import prepare
 from pp_runtime.config import ConfigError
-from pp_runtime.outputs_file import check_ids, scan_outputs
-from pp_runtime.preemption import EXIT_PREEMPTED, Preempted
-from pp_runtime.run_state import MARKER_FILE, STATE_FILE, plan_resume
+from pp_runtime.rundir.outputs_file import check_ids, scan_outputs
+from pp_runtime.rundir.run_state import MARKER_FILE, STATE_FILE, plan_resume
+from stages.preemption import EXIT_PREEMPTED, Preempted
 from tests.jobs import make_config, read_outputs, run_job_outcomes, run_job_ranks
 from tests.multiproc import collect_outcomes, start_ranks
 from tests.tiny_models import make_tiny_model, write_jsonl

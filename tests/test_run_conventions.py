@@ -13,7 +13,7 @@ import pytest
 
 import launch.run
 from launch.run import refuse_multirun, run_or_exit
-from pp_runtime.preemption import EXIT_PREEMPTED
+from stages.preemption import EXIT_PREEMPTED
 from tests.jobs import make_config
 from tests.tiny_models import make_tiny_model
 

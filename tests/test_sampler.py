@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pp_runtime.plan import Piece
 from pp_runtime.request import SamplingParams
-from pp_runtime.sampler import SamplingTensors, mix64, mix64_tensor, sample, sample_tensors
+from stages.sampler import SamplingTensors, mix64, mix64_tensor, sample, sample_tensors
 
 
 def _piece(*, seq_id: int = 0, step: int = 0, **params) -> Piece:

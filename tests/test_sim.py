@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pp_runtime.bubbles import compute_bubbles
 from pp_runtime.config import ConfigError
 from pp_runtime.planner import CostModel
 from pp_runtime.request import Request, SamplingParams
 from pp_runtime.sim import LinkModel, simulate
-from pp_runtime.tracer import EventKind
+from pp_runtime.trace.bubbles import compute_bubbles
+from pp_runtime.trace.tracer import EventKind
 from tests.jobs import make_config
 
 MS = 1_000_000  # ns
@@ -203,7 +203,7 @@ def test_idle_rank_0_jumps_to_the_next_arrival():
 
 def test_a_free_stage_0_and_free_links_give_the_serial_clock_of_planner_drive():
     from pp_runtime.planner import make_planner
-    from pp_runtime.planner.drive import drive
+    from pp_runtime.planner.loop import drive
 
     cfg = _cfg(2, 3, "scheduler=sarathi", "scheduler.token_budget=16")
     reqs = [Request(f"r{i}", tuple(range(2, 12 + 5 * i)), SamplingParams(max_tokens=4), arrival_s=0.01 * (i % 3))

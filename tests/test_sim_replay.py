@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from pp_runtime.planner import CostModel
-from pp_runtime.reports import load_events
 from pp_runtime.sim.replay import MeasuredTimes, ReplayError, fit_run_cost_model, replay
-from pp_runtime.tracer import EventKind
+from pp_runtime.trace.reports import load_events
+from pp_runtime.trace.tracer import EventKind
 from tests.jobs import make_config
 from tests.multiproc import run_ranks
 from tests.tiny_models import make_tiny_model

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pp_runtime.plan import MicroBatch, Piece
-from pp_runtime.stage_inputs import build_stage_inputs
+from stages.inputs import build_stage_inputs
 
 CPU = torch.device("cpu")
 

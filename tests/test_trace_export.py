@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from pp_runtime.trace_export import chrome_trace, validate_chrome_trace
-from pp_runtime.tracer import EventKind
+from pp_runtime.trace.export import chrome_trace, validate_chrome_trace
+from pp_runtime.trace.tracer import EventKind
 
 C, S, W, P = EventKind.COMPUTE, EventKind.SEND, EventKind.WAIT, EventKind.PLAN
 

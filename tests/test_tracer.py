@@ -2,7 +2,7 @@ import logging
 
 import numpy as np
 
-from pp_runtime.tracer import EventKind, Tracer
+from pp_runtime.trace.tracer import EventKind, Tracer
 
 
 def test_records_and_sorts_by_start():
@@ -27,7 +27,7 @@ def test_events_is_a_copy():
 
 def test_overflow_is_counted_and_warned_once(caplog):
     t = Tracer(3, capacity=2)
-    with caplog.at_level(logging.WARNING, logger="pp_runtime.tracer"):
+    with caplog.at_level(logging.WARNING, logger="pp_runtime.trace.tracer"):
         for i in range(5):
             t.record(EventKind.COMPUTE, i * 10, i * 10 + 5, mb_id=i)
     assert t.dropped == 3

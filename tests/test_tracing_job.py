@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pp_runtime.trace_export import validate_chrome_trace
+from pp_runtime.trace.export import validate_chrome_trace
 from tests.jobs import run_job_ranks
 from tests.tiny_models import make_tiny_model
 

@@ -80,8 +80,8 @@ def _ring(rank: int, world: int, metas: list):
     import torch
     import torch.distributed as dist
 
-    from pp_runtime.comm import DATA, Transport
-    from pp_runtime.tracer import Tracer
+    from pp_runtime.trace.tracer import Tracer
+    from stages.transport import DATA, Transport
 
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     try:

@@ -12,8 +12,8 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 pytest.importorskip("triton")
-from pp_runtime.attention import triton_paged  # noqa: E402
-from pp_runtime.attention.triton_paged import paged_attention  # noqa: E402
+from stages.attention import triton_paged  # noqa: E402
+from stages.attention.triton_paged import paged_attention  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 GARBAGE = 1e4  # every cache slot no sequence owns; reading one would swamp the softmax
@@ -176,7 +176,7 @@ import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from pp_runtime.attention import triton_paged as tp
+from stages.attention import triton_paged as tp
 dt, bm, bn, d, group, win, ones = sys.argv[1], *map(int, sys.argv[2:])
 names = list(tp._KERNEL.arg_names)
 sig = {n: "*" + dt if i < 4 else "*i32" if i < 7 else "fp32" if n == "scale_log2" else "i32"

@@ -14,9 +14,9 @@ import heapq
 from collections import deque
 from collections.abc import Iterable
 
-from pp_runtime.block_manager import BlockManager
 from pp_runtime.config import SchedulerConfig
 from pp_runtime.plan import MicroBatch, Piece
+from pp_runtime.planner.block_manager import BlockManager
 from pp_runtime.request import Request
 from pp_runtime.sequence import SeqStatus, Sequence
 

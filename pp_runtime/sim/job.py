@@ -47,9 +47,9 @@ def prepare_sim(cfg: Config, *, run_cost_model=None) -> SimJob:
     RequestError or FileNotFoundError naming what to change."""
     import torch
 
-    from pp_runtime.kv_cache import num_blocks_for_budget
+    from pp_runtime.model.cache_size import num_blocks_for_budget
+    from pp_runtime.model.partition import check_layout, head_cost_layers, partition_layers, sampled_share
     from pp_runtime.workloads import load_workload
-    from stages.partition import check_layout, head_cost_layers, partition_layers, sampled_share
 
     if cfg.pipeline.stages is None:
         raise ConfigError("pipeline.stages is not set; pp-sim has no torchrun world size to take it from: "
@@ -94,7 +94,7 @@ def _model(cfg: Config):
                               f"{', '.join(MODEL_SHAPES)}, or null for the job's model")
         # A shape has no tokenizer: only token-id workloads can run on it.
         return MODEL_SHAPES[cfg.sim.model_shape].to_hf_config(), None
-    from stages.model_source import load_tokenizer, model_dir
+    from pp_runtime.model.source import load_tokenizer, model_dir
 
     folder = model_dir(cfg.model.path)
     return AutoConfig.from_pretrained(folder), load_tokenizer(folder)

@@ -26,7 +26,7 @@ Preset numbers (one direction), and where they come from:
   200 Gb/s per GPU, DGX A100); 20 us (assumption: NCCL's network proxy dominates the ~2 us wire latency).
 - gloo (loopback TCP between processes of one machine, how CPU runs of pp-runtime talk): 200 us and 1.5 GB/s,
   measured on this project's 2-core shared VM as the median round trip of a header + metadata + activation
-  message as pp_runtime.comm sends it (~450 us for 64 x 576 float32 rows including the reply, ~2 ms for 1024
+  message as stages.transport sends it (~450 us for 64 x 576 float32 rows including the reply, ~2 ms for 1024
   rows); noisy, and a loaded machine is slower. Its send overhead, 300 us, is the median SEND span of a
   2-stage SmolLM2 run on this VM (0.28-0.35 ms); the GPU presets charge no send overhead (assumption: a tuned
   runtime overlaps it; set sim.link_send_overhead_us to charge one). Under load these grow: replays of 2- and

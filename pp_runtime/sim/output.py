@@ -6,9 +6,9 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from pp_runtime.metrics import request_record
-from pp_runtime.reports import bubble_metrics, write_json, write_reports
+from pp_runtime.rundir.metrics import request_record
 from pp_runtime.sim.pipeline import SimResult
+from pp_runtime.trace.reports import bubble_metrics, write_json, write_reports
 
 
 def write_sim_run(out_dir: str | Path, result: SimResult, cfg, *, tokenizer=None, info: dict | None = None) -> dict:

@@ -25,15 +25,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pp_runtime.config import Config, ConfigError
-from pp_runtime.metrics import compute_metrics
 from pp_runtime.plan import MicroBatch, Piece
 from pp_runtime.planner import CostModel, make_planner, needs_cost_model, profile_points
 from pp_runtime.planner.cost_model import work
-from pp_runtime.planner.drive import drive
+from pp_runtime.planner.loop import drive
 from pp_runtime.request import Request
+from pp_runtime.rundir.metrics import compute_metrics
 from pp_runtime.sequence import Sequence
 from pp_runtime.sim.links import LinkModel
-from pp_runtime.tracer import EventKind
+from pp_runtime.trace.tracer import EventKind
 
 _NS = 1_000_000_000
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from pp_runtime.config import Config, ConfigError
-from pp_runtime.outputs_file import OUTPUTS_FILE, scan_outputs
+from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, scan_outputs
 from pp_runtime.sim.compare import compare_runs, load_summary, run_summary
 from pp_runtime.sim.job import SimJob, prepare_sim
 from pp_runtime.sim.links import Link, LinkModel
 from pp_runtime.sim.output import write_sim_run
 from pp_runtime.sim.pipeline import SimResult
-from pp_runtime.tracer import EventKind
+from pp_runtime.trace.tracer import EventKind
 
 
 class ReplayError(ValueError):
@@ -44,7 +44,7 @@ def load_run_config(run_dir: str | Path) -> Config:
     except Exception as exc:  # noqa: BLE001 - omegaconf raises several kinds for unknown or mistyped keys
         raise ReplayError(f"run dir {str(run)!r}: its config does not fit this checkout's schema ({exc})") from None
     if cfg.pipeline.stages is None and (run / "events.npz").exists():
-        from pp_runtime.reports import load_events
+        from pp_runtime.trace.reports import load_events
 
         cfg.pipeline.stages = len(load_events(str(run)))
     return cfg
@@ -182,7 +182,7 @@ def fit_run_cost_model(run_dir: str | Path):
 def _replay_run(run: Path, cfg: Config, cost_model, *, path: str | None, measured_times: bool,
                 planner_time_us: float | None, preset_links: bool) -> tuple[SimJob, SimResult]:
     from pp_runtime.planner import needs_cost_model
-    from pp_runtime.reports import load_events
+    from pp_runtime.trace.reports import load_events
 
     if cost_model is None and needs_cost_model(cfg.scheduler):
         raise ReplayError(f"scheduler.policy={cfg.scheduler.policy} balances by a cost model and {str(run)!r} has "

@@ -3,7 +3,7 @@
 A run directory holds ``events.npz`` (the raw events: arrays ``stage0``, ``stage1``, ... and ``clock_error_ns``,
 rows of (stage, error)), from which everything else is derived: ``trace.json`` (Chrome/Perfetto trace),
 ``bubbles.json`` (``compute_bubbles`` plus the policy, each stage's clock error and, under ``"attribution"``, the
-idle time by cause from ``pp_runtime.attribution``) and ``timeline.png``.
+idle time by cause from ``pp_runtime.trace.attribution``) and ``timeline.png``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import os
 
 import numpy as np
 
-from pp_runtime.attribution import attribute_idle
-from pp_runtime.bubbles import compute_bubbles
-from pp_runtime.trace_export import chrome_trace, validate_chrome_trace
+from pp_runtime.trace.attribution import attribute_idle
+from pp_runtime.trace.bubbles import compute_bubbles
+from pp_runtime.trace.export import chrome_trace, validate_chrome_trace
 
 EVENTS_FILE = "events.npz"
 
@@ -44,7 +44,7 @@ def write_reports(run_dir: str, events: dict[int, np.ndarray], *, policy: str, c
     write_json(os.path.join(run_dir, "bubbles.json"), bubbles, indent=2)
 
     if timeline:
-        from pp_runtime.timeline import draw_timeline
+        from pp_runtime.trace.timeline import draw_timeline
 
         title = f"{policy}: bubble fraction {bubbles['pipeline']['bubble_fraction']:.1%} ({len(events)} stages)"
         draw_timeline(events, os.path.join(run_dir, "timeline.png"), title=title)

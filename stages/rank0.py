@@ -7,10 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
-from pp_runtime.metrics import compute_metrics, request_record
-from pp_runtime.outputs_file import OUTPUTS_FILE, check_ids, describe_ids_problem, scan_outputs
 from pp_runtime.planner import make_planner
-from pp_runtime.run_state import begin_attempt, end_attempt
+from pp_runtime.rundir.metrics import compute_metrics, request_record
+from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, check_ids, describe_ids_problem, scan_outputs
+from pp_runtime.rundir.run_state import begin_attempt, end_attempt
 from stages.engine import Engine
 
 log = logging.getLogger("pp_runtime")
@@ -86,8 +86,8 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
     """
     from dataclasses import asdict
 
-    from pp_runtime.bubbles import format_bubble_table
-    from pp_runtime.reports import write_json
+    from pp_runtime.trace.bubbles import format_bubble_table
+    from pp_runtime.trace.reports import write_json
 
     cfg = plan.cfg
     out_dir = Path(cfg.output_dir)
@@ -99,7 +99,7 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
               f"metrics.json and the reports are those of the attempt that finished them")
         return _end_attempt(plan, out_dir, status, result["stopped"], check)
     if cfg.tracer.enabled:
-        from pp_runtime.reports import bubble_metrics, write_reports
+        from pp_runtime.trace.reports import bubble_metrics, write_reports
 
         bubbles = write_reports(str(out_dir), events, policy=cfg.scheduler.policy, clock_errors_ns=clock_errors,
                                 timeline=cfg.tracer.timeline)

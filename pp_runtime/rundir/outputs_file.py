@@ -56,7 +56,7 @@ def scan_outputs(path: str | Path) -> OutputScan:
 
 
 def _totals(records: list[dict]) -> dict:
-    # "completed" and "rejected" as pp_runtime.metrics.compute_metrics defines them, over the file's records.
+    # "completed" and "rejected" as pp_runtime.rundir.metrics.compute_metrics defines them, over the file's records.
     done = [r for r in records if r.get("finish_reason") != "rejected" and not r.get("error")]
     return {
         "requests": len(records),

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from pp_runtime.kv_cache import KVCache
-from pp_runtime.stage_inputs import StageInputs
+from stages.inputs import StageInputs
+from stages.kv_cache import KVCache
 
 NAME = "pp_paged"
 BACKENDS = ("auto", "triton", "flash", "sdpa")
@@ -41,11 +41,11 @@ class AttentionContext:
 def prepare(backend: str, cache: KVCache, inputs: StageInputs) -> AttentionContext:
     """The context a stage's layers share for one micro-batch (runs inside a CUDA graph capture too)."""
     if backend == "sdpa":
-        from pp_runtime.attention import sdpa
+        from stages.attention import sdpa
 
         return AttentionContext(cache, inputs, sdpa.attend, sdpa.prepare(inputs))
     if backend == "flash":
-        from pp_runtime.attention import flash
+        from stages.attention import flash
 
         return AttentionContext(cache, inputs, flash.attend, flash.prepare(inputs))
     if backend == "triton":
@@ -54,7 +54,7 @@ def prepare(backend: str, cache: KVCache, inputs: StageInputs) -> AttentionConte
 
 
 def _triton(q, k_cache, v_cache, ctx: AttentionContext, *, scale: float, window: int | None) -> torch.Tensor:
-    from pp_runtime.attention.triton_paged import paged_attention as kernel
+    from stages.attention.triton_paged import paged_attention as kernel
 
     x = ctx.inputs
     return kernel(q, k_cache, v_cache, cu_seqlens_q=x.cu_seqlens_q, context_lens=x.context_lens,

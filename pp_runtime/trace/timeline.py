@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pp_runtime.bubbles import pipeline_window
-from pp_runtime.tracer import EventKind
+from pp_runtime.trace.bubbles import pipeline_window
+from pp_runtime.trace.tracer import EventKind
 
 _IDLE_COLOUR = "#e6e6e6"
 _HATCH_COLOUR = (0.0, 0.0, 0.0, 0.35)

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 
-from pp_runtime.comm import store_get, store_set_once
+from stages.transport import store_get, store_set_once
 
 log = logging.getLogger("pp_runtime")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pp_runtime.stage_inputs import StageInputs
+from stages.inputs import StageInputs
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Why each stage idled: its idle time split into fill/drain, imbalance, per-hop latency and the rest.
 
-Same window and idle time as ``pp_runtime.bubbles``: from the first compute start on any stage to the last end on
+Same window and idle time as ``pp_runtime.trace.bubbles``: from the first compute start on any stage to the last end on
 any stage; a stage is busy in the union of its compute intervals. Its idle time is the fill (window start to its
 first compute), the drain (its last compute end to the window end) and the steady gaps between merged compute
 runs. Every idle nanosecond gets exactly one label, so the parts sum to the measured idle in integer ns.
@@ -39,8 +39,8 @@ import bisect
 
 import numpy as np
 
-from pp_runtime.bubbles import merge_intervals, pipeline_window
-from pp_runtime.tracer import EventKind
+from pp_runtime.trace.bubbles import merge_intervals, pipeline_window
+from pp_runtime.trace.tracer import EventKind
 
 PARTS = ("fill_drain", "imbalance", "hop", "rest")
 _IMB, _HOP, _REST, _FILL = 1, 2, 3, 4  # internal labels; _FILL: the fill's wait (reported as fill/drain)
@@ -249,7 +249,8 @@ def format_attribution_table(attribution: dict) -> str:
                      *(f"{f[f'{p}_ns'] / 1e6:.3f} ({f[f'{p}_fraction']:.0%})" for p in PARTS),
                      *(f"{f[f'idle_in_{k}_ns'] / 1e6:.3f}" for k in ("plan", "send", "wait"))])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["idle time by cause (pp_runtime/attribution.py)", "  ".join(h.rjust(w) for h, w in zip(header, widths)),
+    lines = ["idle time by cause (pp_runtime/trace/attribution.py)",
+             "  ".join(h.rjust(w) for h, w in zip(header, widths)),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)

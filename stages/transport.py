@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pp_runtime.tracer import EventKind, Tracer
+from pp_runtime.trace.tracer import EventKind, Tracer
 
 DATA, STOP = 0, 1
 _HEADER_LEN = 4  # kind, micro-batch id, metadata bytes, activation rows

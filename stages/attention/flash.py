@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pp_runtime.stage_inputs import StageInputs
+from stages.inputs import StageInputs
 
 
 def prepare(inputs: StageInputs) -> torch.Tensor:

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from pp_runtime.tracer import EventKind
+from pp_runtime.trace.tracer import EventKind
 
 # Track (tid) per event kind, and the order the tracks are listed in.
 _TRACKS = {EventKind.COMPUTE: 0, EventKind.SEND: 1, EventKind.WAIT: 2, EventKind.PLAN: 3}

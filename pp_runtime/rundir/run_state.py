@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pp_runtime.config import Config, ConfigError
-from pp_runtime.outputs_file import OUTPUTS_FILE, scan_outputs
-from pp_runtime.reports import write_json
+from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, scan_outputs
+from pp_runtime.trace.reports import write_json
 
 log = logging.getLogger("pp_runtime")
 

@@ -14,7 +14,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 def model_dir(path: str | None) -> str:
     """The Hugging Face model folder for ``model.path`` (None: the embedded SmolLM2-135M-Instruct)."""
     if path is None:
-        from stages.default_model import default_model_dir
+        from pp_runtime.model.default_model import default_model_dir
 
         return str(default_model_dir())
     if not (Path(path) / "config.json").exists():

@@ -99,6 +99,9 @@ class SchedulerConfig:
     time_balanced: bool = True
     # Cost model coefficients file (JSON); None: profile the stages at start-up.
     cost_model_path: str | None = None
+    # sarathi: most prefill chunks of one request in flight at once (chunk pipelining); None: pipeline.depth,
+    # 1: a chunk waits until the previous one has crossed the whole pipeline.
+    max_chunks_in_flight: int | None = None
 
     def validate(self) -> None:
         _check(self.policy in POLICIES, "scheduler.policy", self.policy, f"use one of {', '.join(POLICIES)}")
@@ -106,6 +109,9 @@ class SchedulerConfig:
         _check(self.chunk_size >= 1, "scheduler.chunk_size", self.chunk_size, "must be >= 1")
         _check(self.max_num_seqs >= 1, "scheduler.max_num_seqs", self.max_num_seqs, "must be >= 1")
         _check(self.tile >= 0, "scheduler.tile", self.tile, "must be >= 0 (0 turns tiling off)")
+        if self.max_chunks_in_flight is not None:
+            _check(self.max_chunks_in_flight >= 1, "scheduler.max_chunks_in_flight", self.max_chunks_in_flight,
+                   "must be >= 1, or null for the pipeline depth")
         if self.tbt_slo_ms is not None:
             _check(self.tbt_slo_ms > 0, "scheduler.tbt_slo_ms", self.tbt_slo_ms, "must be > 0, or null to turn off")
 

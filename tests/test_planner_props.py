@@ -3,7 +3,9 @@
 The fake sampler is a deterministic function of (request, step), so whatever the schedule, preemptions
 included, each request's outputs are known in advance. A fake KV cache records which token each stage wrote
 at each (block, offset): every piece must find its whole prefix there, so a block handed to two requests,
-a chunk skipped or computed twice, or a recompute that starts from the wrong place is caught.
+a chunk skipped or computed twice, or a recompute that starts from the wrong place is caught. The fake cache is
+written at launch, as stage 0 writes it: later stages serve micro-batches in launch order, so a chunk may launch
+while its predecessor is still in flight (chunk pipelining), never before it.
 """
 
 from __future__ import annotations
@@ -52,8 +54,11 @@ class Harness:
         self.bs = planner.blocks.block_size
         self.expected = [list(r.prompt_token_ids) + expected_outputs(r, i, seed) for i, r in enumerate(requests)]
         self.cells: dict[tuple[int, int], tuple[int, int]] = {}  # (block, offset) -> (seq_id, position)
-        self.in_flight: set[int] = set()
-        self.computed = [0] * len(requests)
+        self.in_flight = [0] * len(requests)  # pieces in flight per request
+        self.max_in_flight = [0] * len(requests)  # the most seen at once
+        self.sampling = [False] * len(requests)  # a piece that samples is in flight
+        self.scheduled = [0] * len(requests)  # positions handed to launched pieces (stage 0's cache)
+        self.computed = [0] * len(requests)  # positions whose pieces came back
         self.preemptions = [0] * len(requests)
         self.running_seen: set[int] = set()  # running as of the last launch
 
@@ -63,8 +68,15 @@ class Harness:
     def on_schedule(self, mb: MicroBatch) -> None:
         ids = [pc.seq_id for pc in mb.pieces]
         assert len(set(ids)) == len(ids), f"{mb!r} holds a request twice"
-        assert not self.in_flight & set(ids), f"{mb!r} holds a request already in flight"
-        self.in_flight |= set(ids)
+        limit = getattr(self.p, "max_chunks_in_flight", 1)
+        for pc in mb.pieces:
+            sid = pc.seq_id
+            assert not self.sampling[sid], f"{mb!r}: {pc!r} launched after its request's sampling piece"
+            if self.in_flight[sid]:  # chunk pipelining: only chunks of one prompt (or recompute) overlap
+                assert self.in_flight[sid] < limit <= self.p.num_slots, f"{mb!r}: too many chunks of {sid} in flight"
+            self.in_flight[sid] += 1
+            self.max_in_flight[sid] = max(self.max_in_flight[sid], self.in_flight[sid])
+            self.sampling[sid] = pc.sample
         self._check_budget(mb)
         for piece in mb.pieces:
             self._check_piece(piece)
@@ -72,8 +84,10 @@ class Harness:
         self.running_seen = {s.seq_id for s in self.p.running}
 
     def on_return(self, mb: MicroBatch) -> None:
-        self.in_flight -= {pc.seq_id for pc in mb.pieces}
         for pc in mb.pieces:
+            assert pc.start == self.computed[pc.seq_id], f"{pc!r} came back out of order"
+            self.in_flight[pc.seq_id] -= 1
+            self.sampling[pc.seq_id] = False
             self.computed[pc.seq_id] = pc.context_len
 
     # ---- invariants --------------------------------------------------------------------------------------
@@ -94,8 +108,10 @@ class Harness:
         exp = self.expected[sid]
         if seq.num_preemptions > self.preemptions[sid]:
             self.preemptions[sid] = seq.num_preemptions
-            self.computed[sid] = 0  # recompute from scratch
-        assert pc.start == self.computed[sid], f"{pc!r} starts at {pc.start}, cache holds {self.computed[sid]}"
+            assert not self.in_flight[sid] - 1, f"{pc!r}: request {sid} was preempted with pieces in flight"
+            self.computed[sid] = self.scheduled[sid] = 0  # recompute from scratch
+        assert pc.start == self.scheduled[sid], f"{pc!r} starts at {pc.start}, stage 0 holds {self.scheduled[sid]}"
+        self.scheduled[sid] = pc.context_len
         assert list(pc.token_ids) == exp[pc.start:pc.context_len], f"{pc!r} carries the wrong tokens"
         assert len(pc.block_table) >= blocks_for(pc.context_len, self.bs), f"{pc!r} lacks KV blocks"
         for pos in range(pc.start):  # the prefix must still be in the cache, written by this request
@@ -217,3 +233,17 @@ def test_small_cache_forces_preemption_and_loses_nothing():
                          chunk_size=8)
         assert sum(s.num_preemptions for s in planner.seqs) > 0, policy
         assert [len(s.output_token_ids) for s in planner.seqs] == [12] * len(requests), policy
+
+
+@settings(max_examples=40, deadline=None)
+@given(num_slots=st.integers(1, 4), chunk=st.integers(1, 8), extra=st.integers(0, 30), limit=st.sampled_from([None, 1, 2]),
+       block_size=st.sampled_from([1, 4, 16]))
+def test_one_long_prompt_has_up_to_depth_chunks_in_flight(num_slots, chunk, extra, limit, block_size):
+    # Enough chunks to fill the pipeline: with chunk pipelining they enter one micro-batch after another.
+    plen = chunk * num_slots + extra
+    req = Request("long", tuple(i % (VOCAB - 1) + 1 for i in range(plen)), SamplingParams(max_tokens=3, ignore_eos=True))
+    planner, h = run("sarathi", [req], seed=1, num_blocks=10_000, block_size=block_size, num_slots=num_slots,
+                     token_budget=chunk, chunk_size=chunk, time_balanced=False, max_chunks_in_flight=limit)
+    depth = num_slots if limit is None else min(limit, num_slots)
+    assert h.max_in_flight[0] == depth
+    assert planner.seqs[0].output_token_ids == h.expected[0][plen:]

@@ -85,8 +85,8 @@ class Planner:
             return None
         pieces = []
         for seq, n in work:
-            start, total, out = seq.num_computed, seq.num_tokens, seq.output_token_ids  # hot loop: read once
-            seq.in_flight = True
+            start, total, out = seq.num_scheduled, seq.num_tokens, seq.output_token_ids  # hot loop: read once
+            seq.tokens_in_flight += n
             # A decode carries the last sampled token: no need to slice prompt + outputs for it.
             decode = total - start == 1 and bool(out)
             pieces.append(Piece(
@@ -101,7 +101,8 @@ class Planner:
         """Policy hook: which sequences, and how many of their uncomputed tokens, go into the next micro-batch.
 
         Every entry must come from a successful ``_reserve`` or ``_admit`` in this call: those hold the KV
-        blocks and mark the sequence in flight, so that nothing later in the same build preempts it.
+        blocks and count the piece in flight, so that nothing later in the same build preempts it. A sequence
+        appears at most once; its piece starts at ``seq.num_scheduled``.
         """
         raise NotImplementedError
 
@@ -126,18 +127,20 @@ class Planner:
         seq.status = SeqStatus.RUNNING
         self.running[seq] = None
         self.blocks.allocate(seq, num_tokens)
-        seq.in_flight = take
+        seq.num_in_flight += take
         return True
 
     def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
-        """Reserve blocks for ``num_tokens`` more tokens of running ``seq`` and mark it in flight.
+        """Reserve blocks for ``num_tokens`` more tokens of running ``seq`` (after those already scheduled) and
+        count one more piece of it in flight.
 
         If the cache is short, preempts running requests admitted after ``seq`` that are not in flight, most
         recent first, but only when that frees enough; otherwise preempts nothing and returns False, and the
-        caller leaves ``seq`` for a later micro-batch.
+        caller leaves ``seq`` for a later micro-batch. A request with a piece in flight is never preempted: its
+        blocks are still being written.
         """
-        if seq.num_computed + num_tokens <= len(seq.block_table) * self.blocks.block_size:
-            seq.in_flight = True  # fast path, most decodes: the last block has room
+        if seq.num_scheduled + num_tokens <= len(seq.block_table) * self.blocks.block_size:
+            seq.num_in_flight += 1  # fast path, most decodes: the last block has room
             return True
         short = self.blocks.blocks_needed(seq, num_tokens) - self.blocks.num_free
         if short > 0:
@@ -153,7 +156,7 @@ class Planner:
             for victim in victims:
                 self._preempt(victim)
         self.blocks.allocate(seq, num_tokens)
-        seq.in_flight = True
+        seq.num_in_flight += 1
         return True
 
     def _take_decodes(self, seqs: list[Sequence], room: int, work: list[tuple[Sequence, int]]) -> int:
@@ -186,6 +189,8 @@ class Planner:
 
     def _preempt(self, seq: Sequence) -> None:
         """Free a sequence's blocks and queue it first in line to be recomputed (prompt + outputs so far)."""
+        if seq.in_flight:
+            raise RuntimeError(f"{seq!r} has pieces in flight; preempting it would free KV blocks still being written")
         self._on_release(seq)
         self.blocks.free(seq)
         del self.running[seq]
@@ -209,14 +214,21 @@ class Planner:
 
     # ---- results back ------------------------------------------------------------------------------------
     def postprocess(self, mb: MicroBatch, sampled: list[int], now: float) -> list[Sequence]:
-        """Fold a returned micro-batch's sampled tokens (one per sampling piece, in order) into its sequences."""
+        """Fold a returned micro-batch's sampled tokens (one per sampling piece, in order) into its sequences.
+
+        Micro-batches must come back in launch order: a returned chunk must start where the cache ends.
+        """
         if len(sampled) != mb.num_samples:
             raise RuntimeError(f"{mb!r} expected {mb.num_samples} sampled tokens, got {len(sampled)}")
         done = []
         it = iter(sampled)
         for piece in mb.pieces:
             seq = self.seqs[piece.seq_id]
-            seq.in_flight = False
+            if piece.start != seq.num_computed:
+                raise RuntimeError(f"{mb!r} came back out of order: {piece!r} starts at {piece.start} but {seq!r} "
+                                   f"has {seq.num_computed} tokens in the cache")
+            seq.num_in_flight -= 1
+            seq.tokens_in_flight -= piece.num_tokens
             seq.num_computed = piece.start + piece.num_tokens
             if not piece.sample:
                 continue

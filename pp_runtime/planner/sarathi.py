@@ -5,6 +5,12 @@ Each micro-batch serves one in-flight slot: it carries a decode token for every 
 served, until the token budget, the balancing target or the TBT SLO is reached (see ``fill.py``). Slots take
 turns; a slot with nothing to run is passed over, and one with no decodes still takes prefill chunks.
 Requests are pinned to the slot with the fewest requests and moved when slots drift apart (``slots.py``).
+
+Chunk pipelining: chunk k+1 of a prompt may go into the next micro-batch while chunk k is still in flight, as
+soon as stage 0 has computed chunk k (every stage serves micro-batches in launch order, so the KV of earlier
+positions is in each stage's cache before a later chunk needs it). One long prompt then keeps every stage busy
+instead of crossing the pipeline one chunk at a time. At most ``scheduler.max_chunks_in_flight`` chunks of one
+request are in flight (default: the pipeline depth; 1 serialises them); only the last chunk samples.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ class SarathiPlanner(Planner):
                                    model=self.cost_model, time_balanced=cfg.time_balanced,
                                    tbt_slo_ms=cfg.tbt_slo_ms)
         self.slots = SlotTable(self.num_slots)
+        limit = cfg.max_chunks_in_flight
+        self.max_chunks_in_flight = self.num_slots if limit is None else min(limit, self.num_slots)
         # Running requests with prompt (or recompute) tokens left, in admission order; pruned lazily.
         self._prefilling: dict[Sequence, None] = {}
         self._cursor = 0  # the slot whose turn is next
@@ -81,7 +89,8 @@ class SarathiPlanner(Planner):
                 continue  # preempted earlier in this build
             if not seq.in_prefill:
                 del self._prefilling[seq]
-            elif not seq.in_flight and not self._add_chunk(seq, fill, work):
+            elif (seq.num_unscheduled and seq.num_in_flight < self.max_chunks_in_flight
+                  and not self._add_chunk(seq, fill, work)):
                 return
         while self.waiting and self._add_chunk(self.waiting[0], fill, work, admit_to=slot):
             pass
@@ -92,8 +101,8 @@ class SarathiPlanner(Planner):
 
         Returns whether the micro-batch has room for more: False once a chunk was cut short or none fit.
         """
-        want = min(seq.num_uncomputed, self.cfg.chunk_size)
-        n = fill.chunk(prefix=seq.num_computed, want=want)
+        want = min(seq.num_unscheduled, self.cfg.chunk_size)
+        n = fill.chunk(prefix=seq.num_scheduled, want=want)
         if n == 0:
             return False
         if admit_to is None:
@@ -107,7 +116,7 @@ class SarathiPlanner(Planner):
                 return False
             self.slots.pin(seq, slot)
             self._prefilling[seq] = None
-        fill.add_chunk(seq.num_computed, n)
+        fill.add_chunk(seq.num_scheduled, n)
         work.append((seq, n))
         return n == want
 
@@ -117,7 +126,7 @@ class SarathiPlanner(Planner):
         if self._reserve(seq, n):
             return n
         bs = self.blocks.block_size
-        fit = self.blocks.num_free * bs + len(seq.block_table) * bs - seq.num_computed
+        fit = self.blocks.num_free * bs + len(seq.block_table) * bs - seq.num_scheduled
         return fit if 0 < fit < n and self._reserve(seq, fit) else 0
 
     def _on_release(self, seq: Sequence) -> None:

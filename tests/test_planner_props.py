@@ -236,12 +236,13 @@ def test_small_cache_forces_preemption_and_loses_nothing():
 
 
 @settings(max_examples=40, deadline=None)
-@given(num_slots=st.integers(1, 4), chunk=st.integers(1, 8), extra=st.integers(0, 30), limit=st.sampled_from([None, 1, 2]),
-       block_size=st.sampled_from([1, 4, 16]))
+@given(num_slots=st.integers(1, 4), chunk=st.integers(1, 8), extra=st.integers(0, 30),
+       limit=st.sampled_from([None, 1, 2]), block_size=st.sampled_from([1, 4, 16]))
 def test_one_long_prompt_has_up_to_depth_chunks_in_flight(num_slots, chunk, extra, limit, block_size):
     # Enough chunks to fill the pipeline: with chunk pipelining they enter one micro-batch after another.
     plen = chunk * num_slots + extra
-    req = Request("long", tuple(i % (VOCAB - 1) + 1 for i in range(plen)), SamplingParams(max_tokens=3, ignore_eos=True))
+    prompt = tuple(i % (VOCAB - 1) + 1 for i in range(plen))
+    req = Request("long", prompt, SamplingParams(max_tokens=3, ignore_eos=True))
     planner, h = run("sarathi", [req], seed=1, num_blocks=10_000, block_size=block_size, num_slots=num_slots,
                      token_budget=chunk, chunk_size=chunk, time_balanced=False, max_chunks_in_flight=limit)
     depth = num_slots if limit is None else min(limit, num_slots)

@@ -31,8 +31,8 @@ def simulate_job(cfg: Config) -> dict:
     import json
     from pathlib import Path
 
-    from pp_runtime.sim.job import prepare_sim
     from pp_runtime.sim.output import write_sim_run
+    from pp_runtime.sim.sim_job import prepare_sim
     from pp_runtime.trace.bubbles import format_bubble_table
 
     job = prepare_sim(cfg)

@@ -27,11 +27,9 @@ def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=No
     begin_attempt(out_dir, plan.resume)  # a torn last line goes, or the old file moves aside
     done = plan.resume.done
     todo = [r for r in plan.requests if r.id not in done]
-    eos = plan.hf_config.eos_token_id
-    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     planner = make_planner(cfg.scheduler, num_blocks=plan.num_blocks, block_size=cfg.cache.block_size,
-                           num_slots=cfg.pipeline.depth, max_model_len=plan.max_model_len, eos_token_ids=eos_ids,
-                           cost_model=cost_model)
+                           num_slots=cfg.pipeline.depth, max_model_len=plan.max_model_len,
+                           eos_token_ids=plan.eos_token_ids, cost_model=cost_model)
     tok = plan.tokenizer
     progress = _progress(len(todo), cfg.runtime.progress)
     finished = 0

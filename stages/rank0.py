@@ -84,8 +84,7 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
     """
     from dataclasses import asdict
 
-    from pp_runtime.trace.bubbles import format_bubble_table
-    from pp_runtime.trace.reports import write_json
+    from pp_runtime.trace.reports import format_bubble_report, write_json
 
     cfg = plan.cfg
     out_dir = Path(cfg.output_dir)
@@ -114,7 +113,7 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
         print(f"{status}: {metrics['resumed']} request(s) resumed from earlier attempts; "
               f"{metrics['totals']['requests']}/{len(plan.requests)} in outputs.jsonl")
     if cfg.tracer.enabled:
-        print(format_bubble_table(bubbles, title=f"{cfg.scheduler.policy}, {plan.world_size} stage(s)"))
+        print(format_bubble_report(bubbles, title=f"{cfg.scheduler.policy}, {plan.world_size} stage(s)"))
         if plan.world_size > 1:
             print(f"stage clocks aligned to stage 0 within {max(clock_errors.values()) / 1e3:.1f} us "
                   f"(half the best ping-pong round trip); trace in {out_dir / 'trace.json'}")

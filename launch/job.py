@@ -9,44 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from pp_runtime.config import Config, ConfigError
-from pp_runtime.model.cache_size import num_blocks_for_budget
-from pp_runtime.model.partition import check_layout, head_cost_layers, partition_layers, sampled_share
-from pp_runtime.request import Request
+from pp_runtime.job import RankJob, resolve_job
 from stages import attention
 
 log = logging.getLogger("pp_runtime")
-
-
-@dataclass
-class JobPlan:
-    """What every rank agrees on before talking: resolved config, model, layer split, cache and requests."""
-
-    cfg: Config
-    rank: int
-    world_size: int
-    device: torch.device
-    dtype: torch.dtype
-    model_dir: str
-    hf_config: object
-    tokenizer: object
-    max_model_len: int
-    layer_ranges: list[range]
-    num_blocks: int
-    requests: list[Request]
-    attention_backend: str
-    # From scheduler.cost_model_path; None: profiled at start-up when the policy needs one.
-    cost_model: object
-    # How this attempt continues the run directory (pp_runtime.rundir.run_state); checked on every rank.
-    resume: object
-    # How activations travel between stages (resolve_transport): "nccl", or "gloo" (through the host on CUDA).
-    transport: str
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
@@ -84,14 +56,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
-def prepare(cfg: Config) -> JobPlan:
+def prepare(cfg: Config) -> RankJob:
     """Resolve and validate everything on this rank; raises ConfigError / RequestError / FileNotFoundError."""
     from transformers import AutoConfig
 
     from pp_runtime.model.source import load_tokenizer
     from pp_runtime.model.source import model_dir as resolve_model_dir
     from pp_runtime.rundir.run_state import plan_resume
-    from pp_runtime.workloads import load_workload
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if cfg.pipeline.stages is None:
@@ -111,24 +82,13 @@ def prepare(cfg: Config) -> JobPlan:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     model_dir = resolve_model_dir(cfg.model.path)
-    hf_config = AutoConfig.from_pretrained(model_dir)
-    tokenizer = load_tokenizer(model_dir)
-    limit = getattr(hf_config, "max_position_embeddings", None) or getattr(hf_config, "n_positions", 2048)
-    max_model_len = min(cfg.model.max_model_len or limit, limit)
-    check_layout(hf_config.num_hidden_layers, cfg.pipeline.stages, cfg.pipeline.layers_per_stage)
-    requests = load_workload(cfg.workload, tokenizer=tokenizer, max_model_len=max_model_len,
-                             vocab_size=hf_config.vocab_size)
-    # The LM head's weight in the split follows the workload: the more of its tokens are sampled, the dearer.
-    ranges = partition_layers(hf_config.num_hidden_layers, cfg.pipeline.stages,
-                              head_cost=head_cost_layers(hf_config, sampled_share(requests)),
-                              layers_per_stage=cfg.pipeline.layers_per_stage)
-    num_blocks = cfg.cache.num_blocks or num_blocks_for_budget(
-        cfg.cache.memory_gib, max_layers_per_stage=max(len(r) for r in ranges), block_size=cfg.cache.block_size,
-        hf_config=hf_config, dtype=dtype)
+    job = resolve_job(cfg, hf_config=AutoConfig.from_pretrained(model_dir), tokenizer=load_tokenizer(model_dir),
+                      model_dir=model_dir, dtype=dtype)
     # Every rank checks the run directory (same config? same requests?) so a refusal fails everywhere at once.
-    resume = plan_resume(cfg, requests)
-    return JobPlan(cfg, rank, world, device, dtype, model_dir, hf_config, tokenizer, max_model_len, ranges,
-                   num_blocks, requests, backend, _load_cost_model(cfg), resume, transport=transport)
+    resume = plan_resume(cfg, job.requests)
+    return RankJob(**vars(job),
+                   rank=rank, world_size=world, device=device, transport=transport, attention_backend=backend,
+                   cost_model=_load_cost_model(cfg), resume=resume)
 
 
 def _load_cost_model(cfg: Config):

@@ -31,9 +31,9 @@ def simulate_job(cfg: Config) -> dict:
     import json
     from pathlib import Path
 
-    from pp_runtime.sim.job import prepare_sim
     from pp_runtime.sim.output import write_sim_run
-    from pp_runtime.trace.bubbles import format_bubble_table
+    from pp_runtime.sim.sim_job import prepare_sim
+    from pp_runtime.trace.reports import format_bubble_report
 
     job = prepare_sim(cfg)
     log.info("simulating %d request(s) on %d stage(s): layers %s, %s; links %s", len(job.requests),
@@ -41,7 +41,7 @@ def simulate_job(cfg: Config) -> dict:
     result = job.run()
     bubbles = write_sim_run(cfg.output_dir, result, cfg, tokenizer=job.tokenizer, info=job.info())
     m = result.metrics
-    print(format_bubble_table(bubbles, title=f"simulated {cfg.scheduler.policy}, {cfg.pipeline.stages} stage(s)"))
+    print(format_bubble_report(bubbles, title=f"simulated {cfg.scheduler.policy}, {cfg.pipeline.stages} stage(s)"))
     print(f"\n{m['completed']}/{m['num_requests']} requests, {m['total_output_tokens']} output tokens in "
           f"{m['duration_s']:.3f}s simulated ({m['output_throughput']:.1f} tok/s, "
           f"{m['total_token_throughput']:.1f} tok/s in+out); run files in {cfg.output_dir}")

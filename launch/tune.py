@@ -86,8 +86,8 @@ def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: 
          min_gain: float = 0.0, simulate=None) -> TuneResult:
     """Search by simulation (``simulate`` defaults to ``pp_runtime.sim.simulate``; tests inject a stand-in)."""
     from pp_runtime.model.partition import choose_split, head_cost_layers, sampled_share
-    from pp_runtime.sim.job import prepare_sim
     from pp_runtime.sim.parts import total_parts
+    from pp_runtime.sim.sim_job import prepare_sim
     from pp_runtime.sim.time_model import part_source
 
     if cfg.pipeline.stages is None:
@@ -131,7 +131,7 @@ def simulate_candidate(job, cand: Candidate, requests, *, simulate) -> dict:
     time_model = build_time_model(c, hf_config=job.hf_config, layer_ranges=ranges)
     num_blocks = c.cache.num_blocks or num_blocks_for_budget(
         c.cache.memory_gib, max_layers_per_stage=max(cand.layers_per_stage), block_size=c.cache.block_size,
-        hf_config=job.hf_config, dtype=_torch_dtype(job.dtype_bytes))
+        hf_config=job.hf_config, dtype=job.dtype)
     result = simulate(c, requests, time_model=time_model, links=job.links, hidden_size=job.hf_config.hidden_size,
                       dtype_bytes=job.dtype_bytes, eos_token_ids=job.eos_token_ids, max_model_len=job.max_model_len,
                       num_blocks=num_blocks)
@@ -177,12 +177,6 @@ def write_override_file(cand: Candidate, out: Path, name: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def _torch_dtype(dtype_bytes: int):
-    import torch
-
-    return torch.float32 if dtype_bytes == 4 else torch.bfloat16
 
 
 def _simulate():

@@ -8,7 +8,7 @@ uniform 1..255, greedy, EOS ignored (a ``workload=jsonl`` file; the model folder
 needed). It runs through
 - pp-runtime, one stage, in this process (``launch.job.run_job``; tracer off), and
 - Hugging Face ``generate`` with static batches of 64, left padding, cuDNN SDPA off (``scripts.hf_baseline``),
-and prints output and total tokens/s, the wall time against the workload's roofline (``pp_runtime.roofline``:
+and prints output and total tokens/s, the wall time against the workload's roofline (``pp_runtime.sim.roofline``:
 prefill FLOPs at the peak plus weights and live KV per decode step at the bandwidth), and the fraction of wall
 time the GPU was busy: NVML's utilisation (share of each sample period in which a kernel ran) sampled every
 50 ms over the run's last ``duration_s`` seconds (the engine's run; model loading and profiling excluded).
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from pp_runtime.roofline import H100_SXM, Costs, Hardware, workload_time_s
 from pp_runtime.sim.hardware import ModelShape
+from pp_runtime.sim.roofline import H100_SXM, Costs, Hardware, workload_time_s
 from scripts.gpu_busy import GpuBusy, free_cuda_memory
 from scripts.gpu_steps import step_times
 

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from pp_runtime.roofline import Costs, Hardware, step_time_s
+from pp_runtime.sim.roofline import Costs, Hardware, step_time_s
 from scripts.gpu_busy import free_cuda_memory
 
 STEP_CONTEXT, DECODE_BATCHES, PREFILL_TOKENS = 600, (8, 64, 256), 2048

@@ -91,8 +91,7 @@ def run_baseline(plan, *, batch_size: int) -> dict:
     out_dir = Path(plan.cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = _load_model(plan)
-    eos = plan.hf_config.eos_token_id
-    eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+    eos_ids = frozenset(plan.eos_token_ids)
     tok = plan.tokenizer
     pad_id = _pad_id(tok, eos_ids)
     seqs = [Sequence(i, req) for i, req in enumerate(plan.requests)]  # seq ids as the planner numbers them

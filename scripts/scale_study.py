@@ -3,7 +3,7 @@
     python scripts/scale_study.py [--num-requests 128] [--prefill-len 1024] [--pd-ratio 32]
                                   [--sarathi-budget 256] [--orca-budget 4096] [--memory-gib 30] [extra overrides]
 
-Each policy is simulated by ``pp-sim``'s machinery (``pp_runtime.sim.job.prepare_sim``: the same planner classes as
+Each policy is simulated by ``pp-sim``'s machinery (``pp_runtime.sim.sim_job.prepare_sim``: the same planner classes as
 rank 0, ``sim.cost_model=roofline``, ``sim.gpu=a100``, ``sim.model_shape=gpt3-175b``, one GPU per stage, NVLink
 within a node of 8) on a prefill-heavy synthetic mix, all requests arriving at once. Prints throughput, the
 bubble fractions, the idle time by cause (pp_runtime/trace/attribution.py) and the ratios against the SARATHI paper's
@@ -39,8 +39,8 @@ def simulate(overrides: list[str], out_dir: Path) -> tuple[dict, dict]:
     """Simulate one config; returns (metrics, bubbles) as written into ``out_dir``."""
     import json
 
-    from pp_runtime.sim.job import prepare_sim
     from pp_runtime.sim.output import write_sim_run
+    from pp_runtime.sim.sim_job import prepare_sim
 
     cfg = _config(overrides)
     cfg.output_dir = str(out_dir)

@@ -27,11 +27,9 @@ def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=No
     begin_attempt(out_dir, plan.resume)  # a torn last line goes, or the old file moves aside
     done = plan.resume.done
     todo = [r for r in plan.requests if r.id not in done]
-    eos = plan.hf_config.eos_token_id
-    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     planner = make_planner(cfg.scheduler, num_blocks=plan.num_blocks, block_size=cfg.cache.block_size,
-                           num_slots=cfg.pipeline.depth, max_model_len=plan.max_model_len, eos_token_ids=eos_ids,
-                           cost_model=cost_model)
+                           num_slots=cfg.pipeline.depth, max_model_len=plan.max_model_len,
+                           eos_token_ids=plan.eos_token_ids, cost_model=cost_model)
     tok = plan.tokenizer
     progress = _progress(len(todo), cfg.runtime.progress)
     finished = 0
@@ -86,8 +84,7 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
     """
     from dataclasses import asdict
 
-    from pp_runtime.trace.bubbles import format_bubble_table
-    from pp_runtime.trace.reports import write_json
+    from pp_runtime.trace.reports import format_bubble_report, write_json
 
     cfg = plan.cfg
     out_dir = Path(cfg.output_dir)
@@ -116,7 +113,7 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
         print(f"{status}: {metrics['resumed']} request(s) resumed from earlier attempts; "
               f"{metrics['totals']['requests']}/{len(plan.requests)} in outputs.jsonl")
     if cfg.tracer.enabled:
-        print(format_bubble_table(bubbles, title=f"{cfg.scheduler.policy}, {plan.world_size} stage(s)"))
+        print(format_bubble_report(bubbles, title=f"{cfg.scheduler.policy}, {plan.world_size} stage(s)"))
         if plan.world_size > 1:
             print(f"stage clocks aligned to stage 0 within {max(clock_errors.values()) / 1e3:.1f} us "
                   f"(half the best ping-pong round trip); trace in {out_dir / 'trace.json'}")

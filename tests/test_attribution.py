@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pp_runtime.trace.attribution import PARTS, attribute_idle, format_attribution_table
-from pp_runtime.trace.bubbles import compute_bubbles, format_bubble_table
+from pp_runtime.trace.bubbles import compute_bubbles
+from pp_runtime.trace.reports import format_bubble_report
 from pp_runtime.trace.tracer import EventKind
 
 C = 1_000_000  # ns: one micro-batch on one stage
@@ -163,7 +164,7 @@ def test_table_is_printed_with_the_bubble_table():
     events = pipeline_events([[C] * 4] * 2, hop=C // 10)
     bubbles = compute_bubbles(events)
     bubbles["attribution"] = attribute_idle(events)
-    text = format_bubble_table(bubbles)
+    text = format_bubble_report(bubbles)
     assert format_attribution_table(bubbles["attribution"]) in text and "hop ms" in text
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from pp_runtime.roofline import Costs
 from pp_runtime.sim.hardware import ModelShape
+from pp_runtime.sim.roofline import Costs
 from scripts.bench_gpu import MAX_OUTPUT, MAX_PROMPT, NUM_REQUESTS, PRESETS, main, write_workload
 from scripts.gpu_busy import GpuBusy
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pp_runtime.roofline import H100_SXM, Costs, Hardware, step_time_s, workload_time_s
 from pp_runtime.sim.hardware import ModelShape
+from pp_runtime.sim.roofline import H100_SXM, Costs, Hardware, step_time_s, workload_time_s
 
 # 2 layers, hidden 4, 2 heads + 1 KV head of dim 2, MLP 8, vocab 10, 2-byte weights.
 SHAPE = ModelShape("toy", num_layers=2, hidden=4, num_heads=2, num_kv_heads=1, head_dim=2, intermediate=8,

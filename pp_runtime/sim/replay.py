@@ -16,10 +16,10 @@ import numpy as np
 from pp_runtime.config import Config, ConfigError
 from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, scan_outputs
 from pp_runtime.sim.compare import compare_runs, load_summary, run_summary
-from pp_runtime.sim.job import SimJob, prepare_sim
 from pp_runtime.sim.links import Link, LinkModel
 from pp_runtime.sim.output import write_sim_run
 from pp_runtime.sim.pipeline import SimResult
+from pp_runtime.sim.sim_job import SimJob, prepare_sim
 from pp_runtime.trace.tracer import EventKind
 
 

@@ -148,10 +148,6 @@ def format_bubble_table(bubbles: dict, *, title: str = "") -> str:
     lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
-    if "attribution" in bubbles:  # written by pp_runtime.trace.reports; imported here to avoid an import cycle
-        from pp_runtime.trace.attribution import format_attribution_table
-
-        lines.append(format_attribution_table(bubbles["attribution"]))
     return "\n".join(lines)
 
 

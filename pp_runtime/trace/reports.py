@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from pp_runtime.trace.attribution import attribute_idle
-from pp_runtime.trace.bubbles import compute_bubbles
+from pp_runtime.trace.attribution import attribute_idle, format_attribution_table
+from pp_runtime.trace.bubbles import compute_bubbles, format_bubble_table
 from pp_runtime.trace.export import chrome_trace, validate_chrome_trace
 
 EVENTS_FILE = "events.npz"
@@ -49,6 +49,15 @@ def write_reports(run_dir: str, events: dict[int, np.ndarray], *, policy: str, c
         title = f"{policy}: bubble fraction {bubbles['pipeline']['bubble_fraction']:.1%} ({len(events)} stages)"
         draw_timeline(events, os.path.join(run_dir, "timeline.png"), title=title)
     return bubbles
+
+
+def format_bubble_report(bubbles: dict, *, title: str | None = None) -> str:
+    """The bubble table of ``compute_bubbles`` output, with the idle-by-cause table under it when ``bubbles``
+    holds an ``"attribution"`` (as ``write_reports`` stores it)."""
+    text = format_bubble_table(bubbles, title=title)
+    if "attribution" in bubbles:
+        text += "\n" + format_attribution_table(bubbles["attribution"])
+    return text
 
 
 def bubble_metrics(bubbles: dict) -> dict:

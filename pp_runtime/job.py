@@ -1,0 +1,98 @@
+"""A job resolved from its config before any process exists, for the runtime and the simulator alike.
+
+``resolve_job`` turns a ``Config`` plus the model's Hugging Face config into a typed ``Job``: the context limit,
+the layer-count check, the requests, the layer split, the KV-cache size and the end-of-sequence ids. The runtime
+(``launch/job.py``) adds what one rank needs (``RankJob``: rank, device, transport, attention backend, cost
+model, resume plan); the simulator (``pp_runtime/sim/sim_job.py``) adds its time model and links. Everything here
+raises ``ConfigError`` / ``RequestError`` naming the key to change, so bad input fails before ranks meet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from pp_runtime.config import Config, ConfigError
+from pp_runtime.model.cache_size import num_blocks_for_budget
+from pp_runtime.model.partition import check_layout, head_cost_layers, partition_layers, sampled_share
+from pp_runtime.request import Request
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+    from pp_runtime.planner.cost_model import CostModel
+    from pp_runtime.rundir.run_state import ResumePlan
+
+
+@dataclass
+class Job:
+    """What every rank, and the simulator, agree on about a job before any process talks."""
+
+    cfg: Config
+    hf_config: PretrainedConfig
+    tokenizer: PreTrainedTokenizerBase | None  # None: a simulator shape preset (token-id workloads only)
+    model_dir: str | None  # None: a simulator shape preset
+    dtype: torch.dtype
+    max_model_len: int  # tokens: prompt + output of one request at most
+    layer_ranges: list[range]  # one contiguous range of decoder layers per stage
+    num_blocks: int  # KV blocks per stage (every stage the same)
+    requests: list[Request]
+    eos_token_ids: list[int]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.layer_ranges)
+
+
+@dataclass
+class RankJob(Job):
+    """A ``Job`` as one rank of the runtime runs it (built by ``launch.job.prepare``)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    transport: str = "gloo"  # how activations travel: "nccl", or "gloo" (through pinned host memory on CUDA)
+    attention_backend: str = "sdpa"  # a name of stages.attention's backends
+    cost_model: CostModel | None = None  # from scheduler.cost_model_path; None: profiled at start-up if needed
+    resume: ResumePlan | None = None  # how this attempt continues the run directory
+
+
+def context_limit(hf_config) -> int:
+    """The longest sequence (tokens) the model's positions support."""
+    return getattr(hf_config, "max_position_embeddings", None) or getattr(hf_config, "n_positions", 2048)
+
+
+def eos_token_ids(hf_config) -> list[int]:
+    """The end-of-sequence ids of a Hugging Face config (an int, a list, or none)."""
+    eos = getattr(hf_config, "eos_token_id", None)
+    return [eos] if isinstance(eos, int) else list(eos or [])
+
+
+def resolve_job(cfg: Config, *, hf_config, tokenizer, model_dir: str | None, dtype: torch.dtype) -> Job:
+    """Resolve ``cfg`` (validated, ``pipeline.stages`` set) against the model's config.
+
+    Raises ConfigError (layer split, workload without a tokenizer) or RequestError (a bad request), naming the
+    key or request to change.
+    """
+    limit = context_limit(hf_config)
+    max_model_len = min(cfg.model.max_model_len or limit, limit)
+    check_layout(hf_config.num_hidden_layers, cfg.pipeline.stages, cfg.pipeline.layers_per_stage)
+    if tokenizer is None and cfg.workload.kind == "default":
+        source = f"model.path={model_dir!r}" if model_dir is not None else f"sim.model_shape={cfg.sim.model_shape!r}"
+        raise ConfigError(f"workload=default needs the model's tokenizer, and {source} has none: use a token-id "
+                          "workload (workload=synthetic, workload=trace, or jsonl with prompt_token_ids)")
+    from pp_runtime.workloads import load_workload
+
+    requests = load_workload(cfg.workload, tokenizer=tokenizer, max_model_len=max_model_len,
+                             vocab_size=hf_config.vocab_size)
+    # The LM head's weight in the split follows the workload: the more of its tokens are sampled, the dearer.
+    ranges = partition_layers(hf_config.num_hidden_layers, cfg.pipeline.stages,
+                              head_cost=head_cost_layers(hf_config, sampled_share(requests)),
+                              layers_per_stage=cfg.pipeline.layers_per_stage)
+    num_blocks = cfg.cache.num_blocks or num_blocks_for_budget(
+        cfg.cache.memory_gib, max_layers_per_stage=max(len(r) for r in ranges), block_size=cfg.cache.block_size,
+        hf_config=hf_config, dtype=dtype)
+    return Job(cfg, hf_config, tokenizer, model_dir, dtype, max_model_len, ranges, num_blocks, requests,
+               eos_token_ids(hf_config))

@@ -122,14 +122,21 @@ class CacheConfig:
     block_size: int = 16
     # Blocks per stage. None: as many as cache.memory_gib holds on the stage with the most layers.
     num_blocks: int | None = None
-    # KV-cache memory budget per stage in GiB, used when cache.num_blocks is None.
-    memory_gib: float = 0.5
+    # KV-cache memory budget per stage in GiB, used when cache.num_blocks is None. None: on CUDA what
+    # cache.gpu_memory_utilization leaves after the stage's weights and activations; on the CPU 0.5 GiB.
+    memory_gib: float | None = None
+    # Share of each GPU's memory the stage may use for weights, activations and KV cache (vLLM's meaning), when
+    # cache.num_blocks and cache.memory_gib are null.
+    gpu_memory_utilization: float = 0.9
 
     def validate(self) -> None:
         _check(self.block_size >= 1, "cache.block_size", self.block_size, "must be >= 1")
         if self.num_blocks is not None:
             _check(self.num_blocks >= 1, "cache.num_blocks", self.num_blocks, "must be >= 1")
-        _check(self.memory_gib > 0, "cache.memory_gib", self.memory_gib, "must be > 0")
+        if self.memory_gib is not None:
+            _check(self.memory_gib > 0, "cache.memory_gib", self.memory_gib, "must be > 0, or null for the default")
+        _check(0 < self.gpu_memory_utilization <= 1, "cache.gpu_memory_utilization", self.gpu_memory_utilization,
+               "must be in (0, 1]")
 
 
 @dataclass

@@ -51,10 +51,12 @@ class Planner:
         self.seqs.append(seq)
         total = min(seq.prompt_len + req.params.max_tokens, self.max_model_len)
         if not self.blocks.fits_alone(total):
-            bs = self.blocks.block_size
-            seq.error = (f"request {req.id!r} needs {-(-total // bs)} KV blocks of {bs} tokens "
-                         f"(prompt {seq.prompt_len} + max_tokens {req.params.max_tokens}) but the cache has "
-                         f"{self.blocks.num_blocks}; raise cache.num_blocks or cache.memory_gib, or lower max_tokens")
+            bs, nb = self.blocks.block_size, self.blocks.num_blocks
+            seq.error = (f"request {req.id!r} needs {total} tokens of KV cache (prompt {seq.prompt_len} + max_tokens "
+                         f"{req.params.max_tokens}, at most model.max_model_len={self.max_model_len}) but the cache "
+                         f"holds {nb * bs} tokens ({nb} blocks of {bs}); raise cache.memory_gib, "
+                         f"cache.gpu_memory_utilization or cache.num_blocks, use more pipeline.stages, or lower "
+                         f"max_tokens")
             self._finish(seq, "rejected", req.arrival_s)
             return seq
         heapq.heappush(self._future, (req.arrival_s, seq.seq_id))

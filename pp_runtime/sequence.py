@@ -28,6 +28,8 @@ class Sequence:
     # pipelining): stages serve micro-batches in order, so each chunk finds its prefix's KV on every stage.
     num_in_flight: int = 0
     tokens_in_flight: int = 0
+    # Tokens the planner had put into micro-batches when this request arrived: the fair prefill order's clock.
+    arrival_work: int = 0
     # In-flight slot the request is pinned to (balances decodes across micro-batches); -1: none.
     slot: int = -1
     finish_reason: str | None = None

@@ -43,6 +43,7 @@ class Planner:
         self._decode_turn = 0
         self._tables: dict[int, tuple[int, ...]] = {}  # seq_id -> block table as last put into a piece
         self._admission_closed = False
+        self.work_scheduled = 0  # tokens put into micro-batches so far (a clock for fair ordering)
 
     # ---- requests in -------------------------------------------------------------------------------------
     def add_request(self, req: Request) -> Sequence:
@@ -75,6 +76,7 @@ class Planner:
     def _release_arrivals(self, now: float) -> None:
         while self._future and self._future[0][0] <= now:
             _, sid = heapq.heappop(self._future)
+            self.seqs[sid].arrival_work = self.work_scheduled
             self.waiting.append(self.seqs[sid])
 
     # ---- planning ----------------------------------------------------------------------------------------
@@ -97,6 +99,7 @@ class Planner:
                 params=seq.request.params, step=len(out)))
         mb = MicroBatch(self._next_mb_id, tuple(pieces))
         self._next_mb_id += 1
+        self.work_scheduled += mb.num_tokens
         return mb
 
     def _select(self, now: float) -> list[tuple[Sequence, int]]:

@@ -11,6 +11,15 @@ soon as stage 0 has computed chunk k (every stage serves micro-batches in launch
 positions is in each stage's cache before a later chunk needs it). One long prompt then keeps every stage busy
 instead of crossing the pipeline one chunk at a time. At most ``scheduler.max_chunks_in_flight`` chunks of one
 request are in flight (default: the pipeline depth; 1 serialises them); only the last chunk samples.
+
+Fair sharing (``scheduler.prefill_order=fair``, the default): prefill chunks go first to the request with the
+least prefill left, so short prompts that arrive behind a long one get into the next micro-batches instead of
+waiting for all of it; with aging, so that a long prompt still finishes: once the pipeline has served
+``AGING`` times a request's own prefill (in tokens, since it arrived) the request is *aged* and goes before every
+request that is not, aged ones in arrival order. A long prompt's TTFT is then at most about ``AGING`` times its
+TTFT alone, whatever stream of short prompts keeps arriving. Admission stays first come, first served (the
+waiting queue's head competes with the running prefills by the same key); ``prefill_order=fcfs`` serves
+prefills in arrival order.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from pp_runtime.planner.base import Planner
 from pp_runtime.planner.fill import Fill, Limits
 from pp_runtime.planner.slots import SlotTable
 from pp_runtime.sequence import SeqStatus, Sequence
+
+AGING = 2.0  # a request is aged once the pipeline served this many times its prefill since it arrived
 
 
 class SarathiPlanner(Planner):
@@ -84,16 +95,50 @@ class SarathiPlanner(Planner):
         return True
 
     def _add_prefills(self, slot: int, fill: Fill, work: list[tuple[Sequence, int]]) -> None:
+        ready = []
         for seq in list(self._prefilling):
             if seq.status is not SeqStatus.RUNNING:
                 continue  # preempted earlier in this build
             if not seq.in_prefill:
                 del self._prefilling[seq]
-            elif (seq.num_unscheduled and seq.num_in_flight < self.max_chunks_in_flight
-                  and not self._add_chunk(seq, fill, work)):
+            elif seq.num_in_flight < self.max_chunks_in_flight and (
+                    seq.num_unscheduled > 1 or (seq.num_unscheduled == 1 and not seq.output_token_ids)):
+                # A recompute's last token waits for the chunks in flight: it goes as a decode (priced as one).
+                ready.append(seq)
+        if self.cfg.prefill_order == "fcfs":
+            for seq in ready:
+                if seq.status is SeqStatus.RUNNING and not self._add_chunk(seq, fill, work):
+                    return
+            while self.waiting and self._add_chunk(self.waiting[0], fill, work, admit_to=slot):
+                pass
+            return
+        # Fair: merge the running prefills, by _fair_key, with the waiting queue in arrival order. One that gets
+        # no blocks is passed over (an older request may still preempt a younger one for its blocks).
+        ready.sort(key=self._fair_key)
+        i, admitting = 0, True
+        while True:
+            head = self.waiting[0] if admitting and self.waiting else None
+            if i < len(ready) and (head is None or self._fair_key(ready[i]) <= self._fair_key(head)):
+                seq, admit_to = ready[i], None
+                i += 1
+                if seq.status is not SeqStatus.RUNNING:
+                    continue  # preempted earlier in this build
+            elif head is not None:
+                seq, admit_to = head, slot
+            else:
                 return
-        while self.waiting and self._add_chunk(self.waiting[0], fill, work, admit_to=slot):
-            pass
+            before = len(work)
+            if not self._add_chunk(seq, fill, work, admit_to=admit_to):
+                if len(work) > before or fill.tokens >= self.limits.token_budget:
+                    return  # a chunk cut short, or the micro-batch is full
+                if admit_to is not None:
+                    admitting = False  # the head cannot be admitted now; admission is first come, first served
+
+    def _fair_key(self, seq: Sequence) -> tuple[int, float, int]:
+        """Sort key, first served first: aged requests by arrival, then the others by prefill tokens left."""
+        if self.work_scheduled - seq.arrival_work >= AGING * seq.num_tokens:
+            return 0, seq.request.arrival_s, seq.seq_id
+        return 1, seq.num_unscheduled, seq.seq_id
 
     def _add_chunk(self, seq: Sequence, fill: Fill, work: list[tuple[Sequence, int]], *,
                    admit_to: int | None = None) -> bool:

@@ -54,7 +54,7 @@ def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=No
                         on_finish=on_finish, stop=stop, drain_timeout_s=cfg.runtime.drain_timeout_s)
         wall_s = engine.run()
     progress.close()
-    metrics = compute_metrics(planner.seqs, wall_s=wall_s)
+    metrics = compute_metrics(planner.seqs, wall_s=wall_s, alone=planner.alone_times if cost_model else None)
     metrics["policy"] = cfg.scheduler.policy
     metrics["stages"] = plan.world_size
     # No request lost: read the file back and hold every input id against it.
@@ -113,7 +113,8 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
         print(f"{status}: {metrics['resumed']} request(s) resumed from earlier attempts; "
               f"{metrics['totals']['requests']}/{len(plan.requests)} in outputs.jsonl")
     if cfg.tracer.enabled:
-        print(format_bubble_report(bubbles, title=f"{cfg.scheduler.policy}, {plan.world_size} stage(s)"))
+        print(format_bubble_report(bubbles, title=f"{cfg.scheduler.policy}, {plan.world_size} stage(s)",
+                                   slowdown=metrics.get("slowdown")))
         if plan.world_size > 1:
             print(f"stage clocks aligned to stage 0 within {max(clock_errors.values()) / 1e3:.1f} us "
                   f"(half the best ping-pong round trip); trace in {out_dir / 'trace.json'}")

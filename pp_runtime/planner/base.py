@@ -248,6 +248,14 @@ class Planner:
                 done.append(seq)
         return done
 
+    def alone_times(self, seq: Sequence, model=None) -> tuple[float, float]:
+        """(TTFT, e2e) seconds ``seq`` would take alone on this planner's pipeline, by ``model`` (default: the
+        planner's cost model); see ``planner/alone.py``."""
+        from pp_runtime.planner.alone import alone_times
+
+        return alone_times(model or self.cost_model, self.cfg, num_slots=self.num_slots, prompt_len=seq.prompt_len,
+                           num_outputs=len(seq.output_token_ids))
+
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.request.params
         if (token in self.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids:

@@ -86,7 +86,10 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
     launched: list[MicroBatch] = []
     drive(planner, sample, on_schedule=launched.append, clock=clock)
     events = {s: _as_events(r) for s, r in enumerate(clock.rows)}
-    metrics = compute_metrics(planner.seqs, wall_s=clock.seconds())
+    # Slowdowns are measured against the cost model the planner balances with, else the time model (fitted).
+    alone = planner.cost_model or (time_model if isinstance(time_model, CostModel) else fit_cost_model(
+        time_model, token_budget=cfg.scheduler.token_budget, max_context_len=max_model_len))
+    metrics = compute_metrics(planner.seqs, wall_s=clock.seconds(), alone=lambda s: planner.alone_times(s, alone))
     metrics.update(policy=cfg.scheduler.policy, stages=n, simulated=True)
     return SimResult(metrics, events, planner.seqs, launched)
 

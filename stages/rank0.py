@@ -67,7 +67,8 @@ def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=No
     if engine.stopped_early:
         stopped = (f"stopped by {stop.name}: {len(scan.ids)} of {len(plan.requests)} requests are in "
                    f"{out_dir / OUTPUTS_FILE}; rerun the same command to resume")
-    return {"metrics": metrics, "seqs": planner.seqs, "stopped": stopped}
+    return {"metrics": metrics, "seqs": planner.seqs, "stopped": stopped, "cost_model": cost_model,
+            "mb_work": planner.mb_work}
 
 
 def _progress(total: int, enabled: bool):
@@ -101,6 +102,10 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
         bubbles = write_reports(str(out_dir), events, policy=cfg.scheduler.policy, clock_errors_ns=clock_errors,
                                 timeline=cfg.tracer.timeline)
         metrics.update(bubble_metrics(bubbles))
+        if result.get("cost_model") is not None:
+            from pp_runtime.planner.cost_model import prediction_error
+
+            metrics["cost_model_error"] = prediction_error(result["cost_model"], result["mb_work"], events)
         metrics["clock_error_us"] = {str(s): e / 1e3 for s, e in clock_errors.items()}
     metrics["config"] = asdict(cfg)
     write_json(out_dir / "metrics.json", metrics, default=str)

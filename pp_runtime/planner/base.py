@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pp_runtime.config import SchedulerConfig
 from pp_runtime.plan import MicroBatch, Piece
 from pp_runtime.planner.block_manager import BlockManager
+from pp_runtime.planner.cost_model import work as mb_work_of
 from pp_runtime.request import Request
 from pp_runtime.sequence import SeqStatus, Sequence
 
@@ -44,6 +45,9 @@ class Planner:
         self._tables: dict[int, tuple[int, ...]] = {}  # seq_id -> block table as last put into a piece
         self._admission_closed = False
         self.work_scheduled = 0  # tokens put into micro-batches so far (a clock for fair ordering)
+        # Micro-batch id -> (tokens, attention pairs, decode context): what the cost model priced, kept to measure
+        # its error against the trace (cost_model.prediction_error); only when there is a cost model.
+        self.mb_work: dict[int, tuple[int, int, int]] = {}
 
     # ---- requests in -------------------------------------------------------------------------------------
     def add_request(self, req: Request) -> Sequence:
@@ -100,6 +104,8 @@ class Planner:
         mb = MicroBatch(self._next_mb_id, tuple(pieces))
         self._next_mb_id += 1
         self.work_scheduled += mb.num_tokens
+        if self.cost_model is not None:
+            self.mb_work[mb.id] = mb_work_of(pieces)
         return mb
 
     def _select(self, now: float) -> list[tuple[Sequence, int]]:

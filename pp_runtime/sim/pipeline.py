@@ -91,6 +91,10 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
         time_model, token_budget=cfg.scheduler.token_budget, max_context_len=max_model_len))
     metrics = compute_metrics(planner.seqs, wall_s=clock.seconds(), alone=lambda s: planner.alone_times(s, alone))
     metrics.update(policy=cfg.scheduler.policy, stages=n, simulated=True)
+    if planner.cost_model is not None:  # the planner's model against the simulated hardware
+        from pp_runtime.planner.cost_model import prediction_error
+
+        metrics["cost_model_error"] = prediction_error(planner.cost_model, planner.mb_work, events)
     return SimResult(metrics, events, planner.seqs, launched)
 
 

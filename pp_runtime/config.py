@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-POLICIES = ("sarathi", "orca", "vllm", "static", "fcfs")
+POLICIES = ("sarathi", "orca", "vllm", "static", "fcfs", "throttle")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 WORKLOADS = ("default", "jsonl", "trace", "synthetic")
@@ -83,7 +83,8 @@ class PipelineConfig:
 
 @dataclass
 class SchedulerConfig:
-    # Batching policy: sarathi (chunked prefills + piggybacked decodes), orca, vllm, static, or fcfs (simple).
+    # Batching policy: sarathi (chunked prefills + piggybacked decodes), orca, vllm, static, fcfs (simple), or
+    # throttle (gLLM's token throttling on top of sarathi).
     policy: str = "sarathi"
     # Most tokens in one micro-batch (prefill chunk tokens + decode tokens).
     token_budget: int = 256

@@ -22,7 +22,7 @@ from pp_runtime.planner.sarathi import AGING
 from pp_runtime.request import Request, SamplingParams
 from pp_runtime.sequence import SeqStatus
 
-POLICIES = ("sarathi", "orca", "vllm", "static", "fcfs")
+POLICIES = ("sarathi", "orca", "vllm", "static", "fcfs", "throttle")
 VOCAB = 40
 EOS = 0
 MAX_MODEL_LEN = 128
@@ -100,7 +100,7 @@ class Harness:
         else:
             assert mb.num_tokens <= budget, f"{mb!r} exceeds token_budget={budget}"
         model, slo = self.p.cost_model, self.cfg.tbt_slo_ms
-        if slo is not None and self.cfg.policy == "sarathi":
+        if slo is not None and self.cfg.policy in ("sarathi", "throttle"):
             t = model.predict_max(mb.pieces)
             assert t <= slo / 1e3 * (1 + 1e-9) or mb.num_tokens == 1, f"{mb!r} predicted {t * 1e3:.3f} ms > SLO"
 
@@ -125,7 +125,7 @@ class Harness:
         assert pc.is_prefill or pc.num_tokens == 1
         if self.cfg.policy in ("orca", "vllm", "static") and pc.is_prefill:
             assert pc.start == 0 and pc.sample, f"{pc!r}: {self.cfg.policy} never chunks a prompt"
-        if self.cfg.policy in ("sarathi", "fcfs"):
+        if self.cfg.policy in ("sarathi", "fcfs", "throttle"):
             assert pc.num_tokens <= self.cfg.chunk_size or not pc.is_prefill
 
     def _check_policy(self, mb: MicroBatch) -> None:

@@ -16,10 +16,10 @@ def alone_times(model: CostModel, cfg: SchedulerConfig, *, num_slots: int, promp
                 num_outputs: int) -> tuple[float, float]:
     """(TTFT, end-to-end latency) in seconds of a request of ``prompt_len`` prompt and ``num_outputs`` output tokens
     served alone under ``cfg``'s policy with ``num_slots`` micro-batches in flight."""
-    chunked = cfg.policy in ("sarathi", "fcfs")
+    chunked = cfg.policy in ("sarathi", "fcfs", "throttle")
     chunk = min(cfg.chunk_size, cfg.token_budget) if chunked else max(prompt_len, 1)
     depth = 1
-    if cfg.policy == "sarathi":
+    if cfg.policy in ("sarathi", "throttle"):
         depth = num_slots if cfg.max_chunks_in_flight is None else min(cfg.max_chunks_in_flight, num_slots)
     free = [0.0] * model.num_stages  # when each stage is done with its last chunk
     back: list[float] = []  # when each chunk left the last stage

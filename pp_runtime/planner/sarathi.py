@@ -129,7 +129,7 @@ class SarathiPlanner(Planner):
                 return
             before = len(work)
             if not self._add_chunk(seq, fill, work, admit_to=admit_to):
-                if len(work) > before or fill.tokens >= self.limits.token_budget:
+                if len(work) > before or fill.tokens >= fill.limits.token_budget:
                     return  # a chunk cut short, or the micro-batch is full
                 if admit_to is not None:
                     admitting = False  # the head cannot be admitted now; admission is first come, first served

@@ -9,7 +9,9 @@ cpu: a random Llama of about SmolLM2's size (hidden 512, 8 layers), one prompt, 
 pipelining (the default). sim: Llama-3.1-8B shape on simulated H100s: one 4k / 32k / 128k prompt on 1-8 stages
 and several chunk sizes, TTFT, every stage's bubble and the strong-scaling efficiency TTFT(1) / (S x TTFT(S)),
 next to SGLang's 82.8%. fairness: one 4000-token prompt and 16 of 64 tokens (all at t=0), fair vs fcfs prefill
-order, 1 and 2 stages: short TTFT p50 and the long TTFT against each alone, Jain's index, and throughput.
+order, 1 and 2 stages: the short prompts' TTFT p50 against theirs without the long prompt, the long TTFT against
+its own alone, Jain's index over the TTFT slowdowns (cost model), and throughput; plus an offline batch (the
+same mix, 4 times) where fair must cost no throughput against FCFS.
 Prints markdown tables.
 """
 
@@ -92,7 +94,7 @@ def sim(args) -> None:
           " TTFT ms, 1 chunk in flight |")
     print("|---|---|---|---|---|---|---|---|")
     for plen, chunks, stage_list in ((4000, (512,), (1, 2, 4)), (32768, (512, 1024, 2048), (1, 2, 4, 8)),
-                                     (131072, (2048,), (1, 8))):
+                                     (131000, (2048,), (1, 8))):
         req = [{"id": "long", "prompt_token_ids": _prompt(plen, 3), "max_tokens": 1, "ignore_eos": True}]
         for chunk in chunks:
             base = None
@@ -114,9 +116,13 @@ def _mix(long_len: int = 4000, short_len: int = 64, num_short: int = 16) -> list
     return reqs
 
 
-def _fair_row(label, ttft: dict[str, float], alone: dict[str, float], m: dict) -> str:
+def _p50_short(ttft: dict[str, float]) -> float:
     shorts = sorted(v for k, v in ttft.items() if k != "long")
-    p50 = shorts[len(shorts) // 2]
+    return shorts[len(shorts) // 2]
+
+
+def _fair_row(label, ttft: dict[str, float], alone: dict[str, float], m: dict) -> str:
+    p50 = _p50_short(ttft)
     s = m.get("slowdown") or {}
     jain = s.get("jain_ttft")
     return (f"| {label} | {p50 * 1e3:.1f} | {p50 / alone['short']:.2f}x | {ttft['long'] * 1e3:.1f} | "
@@ -135,12 +141,18 @@ def fairness(args) -> None:
     for s in (1, 2):
         common = [f"pipeline.stages={s}", "cache.memory_gib=20", "scheduler.chunk_size=512",
                   "scheduler.token_budget=512"]
+        shorts = _sim(common, mix[1:], tmp)[0]
         alone = {"long": _sim(common, mix[:1], tmp)[0].seqs[0].first_token_s,
-                 "short": _sim(common, mix[1:2], tmp)[0].seqs[0].first_token_s}
+                 "short": _p50_short({q.request.id: q.first_token_s for q in shorts.seqs})}
         for order in ("fcfs", "fair"):
             res, _ = _sim([*common, f"scheduler.prefill_order={order}"], mix, tmp)
             ttft = {q.request.id: q.first_token_s - q.request.arrival_s for q in res.seqs}
             print(_fair_row(f"{s} stage(s), {order}", ttft, alone, res.metrics))
+        batch = [{**r, "id": f"{r['id']}-{k}"} for k in range(4) for r in mix]
+        tput = {o: _sim([*common, f"scheduler.prefill_order={o}"], batch, tmp)[0].metrics["total_token_throughput"]
+                for o in ("fcfs", "fair")}
+        print(f"| {s} stage(s), offline batch of {len(batch)} (4 x the mix) | | | | | | fair / fcfs throughput "
+              f"{tput['fair'] / tput['fcfs']:.3f} |")
     if not args.cpu:
         return
     out = Path(args.out or tmp)
@@ -152,15 +164,19 @@ def fairness(args) -> None:
                   "cache.memory_gib=1", "tracer.timeline=false"]
         mix = [{**r, "max_tokens": 8} for r in _mix()]
         alone = {}
-        for name, reqs in (("long", mix[:1]), ("short", mix[1:2])):
-            m = run_torchrun(s, [*common, f"workload.path={_write(out / f'{name}.jsonl', reqs)}"], out / f"{s}_{name}")
-            alone[name] = m["mean_ttft_ms"] / 1e3
+        for name, reqs in (("long", mix[:1]), ("short", mix[1:])):
+            run_dir = out / f"{s}_{name}"
+            run_torchrun(s, [*common, f"workload.path={_write(out / f'{name}.jsonl', reqs)}"], run_dir)
+            alone[name] = _p50_short(_ttfts(run_dir)) if name == "short" else _ttfts(run_dir)["long"]
         for order in ("fcfs", "fair"):
             run_dir = out / f"{s}_{order}"
             m = run_torchrun(s, [*common, f"workload.path={_write(out / 'mix.jsonl', mix)}",
                                  f"scheduler.prefill_order={order}"], run_dir)
-            ttft = {r["id"]: r["ttft_s"] for r in map(json.loads, (run_dir / "outputs.jsonl").read_text().splitlines())}
-            print(_fair_row(f"{s} stage(s), {order}", ttft, alone, m))
+            print(_fair_row(f"{s} stage(s), {order}", _ttfts(run_dir), alone, m))
+
+
+def _ttfts(run_dir: Path) -> dict[str, float]:
+    return {r["id"]: r["ttft_s"] for r in map(json.loads, (run_dir / "outputs.jsonl").read_text().splitlines())}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,18 +123,20 @@ class Planner:
         return [s for s in self.running if not s.in_flight]
 
     def _admit(self, seq: Sequence, num_tokens: int, *, take: bool = True) -> bool:
-        """Move ``seq``, the head of the waiting queue, to running with ``num_tokens`` reserved, if blocks are free.
+        """Move ``seq`` from the waiting queue to running with ``num_tokens`` reserved, if blocks are free.
 
-        Admission never preempts, and never happens in a build that preempted: the freed blocks are for the
-        running requests, and readmitting a victim at once would only thrash. ``take`` marks ``seq`` in flight
-        (it goes into the micro-batch being built).
+        ``seq`` is the head of the queue (first come, first served) unless the policy orders admission otherwise
+        (sarathi's fair prefill order looks a bounded window into the queue). Admission never preempts, and never
+        happens in a build that preempted: the freed blocks are for the running requests, and readmitting a victim
+        at once would only thrash. ``take`` marks ``seq`` in flight (it goes into the micro-batch being built).
         """
-        if self.waiting[0] is not seq:
-            raise RuntimeError(f"{seq!r} is not the head of the waiting queue; admission is first come, first served")
         if (self._admission_closed or self._preempted_this_build or len(self.running) >= self.cfg.max_num_seqs
                 or not self.blocks.can_allocate(seq, num_tokens)):
             return False
-        self.waiting.popleft()
+        if self.waiting[0] is seq:
+            self.waiting.popleft()
+        else:
+            self.waiting.remove(seq)
         seq.status = SeqStatus.RUNNING
         self.running[seq] = None
         self.blocks.allocate(seq, num_tokens)

@@ -16,13 +16,15 @@ Fair sharing (``scheduler.prefill_order=fair``, the default): prefill chunks go 
 least prefill left, so short prompts that arrive behind a long one get into the next micro-batches instead of
 waiting for all of it; with aging, so that a long prompt still finishes: once the pipeline has served
 ``AGING`` times a request's own prefill (in tokens, since it arrived) the request is *aged* and goes before every
-request that is not, aged ones in arrival order. A long prompt's TTFT is then at most about ``AGING`` times its
-TTFT alone, whatever stream of short prompts keeps arriving. Admission stays first come, first served (the
-waiting queue's head competes with the running prefills by the same key); ``prefill_order=fcfs`` serves
-prefills in arrival order.
+request that is not, aged ones in arrival order. A long prompt's TTFT is then at most about ``AGING`` + 1 times
+its TTFT alone, whatever stream of short prompts keeps arriving. Admission follows the same order over the first
+``FAIR_WINDOW`` requests of the waiting queue (which compete with the running prefills by the same key);
+``prefill_order=fcfs`` serves prefills, and admits requests, in arrival order.
 """
 
 from __future__ import annotations
+
+import itertools
 
 from pp_runtime.plan import MicroBatch
 from pp_runtime.planner.base import Planner
@@ -31,6 +33,7 @@ from pp_runtime.planner.slots import SlotTable
 from pp_runtime.sequence import SeqStatus, Sequence
 
 AGING = 2.0  # a request is aged once the pipeline served this many times its prefill since it arrived
+FAIR_WINDOW = 64  # waiting requests the fair order looks at per micro-batch (bounds the planner's work)
 
 
 class SarathiPlanner(Planner):
@@ -112,12 +115,14 @@ class SarathiPlanner(Planner):
             while self.waiting and self._add_chunk(self.waiting[0], fill, work, admit_to=slot):
                 pass
             return
-        # Fair: merge the running prefills, by _fair_key, with the waiting queue in arrival order. One that gets
-        # no blocks is passed over (an older request may still preempt a younger one for its blocks).
+        # Fair: merge the running prefills and the front of the waiting queue, both by _fair_key. One that gets no
+        # blocks is passed over (an older request may still preempt a younger one for its blocks).
         ready.sort(key=self._fair_key)
-        i, admitting = 0, True
+        window = sorted(itertools.islice(self.waiting, FAIR_WINDOW), key=self._fair_key)
+        i = j = 0
+        admitting = True
         while True:
-            head = self.waiting[0] if admitting and self.waiting else None
+            head = window[j] if admitting and j < len(window) else None
             if i < len(ready) and (head is None or self._fair_key(ready[i]) <= self._fair_key(head)):
                 seq, admit_to = ready[i], None
                 i += 1
@@ -125,6 +130,7 @@ class SarathiPlanner(Planner):
                     continue  # preempted earlier in this build
             elif head is not None:
                 seq, admit_to = head, slot
+                j += 1
             else:
                 return
             before = len(work)

@@ -138,7 +138,7 @@ class SarathiPlanner(Planner):
                 if len(work) > before or fill.tokens >= fill.limits.token_budget:
                     return  # a chunk cut short, or the micro-batch is full
                 if admit_to is not None:
-                    admitting = False  # the head cannot be admitted now; admission is first come, first served
+                    admitting = False  # short of blocks or seats: nobody overtakes it into the cache in this build
 
     def _fair_key(self, seq: Sequence) -> tuple[int, float, int]:
         """Sort key, first served first: aged requests by arrival, then the others by prefill tokens left."""

@@ -287,3 +287,13 @@ def test_fair_sharing_lets_short_prompts_past_a_long_one_and_fcfs_does_not():
     assert max(ttft["fair"][1:]) < 6e-3 and ttft["fair"][0] <= ttft["fcfs"][0] + 3e-3
     # fcfs: they wait for the whole long prompt.
     assert min(ttft["fcfs"][1:]) > ttft["fcfs"][0] - 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(policy=st.sampled_from(["sarathi", "throttle"]), order=st.sampled_from(["fair", "fcfs"]),
+       work=workloads(max_prompt=100, max_outputs=12))
+def test_pipelined_chunks_of_long_prompts_with_preemption_keep_every_invariant(policy, order, work):
+    # Prompts several chunks long, small caches: chunks of one request in flight at once meet preemption, recompute
+    # and fair ordering; the harness checks order, depth, the cache's contents and that nothing samples twice.
+    requests, kw = work
+    check_run(policy, requests, {**kw, "prefill_order": order})

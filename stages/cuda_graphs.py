@@ -11,11 +11,13 @@ Buckets, padding and buffer filling are plain functions, tested on the CPU; capt
 from __future__ import annotations
 
 import bisect
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from stages import attention
 from stages.inputs import StageInputs
 
 # Largest captured decode batch by default: more sequences than this rarely decode together, and every bucket
@@ -23,9 +25,11 @@ from stages.inputs import StageInputs
 MAX_GRAPH_TOKENS = 256
 
 
-def graphs_wanted(enabled: bool, device: torch.device, backend: str) -> bool:
-    """Whether a stage captures graphs: runtime.cuda_graphs on, CUDA, and a backend without host reads."""
-    return enabled and device.type == "cuda" and backend in ("triton", "flash")
+def graphs_wanted(enabled: bool, device: torch.device, backend: str | attention.AttentionBackend) -> bool:
+    """Whether a stage captures graphs: runtime.cuda_graphs on, CUDA, and a capturable attention backend."""
+    if not enabled or device.type != "cuda":
+        return False
+    return (attention.backend(backend) if isinstance(backend, str) else backend).capturable
 
 
 def bucket_sizes(max_tokens: int, *, cap: int = MAX_GRAPH_TOKENS) -> list[int]:
@@ -96,8 +100,10 @@ class CudaGraphs:
     """One captured graph per bucket over ``layers(inputs, x) -> [rows, hidden]``, sharing one memory pool."""
 
     def __init__(self, layers: Callable[[StageInputs, torch.Tensor], torch.Tensor], buffers: StaticBuffers, *,
-                 sizes: list[int], block_size: int, scratch_block: int):
+                 sizes: list[int], block_size: int, scratch_block: int, device: torch.device | None = None):
+        """``device``: the stage's GPU; capture, replay, streams and the pool name it explicitly."""
         self.layers = layers
+        self.device = device
         self.buffers = buffers
         self.sizes = sizes
         self.block_size = block_size
@@ -106,20 +112,26 @@ class CudaGraphs:
 
     def capture(self) -> None:
         """Capture every bucket, largest first so that smaller graphs reuse its pool memory."""
+        with _on(self.device):
+            self._capture()
+
+    def _capture(self) -> None:
+        dev = self.device
         pool = torch.cuda.graph_pool_handle()
+        capture_stream = torch.cuda.Stream(device=dev)
         buf = self.buffers
         for rows in sorted(self.sizes, reverse=True):
             buf.fill(None, None, rows=rows, scratch_block=self.scratch_block, block_size=self.block_size)
             inputs = buf.view(rows, block_size=self.block_size)
             # Warm up on a side stream (as torch.cuda.graph's docs ask): compiles kernels, settles allocations.
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
+            side = torch.cuda.Stream(device=dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(side):
                 for _ in range(2):
                     self.layers(inputs, buf.x[:rows])
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream(dev).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            with torch.cuda.graph(graph, pool=pool, stream=capture_stream):
                 out = self.layers(inputs, buf.x[:rows])  # [rows, hidden]
             self.graphs[rows] = (graph, out)
 
@@ -132,6 +144,12 @@ class CudaGraphs:
             return None
         self.buffers.fill(inputs, x, rows=rows, scratch_block=self.scratch_block, block_size=self.block_size)
         graph, out = self.graphs[rows]
-        graph.replay()
+        with _on(self.device):
+            graph.replay()
         # A copy: the next replay overwrites `out` while this micro-batch may still be on its way down the pipe.
         return out[:inputs.num_tokens].clone()
+
+
+def _on(device: torch.device | None):
+    """``device`` as the current CUDA device for the block (a no-op off CUDA: the CPU tests' emulated replay)."""
+    return torch.cuda.device(device) if device is not None and device.type == "cuda" else contextlib.nullcontext()

@@ -30,8 +30,9 @@ class SampledTokens:
         if ids.device.type == "cuda":
             self._host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
             self._host.copy_(ids, non_blocking=True)
+            # Recorded on the ids' own device's stream (the current device may be another GPU's).
             self._event = torch.cuda.Event()
-            self._event.record()
+            self._event.record(torch.cuda.current_stream(ids.device))
         else:
             self._host = ids
 
@@ -42,7 +43,8 @@ class SampledTokens:
 
 
 class StageExecutor:
-    def __init__(self, model: StageModel, cache: KVCache, *, device: torch.device, backend: str = "sdpa",
+    def __init__(self, model: StageModel, cache: KVCache, *, device: torch.device,
+                 backend: str | attention.AttentionBackend = "sdpa",
                  cuda_graphs: bool = False, max_blocks_per_seq: int | None = None,
                  graph_max_tokens: int = MAX_GRAPH_TOKENS):
         """``cuda_graphs`` acts only on CUDA with the triton or flash backend; it needs ``max_blocks_per_seq`` (the
@@ -50,18 +52,18 @@ class StageExecutor:
         self.model = model
         self.cache = cache
         self.device = device
-        self.backend = backend
+        self.backend = attention.backend(backend) if isinstance(backend, str) else backend
         attention.configure_device(device)
         self.graphs = None
-        if graphs_wanted(cuda_graphs, device, backend):
+        if graphs_wanted(cuda_graphs, device, self.backend):
             if max_blocks_per_seq is None or cache.scratch_block is None:
                 raise ValueError("CUDA graphs need max_blocks_per_seq and a KV cache built with extra_blocks=1")
             hidden = None if model.is_first else model.config.hidden_size
             sizes = bucket_sizes(graph_max_tokens)
             buffers = StaticBuffers.allocate(sizes[-1], table_width=max_blocks_per_seq,
                                             hidden_size=hidden, dtype=cache.k.dtype, device=device)
-            self.graphs = CudaGraphs(self._body, buffers, sizes=sizes,
-                                     block_size=cache.block_size, scratch_block=cache.scratch_block)
+            self.graphs = CudaGraphs(self._body, buffers, sizes=sizes, block_size=cache.block_size,
+                                     scratch_block=cache.scratch_block, device=device)
             self.graphs.capture()
 
     def execute(self, mb: MicroBatch, hidden: torch.Tensor | None = None) -> torch.Tensor | SampledTokens:
@@ -69,8 +71,7 @@ class StageExecutor:
         tokens as a ``SampledTokens`` handle."""
         model = self.model
         inputs = build_stage_inputs(mb, block_size=self.cache.block_size, device=self.device,
-                                    token_ids=model.is_first, sample_rows=model.is_last,
-                                    sdpa_split=self.backend == "sdpa")
+                                    token_ids=model.is_first, sample_rows=model.is_last)
         x = inputs.token_ids if model.is_first else hidden  # [T] or [T, hidden]
         h = self.graphs.run(inputs, x) if self.graphs is not None else None
         if h is None:

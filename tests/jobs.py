@@ -9,13 +9,17 @@ from tests.multiproc import run_ranks, run_ranks_outcomes
 
 
 def make_config(overrides: list[str]):
-    """Compose the Hydra config exactly as ``launch.run`` does, with command-line style overrides."""
+    """Compose the Hydra config exactly as ``launch.run`` does, with command-line style overrides.
+
+    Jobs run on the CPU unless the overrides name a device (the GPU tests say device=cuda)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from pp_runtime.config import register_configs
 
     register_configs()
+    if not any(o.startswith("device=") for o in overrides):
+        overrides = ["device=cpu", *overrides]
     conf_dir = str(Path(__file__).resolve().parent.parent / "conf")
     with initialize_config_dir(config_dir=conf_dir, version_base=None):
         return OmegaConf.to_object(compose("config", overrides=overrides))

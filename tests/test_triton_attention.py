@@ -58,7 +58,8 @@ def make_batch(seqs, *, hkv, group, head_dim, block_size, dtype=torch.float32, s
                 block_tables=torch.tensor(tables, **i32), max_q=max(q_len for _, q_len in seqs))
 
 
-def reference(q, k_cache, v_cache, *, cu_seqlens_q, context_lens, block_tables, max_q, scale, window=None):
+def reference(q, k_cache, v_cache, *, cu_seqlens_q, context_lens, block_tables, max_q, scale, window=None,
+              max_context=None):
     """Per sequence: gather its blocks into dense K/V, causal (+window) mask, softmax in float64."""
     block_size, hkv = k_cache.shape[1], k_cache.shape[2]
     group = q.shape[1] // hkv
@@ -141,6 +142,129 @@ def test_writes_into_out_and_leaves_padding_rows():
     torch.testing.assert_close(out[:q.shape[0]].cpu().double(), reference(**batch, scale=0.3), atol=1e-4, rtol=1e-4)
 
 
+def _splits_used(batch, **kwargs) -> int:
+    """The key splits ``paged_attention`` launches with for ``batch`` (1: one launch, no merge)."""
+    out = torch.empty_like(batch["q"])
+    (_, grid, _, _), *merge = triton_paged._launches(batch["q"], batch["k_cache"], batch["v_cache"], out,
+                                                     **{k: v for k, v in batch.items() if k not in ("q", "k_cache",
+                                                                                                 "v_cache")},
+                                                     scale=0.3, window=None, num_splits=None, **kwargs)
+    assert len(merge) == (grid[2] > 1)
+    return grid[2]
+
+
+def test_split_count_rule():
+    rule = triton_paged.split_count
+    # Only decode-only micro-batches with long contexts, and only while programs leave SMs idle.
+    assert rule(max_q=1, max_context=4096, programs=8, sm_count=132) == 16
+    assert rule(max_q=1, max_context=1024, programs=8, sm_count=132) == 4  # at least 256 keys per split
+    assert rule(max_q=1, max_context=4096, programs=512, sm_count=132) == 1  # the GPU is full already
+    assert rule(max_q=1, max_context=1023, programs=1, sm_count=132) == 1
+    assert rule(max_q=2, max_context=8192, programs=1, sm_count=132) == 1
+    assert rule(max_q=1, max_context=None, programs=1, sm_count=132) == 1
+
+
+def test_split_kv_long_decodes_match_dense():
+    # Contexts of a few thousand keys, chosen by the rule (max_context known): the merge must be exact.
+    batch = make_batch([(2999, 1), (1500, 1), (40, 1)], hkv=1, group=2, head_dim=16, block_size=16, spare_blocks=1)
+    batch["max_context"] = 3000
+    assert _splits_used(batch) > 1
+    check(batch, scale=0.25)
+    check(batch, scale=0.25, window=700)
+
+
+@pytest.mark.parametrize("num_splits", [2, 7])
+def test_forced_split_kv_on_a_mixed_batch(num_splits):
+    # Any split count on any mix (chunks, decodes, a sequence with no query, windows) gives the dense result, and
+    # rows past cu[B] stay untouched by the merge.
+    batch = make_batch([(700, 1), (130, 37), (9, 0), (0, 20)], hkv=2, group=2, head_dim=16, block_size=32)
+    q = batch["q"]
+    out = torch.full((q.shape[0] + 2, *q.shape[1:]), 7.0, device=DEVICE)
+    batch["q"] = torch.cat([q, torch.zeros_like(out[:2])])
+    for window in (None, 50):
+        paged_attention(**batch, scale=0.3, window=window, out=out, num_splits=num_splits)
+        assert bool((out[q.shape[0]:] == 7.0).all())
+        want = reference(**{**batch, "q": q}, scale=0.3, window=window)
+        torch.testing.assert_close(out[:q.shape[0]].cpu().double(), want, atol=1e-4, rtol=1e-4)
+
+
+def test_split_kv_half_precision():
+    batch = make_batch([(1300, 1), (20, 1)], hkv=1, group=4, head_dim=16, block_size=16, dtype=torch.bfloat16)
+    got = paged_attention(**batch, scale=0.25, num_splits=5)
+    want = reference(**batch, scale=0.25)
+    torch.testing.assert_close(got.cpu().double(), want, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
+
+
+def _specialisations(kernels: dict, calls) -> dict:
+    """What Triton's launcher would key its compile cache on, per constexpr configuration: ``{(kernel, constexprs):
+    {runtime specialisation}}``, computed by the binder an sm_90 launch uses (no GPU needed)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    binders = {k: create_function_from_signature(f.signature, f.params, backend) for k, f in kernels.items()}
+    seen: dict = {}
+    for launches in calls:
+        for kernel, _, args, meta in launches:
+            name = "main" if kernel is triton_paged._KERNEL else "combine"
+            _, spec, _ = binders[name](*args, **{k: v for k, v in meta.items() if k != "num_warps"})
+            const = tuple(x for x in spec if x[0] == "constexpr")
+            seen.setdefault((name, const), set()).add(tuple(x for x in spec if x[0] != "constexpr"))
+    return seen
+
+
+def _random_launches(count: int, seed: int):
+    """The launches of ``count`` random micro-batches as the stage builds them (one packed buffer per micro-batch,
+    so the index arrays land at shifting alignments; block-table widths from 1 up; decode-only ones too)."""
+    import random
+    from types import SimpleNamespace
+
+    from pp_runtime.plan import MicroBatch, Piece
+    from stages.inputs import build_stage_inputs
+    from stages.kv_cache import KVCache
+
+    rng = random.Random(seed)
+    cfg = SimpleNamespace(num_attention_heads=4, num_key_value_heads=2, head_dim=16, hidden_size=64)
+    cache = KVCache([0], num_blocks=300, block_size=16, hf_config=cfg, dtype=torch.bfloat16, device=DEVICE)
+    k, v = cache.layer(0)
+    for i in range(count):
+        decode_only = rng.random() < 0.5
+        pieces = []
+        for s in range(rng.randint(1, 17)):
+            n = 1 if decode_only else rng.choice([1, 1, 2, 7, 16, 33])
+            start = rng.randint(0, rng.choice([15, 200, 2000]))
+            nblk = -(-(start + n) // 16)
+            pieces.append(Piece(seq_id=s, start=start, token_ids=(1,) * n, block_table=tuple(range(nblk)),
+                                is_prefill=n > 1, sample=rng.random() < 0.5))
+        x = build_stage_inputs(MicroBatch(i, tuple(pieces)), block_size=16, device=DEVICE, token_ids=rng.random() < .5,
+                               sample_rows=rng.random() < 0.5)
+        q = torch.empty(x.num_tokens, 4, 16, dtype=torch.bfloat16, device=DEVICE)
+        yield triton_paged._launches(q, k, v, torch.empty_like(q), cu_seqlens_q=x.cu_seqlens_q,
+                                     context_lens=x.context_lens, block_tables=x.block_tables, max_q=x.max_q,
+                                     scale=0.25, window=rng.choice([None, 1, 5]), max_context=x.max_context,
+                                     num_splits=None)
+
+
+def test_one_compiled_variant_per_configuration_whatever_the_micro_batch():
+    # No compile after warm-up: across random micro-batches, every constexpr configuration (tile shape, window on
+    # or off, split or not) maps to exactly one runtime specialisation, so each compiles once.
+    from triton.runtime.jit import JITFunction
+
+    tp = triton_paged
+    kernels = {"main": JITFunction(tp._kernel_fn, do_not_specialize=tp._INTS,
+                                   do_not_specialize_on_alignment=tp._POINTERS),
+               "combine": JITFunction(tp._combine_fn, do_not_specialize=tp._COMBINE_INTS,
+                                      do_not_specialize_on_alignment=tp._COMBINE_POINTERS)}
+    calls = list(_random_launches(150, seed=1))
+    seen = _specialisations(kernels, calls)
+    assert {name for name, _ in seen} == {"main", "combine"}  # split-KV launches were among them
+    assert all(len(variants) == 1 for variants in seen.values()), {k[0]: len(v) for k, v in seen.items()}
+    # Without the marks Triton would specialise on the values that change per micro-batch: the test can tell.
+    plain = {"main": JITFunction(tp._kernel_fn), "combine": JITFunction(tp._combine_fn)}
+    assert max(len(variants) for variants in _specialisations(plain, calls).values()) > 1
+
+
 @pytest.mark.parametrize("block_size", [8, 24, 0])
 def test_bad_block_size_raises(block_size):
     with pytest.raises(ValueError, match="cache.block_size"):
@@ -167,35 +291,50 @@ def test_packed_micro_batches(seqs, block_size, group, hkv, head_dim, window, sh
     check(batch, scale=head_dim ** -0.5, window=window)
 
 
-# Compiles the kernel for an H100 (sm_90) without a GPU: the interpreter does not type-check what the compiler does
-# (loop-carried types, constants specialised from arguments equal to 1, dot shapes). Strides and pointers marked
-# 16-divisible as Triton's launcher marks them. Arguments: dtype, BLOCK_M, BLOCK_N, head_dim, group, windowed,
-# window == 1 (the launcher then passes it as a constant).
+# Compiles the kernels for an H100 (sm_90) without a GPU: the interpreter does not type-check what the compiler does
+# (loop-carried types, dot shapes). Pointers and strides marked 16-divisible as Triton's launcher marks them, except
+# those the kernel asks it not to specialise (their values change per micro-batch). Arguments: dtype, BLOCK_M,
+# BLOCK_N, head_dim, group, windowed, split-KV.
 _COMPILE = """
 import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from stages.attention import triton_paged as tp
-dt, bm, bn, d, group, win, ones = sys.argv[1], *map(int, sys.argv[2:])
+dt, bm, bn, d, group, win, split = sys.argv[1], *map(int, sys.argv[2:])
+kept = set(tp._INTS + tp._POINTERS)
 names = list(tp._KERNEL.arg_names)
-sig = {n: "*" + dt if i < 4 else "*i32" if i < 7 else "fp32" if n == "scale_log2" else "i32"
-       for i, n in enumerate(names) if n.islower()}
+def kind(n):
+    if n in ("q_ptr", "k_ptr", "v_ptr", "o_ptr"):
+        return "*" + dt
+    if n in ("part_ptr", "ml_ptr"):
+        return "*fp32" if split else "*" + dt
+    return "*i32" if n.endswith("_ptr") else "fp32" if n == "scale_log2" else "i32"
+sig = {n: kind(n) for n in names if n.islower()}
 gp = triton.next_power_of_2(group)
 const = dict(HEAD_DIM=d, D_PAD=max(16, triton.next_power_of_2(d)), GROUP=group, GROUP_PAD=gp, BLOCK_Q=bm // gp,
-             BLOCK_M=bm, BLOCK_N=bn, BLOCK_SIZE=16, USE_WINDOW=bool(win), IEEE=dt == "fp32", UPCAST=False)
-if ones:
-    const.update(window=1)
+             BLOCK_M=bm, BLOCK_N=bn, BLOCK_SIZE=16, USE_WINDOW=bool(win), IEEE=dt == "fp32", UPCAST=False,
+             SPLIT=bool(split))
 sig.update({n: "constexpr" for n in const})
-attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr") or
-         (n.startswith("stride") and n != "stride_tb")}
-kernel = triton.compile(ASTSource(tp._KERNEL, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
-                        options={"num_warps": 4, "num_stages": 3})
-assert kernel.asm["cubin"]
+attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in kept and
+         (n.endswith("_ptr") or n.startswith("stride"))}
+opts = {"num_warps": 4, "num_stages": 3}
+target = GPUTarget("cuda", 90, 32)
+assert triton.compile(ASTSource(tp._KERNEL, sig, const, attrs), target=target, options=opts).asm["cubin"]
+if split:
+    names = list(tp._COMBINE.arg_names)
+    sig = {n: ("*fp32" if n in ("part_ptr", "ml_ptr") else "*" + dt if n == "o_ptr" else "*i32" if
+               n.endswith("_ptr") else "i32") for n in names if n.islower()}
+    const = dict(HEAD_DIM=d, D_PAD=max(16, triton.next_power_of_2(d)), SPLITS_PAD=tp.MAX_SPLITS)
+    sig.update({n: "constexpr" for n in const})
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in tp._COMBINE_INTS +
+             tp._COMBINE_POINTERS and (n.endswith("_ptr") or n.startswith("stride"))}
+    assert triton.compile(ASTSource(tp._COMBINE, sig, const, attrs), target=target, options=opts).asm["cubin"]
 """
 
 
-@pytest.mark.parametrize("args", [("bf16", 64, 64, 128, 4, 1, 1), ("fp32", 16, 32, 80, 8, 0, 0)])
+@pytest.mark.parametrize("args", [("bf16", 64, 64, 128, 4, 1, 0), ("fp32", 16, 32, 80, 8, 0, 0),
+                                  ("bf16", 16, 64, 128, 4, 0, 1)])
 def test_compiles_for_h100(args):
     import subprocess
     import sys
@@ -231,3 +370,24 @@ def test_cuda_graph_capture_and_replay():
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out.cpu().double(), reference(**batch, scale=0.125), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_no_compile_after_warm_up_on_gpu():
+    # 400 random bf16 micro-batches: Triton compiles one variant per kernel and constexpr configuration (tile
+    # shape, window on/off, split or not), never one per micro-batch. Counted as growth of its compile cache.
+    dev = torch.cuda.current_device()
+    kernels = (("main", triton_paged._KERNEL), ("combine", triton_paged._COMBINE))
+    before = {name: len(k.device_caches[dev][0]) for name, k in kernels}
+    configs = {"main": set(), "combine": set()}
+    for launches in _random_launches(400, seed=2):
+        for kernel, grid, args, meta in launches:
+            name = "main" if kernel is triton_paged._KERNEL else "combine"
+            configs[name].add((args[0].dtype, tuple(sorted(meta.items()))))
+            with torch.cuda.device(args[0].device):
+                kernel[grid](*args, **meta)
+    torch.cuda.synchronize()
+    for name, kernel in kernels:
+        compiled = len(kernel.device_caches[dev][0]) - before[name]
+        assert compiled <= len(configs[name]), (name, compiled, len(configs[name]))

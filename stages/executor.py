@@ -1,8 +1,8 @@
 """Turns a micro-batch plan into tensors and runs it through this stage's modules (the model runner).
 
 Per micro-batch: ``build_stage_inputs`` (numpy, one host-to-device copy), then the decoder layers (replayed from a
-CUDA graph for decode-only micro-batches when graphs are on, else eagerly), then on the last stage the LM head on
-the sampled rows and the sampler. Nothing here reads the device except ``SampledTokens.result()``.
+CUDA graph of the smallest bucket that holds the micro-batch when graphs are on, else eagerly), then on the last
+stage the LM head on the sampled rows and the sampler. Nothing here reads the device except ``SampledTokens.result()``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 
 from pp_runtime.plan import MicroBatch
 from stages import attention
-from stages.cuda_graphs import MAX_GRAPH_TOKENS, CudaGraphs, StaticBuffers, bucket_sizes, graphs_wanted
+from stages.cuda_graphs import MAX_GRAPH_TOKENS, CudaGraphs, StaticBuffers, graph_buckets, graphs_wanted
 from stages.inputs import StageInputs, build_stage_inputs
 from stages.kv_cache import KVCache
 from stages.sampler import SamplingTensors, sample_tensors
@@ -47,8 +47,9 @@ class StageExecutor:
                  backend: str | attention.AttentionBackend = "sdpa",
                  cuda_graphs: bool = False, max_blocks_per_seq: int | None = None,
                  graph_max_tokens: int = MAX_GRAPH_TOKENS):
-        """``cuda_graphs`` acts only on CUDA with the triton or flash backend; it needs ``max_blocks_per_seq`` (the
-        graphs' block-table width) and a cache built with a scratch block (``extra_blocks=1``)."""
+        """``cuda_graphs`` acts only on CUDA with a capturable backend (triton, flash); it needs
+        ``max_blocks_per_seq`` (the graphs' block-table width) and a cache built with a scratch block
+        (``extra_blocks=1``); graphs cover micro-batches of up to ``graph_max_tokens`` tokens."""
         self.model = model
         self.cache = cache
         self.device = device
@@ -59,10 +60,11 @@ class StageExecutor:
             if max_blocks_per_seq is None or cache.scratch_block is None:
                 raise ValueError("CUDA graphs need max_blocks_per_seq and a KV cache built with extra_blocks=1")
             hidden = None if model.is_first else model.config.hidden_size
-            sizes = bucket_sizes(graph_max_tokens)
-            buffers = StaticBuffers.allocate(sizes[-1], table_width=max_blocks_per_seq,
-                                            hidden_size=hidden, dtype=cache.k.dtype, device=device)
-            self.graphs = CudaGraphs(self._body, buffers, sizes=sizes, block_size=cache.block_size,
+            buckets = graph_buckets(graph_max_tokens)
+            buffers = StaticBuffers.allocate(max(b.tokens for b in buckets), seqs=max(b.seqs for b in buckets),
+                                             table_width=max_blocks_per_seq, hidden_size=hidden,
+                                             dtype=cache.k.dtype, device=device)
+            self.graphs = CudaGraphs(self._body, buffers, buckets=buckets, block_size=cache.block_size,
                                      scratch_block=cache.scratch_block, device=device)
             self.graphs.capture()
 

@@ -195,74 +195,17 @@ def test_split_kv_half_precision():
     torch.testing.assert_close(got.cpu().double(), want, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
 
 
-def _specialisations(kernels: dict, calls) -> dict:
-    """What Triton's launcher would key its compile cache on, per constexpr configuration: ``{(kernel, constexprs):
-    {runtime specialisation}}``, computed by the binder an sm_90 launch uses (no GPU needed)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import make_backend
-    from triton.runtime.jit import create_function_from_signature
-
-    backend = make_backend(GPUTarget("cuda", 90, 32))
-    binders = {k: create_function_from_signature(f.signature, f.params, backend) for k, f in kernels.items()}
-    seen: dict = {}
-    for launches in calls:
-        for kernel, _, args, meta in launches:
-            name = "main" if kernel is triton_paged._KERNEL else "combine"
-            _, spec, _ = binders[name](*args, **{k: v for k, v in meta.items() if k != "num_warps"})
-            const = tuple(x for x in spec if x[0] == "constexpr")
-            seen.setdefault((name, const), set()).add(tuple(x for x in spec if x[0] != "constexpr"))
-    return seen
-
-
-def _random_launches(count: int, seed: int):
-    """The launches of ``count`` random micro-batches as the stage builds them (one packed buffer per micro-batch,
-    so the index arrays land at shifting alignments; block-table widths from 1 up; decode-only ones too)."""
-    import random
-    from types import SimpleNamespace
-
-    from pp_runtime.plan import MicroBatch, Piece
-    from stages.inputs import build_stage_inputs
-    from stages.kv_cache import KVCache
-
-    rng = random.Random(seed)
-    cfg = SimpleNamespace(num_attention_heads=4, num_key_value_heads=2, head_dim=16, hidden_size=64)
-    cache = KVCache([0], num_blocks=300, block_size=16, hf_config=cfg, dtype=torch.bfloat16, device=DEVICE)
-    k, v = cache.layer(0)
-    for i in range(count):
-        decode_only = rng.random() < 0.5
-        pieces = []
-        for s in range(rng.randint(1, 17)):
-            n = 1 if decode_only else rng.choice([1, 1, 2, 7, 16, 33])
-            start = rng.randint(0, rng.choice([15, 200, 2000]))
-            nblk = -(-(start + n) // 16)
-            pieces.append(Piece(seq_id=s, start=start, token_ids=(1,) * n, block_table=tuple(range(nblk)),
-                                is_prefill=n > 1, sample=rng.random() < 0.5))
-        x = build_stage_inputs(MicroBatch(i, tuple(pieces)), block_size=16, device=DEVICE, token_ids=rng.random() < .5,
-                               sample_rows=rng.random() < 0.5)
-        q = torch.empty(x.num_tokens, 4, 16, dtype=torch.bfloat16, device=DEVICE)
-        yield triton_paged._launches(q, k, v, torch.empty_like(q), cu_seqlens_q=x.cu_seqlens_q,
-                                     context_lens=x.context_lens, block_tables=x.block_tables, max_q=x.max_q,
-                                     scale=0.25, window=rng.choice([None, 1, 5]), max_context=x.max_context,
-                                     num_splits=None)
-
-
 def test_one_compiled_variant_per_configuration_whatever_the_micro_batch():
     # No compile after warm-up: across random micro-batches, every constexpr configuration (tile shape, window on
     # or off, split or not) maps to exactly one runtime specialisation, so each compiles once.
-    from triton.runtime.jit import JITFunction
+    from scripts.gpu_variants import kernels, random_launches, specialisations
 
-    tp = triton_paged
-    kernels = {"main": JITFunction(tp._kernel_fn, do_not_specialize=tp._INTS,
-                                   do_not_specialize_on_alignment=tp._POINTERS),
-               "combine": JITFunction(tp._combine_fn, do_not_specialize=tp._COMBINE_INTS,
-                                      do_not_specialize_on_alignment=tp._COMBINE_POINTERS)}
-    calls = list(_random_launches(150, seed=1))
-    seen = _specialisations(kernels, calls)
+    calls = list(random_launches(150, seed=1, device=DEVICE))
+    seen = specialisations(kernels(marked=True), calls)
     assert {name for name, _ in seen} == {"main", "combine"}  # split-KV launches were among them
     assert all(len(variants) == 1 for variants in seen.values()), {k[0]: len(v) for k, v in seen.items()}
     # Without the marks Triton would specialise on the values that change per micro-batch: the test can tell.
-    plain = {"main": JITFunction(tp._kernel_fn), "combine": JITFunction(tp._combine_fn)}
-    assert max(len(variants) for variants in _specialisations(plain, calls).values()) > 1
+    assert max(len(variants) for variants in specialisations(kernels(marked=False), calls).values()) > 1
 
 
 @pytest.mark.parametrize("block_size", [8, 24, 0])
@@ -375,13 +318,15 @@ def test_cuda_graph_capture_and_replay():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_no_compile_after_warm_up_on_gpu():
+    from scripts.gpu_variants import random_launches
+
     # 400 random bf16 micro-batches: Triton compiles one variant per kernel and constexpr configuration (tile
     # shape, window on/off, split or not), never one per micro-batch. Counted as growth of its compile cache.
     dev = torch.cuda.current_device()
     kernels = (("main", triton_paged._KERNEL), ("combine", triton_paged._COMBINE))
     before = {name: len(k.device_caches[dev][0]) for name, k in kernels}
     configs = {"main": set(), "combine": set()}
-    for launches in _random_launches(400, seed=2):
+    for launches in random_launches(400, seed=2, device=DEVICE):
         for kernel, grid, args, meta in launches:
             name = "main" if kernel is triton_paged._KERNEL else "combine"
             configs[name].add((args[0].dtype, tuple(sorted(meta.items()))))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import gpu_session
-from tests.jobs import make_config
+from tests.jobs import make_config, on_cpu_unless_told
 from tests.tiny_models import make_tiny_model, write_jsonl
 
 # What the code under test may call in torch.cuda; each stub records (name, device or None).
@@ -65,9 +65,10 @@ def test_cpu_jobs_never_touch_cuda(tmp_path, monkeypatch):
     reqs = write_jsonl(tmp_path / "r.jsonl", [{"id": "a", "prompt_token_ids": [3, 4], "max_tokens": 2}])
     calls: list = []
     _stub_cuda(monkeypatch, calls, gpus=2)
-    plan = prepare(make_config([f"model.path={model}", "workload=jsonl", f"workload.path={reqs}",
-                                f"output_dir={tmp_path / 'out'}"]))
+    plan = prepare(make_config(on_cpu_unless_told([f"model.path={model}", "workload=jsonl", f"workload.path={reqs}",
+                                                   f"output_dir={tmp_path / 'out'}"])))
     assert plan.device == torch.device("cpu") and calls == []  # the tests' jobs default to device=cpu
+    assert on_cpu_unless_told(["device=cuda", "x=1"]) == ["device=cuda", "x=1"]
 
 
 class _FakeGraph:

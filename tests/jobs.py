@@ -21,12 +21,6 @@ def make_config(overrides: list[str]):
         return OmegaConf.to_object(compose("config", overrides=overrides))
 
 
-def on_cpu_unless_told(overrides: list[str]) -> list[str]:
-    """A job's overrides with device=cpu first unless they name a device (the GPU tests say device=cuda): the
-    suite's jobs compare against float32 CPU references, also on a machine with GPUs."""
-    return overrides if any(o.startswith("device=") for o in overrides) else ["device=cpu", *overrides]
-
-
 def _rank_main(rank: int, world_size: int, overrides: list[str]):
     from launch.job import run_job
 
@@ -37,14 +31,14 @@ def _rank_main(rank: int, world_size: int, overrides: list[str]):
 def run_job_ranks(stages: int, overrides: list[str], *, timeout: float = 300.0, start_method: str = "fork"):
     """Run a job on ``stages`` forked (or spawned) ranks; returns rank 0's metrics. Raises RanksFailed if any rank
     fails. One stage runs in this process."""
-    overrides = on_cpu_unless_told([f"pipeline.stages={stages}", "runtime.progress=false", *overrides])
+    overrides = [f"pipeline.stages={stages}", "runtime.progress=false", *overrides]
     if stages == 1:
         return _rank_main(0, 1, overrides)
     return run_ranks(_rank_main, stages, overrides, timeout=timeout, start_method=start_method)[0]
 
 
 def run_job_outcomes(stages: int, overrides: list[str], *, timeout: float = 120.0):
-    overrides = on_cpu_unless_told([f"pipeline.stages={stages}", "runtime.progress=false", *overrides])
+    overrides = [f"pipeline.stages={stages}", "runtime.progress=false", *overrides]
     return run_ranks_outcomes(_rank_main, stages, overrides, timeout=timeout)
 
 

@@ -1,6 +1,6 @@
 """Several GPUs, one rank each, checked on the CPU with torch.cuda stubbed: a rank makes its own GPU current before
 any CUDA call, and CUDA graphs name their device for streams, pool, capture and replay. Also: the CPU suite stays
-on the CPU on a GPU machine unless ``-m gpu`` asks for the GPU tests."""
+on the CPU on a GPU machine unless ``-m gpu`` asks for the GPU tests (tests/conftest.py hides CUDA)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import gpu_session
-from tests.jobs import make_config, on_cpu_unless_told
+from tests.jobs import make_config
 from tests.tiny_models import make_tiny_model, write_jsonl
 
 # What the code under test may call in torch.cuda; each stub records (name, device or None).
@@ -56,19 +56,6 @@ def test_a_rank_sets_its_device_from_local_rank_before_any_cuda_call(tmp_path, m
     cuda3 = torch.device("cuda", 3)
     assert calls[0] == ("set_device", cuda3), calls  # the first CUDA call of the rank
     assert calls[-1] == ("run_stage", cuda3)  # then the stage is built on that device
-
-
-def test_cpu_jobs_never_touch_cuda(tmp_path, monkeypatch):
-    from launch.job import prepare
-
-    model = make_tiny_model("llama", tmp_path / "llama", num_layers=2)
-    reqs = write_jsonl(tmp_path / "r.jsonl", [{"id": "a", "prompt_token_ids": [3, 4], "max_tokens": 2}])
-    calls: list = []
-    _stub_cuda(monkeypatch, calls, gpus=2)
-    plan = prepare(make_config(on_cpu_unless_told([f"model.path={model}", "workload=jsonl", f"workload.path={reqs}",
-                                                   f"output_dir={tmp_path / 'out'}"])))
-    assert plan.device == torch.device("cpu") and calls == []  # the tests' jobs default to device=cpu
-    assert on_cpu_unless_told(["device=cuda", "x=1"]) == ["device=cuda", "x=1"]
 
 
 class _FakeGraph:
@@ -132,6 +119,9 @@ def test_gpu_tests_only_when_asked(markexpr, gpu):
 
 
 def test_this_cpu_session_hides_cuda():
-    # conftest hides the GPUs for the CPU suite (this test is not gpu-marked, so the session is a CPU one).
+    # conftest hides the GPUs for the CPU suite (this test is not gpu-marked, so the session is a CPU one): every
+    # job of the suite, forked, spawned or launched by torchrun, resolves device=auto to the CPU and float32, and
+    # no forked rank inherits an initialised CUDA context.
     assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
     assert os.environ["TRITON_INTERPRET"] == "1"
+    assert not torch.cuda.is_available()

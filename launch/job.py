@@ -22,11 +22,21 @@ log = logging.getLogger("pp_runtime")
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
+    """``device`` for the rank with ``LOCAL_RANK`` ``local_rank``: ``cuda:<local_rank % visible GPUs>`` or the CPU."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA GPU is visible; use device=cpu or device=auto")
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def use_device(device: torch.device) -> None:
+    """Make ``device`` this process's current CUDA device before anything else touches CUDA.
+
+    Streams, events, graph pools, NCCL communicators and Triton launches default to the current device; without
+    this a rank on cuda:k (k >= 1) would run them on cuda:0 while its tensors sit on cuda:k."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
 
 
 def resolve_transport(name: str, *, device_type: str, local_world_size: int, gpu_count: int) -> str:
@@ -73,12 +83,13 @@ def prepare(cfg: Config) -> RankJob:
     cfg.validate()
     torch.set_num_threads(cfg.runtime.threads)
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", rank)))
+    use_device(device)
     dtype = resolve_dtype(cfg.dtype, device)
     transport = resolve_transport(cfg.pipeline.transport, device_type=device.type,
                                   local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
                                   gpu_count=torch.cuda.device_count() if device.type == "cuda" else 0)
     try:
-        backend = attention.choose_backend(cfg.model.attention, device, cfg.cache.block_size)
+        backend = attention.choose_backend(cfg.model.attention, device, cfg.cache.block_size, dtype=dtype)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     model_dir = resolve_model_dir(cfg.model.path)

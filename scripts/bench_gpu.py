@@ -48,6 +48,14 @@ PP_OVERRIDES = ["scheduler.token_budget=2048", "scheduler.chunk_size=1024", "tra
                 "runtime.progress=false"]
 
 
+def job_overrides(model_dir: Path, requests: Path, *, cache_gib: float) -> list[str]:
+    """The overrides both runs share. Every run starts over (runtime.resume=false: earlier outputs in --out are
+    moved aside): a benchmark must time the whole workload, and each run's model sits in a new temporary folder,
+    so a resumed run would be refused anyway (model.path is part of the run directory's config fingerprint)."""
+    return [f"model.path={model_dir}", "workload=jsonl", f"workload.path={requests}", "device=cuda",
+            "dtype=bfloat16", f"cache.memory_gib={cache_gib}", "runtime.resume=false"]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 2 (with a message) on a machine without CUDA or for a bad argument."""
     parser = argparse.ArgumentParser(prog="bench_gpu", description=__doc__.splitlines()[0])
@@ -107,8 +115,7 @@ def bench_preset(preset: str, hw: Hardware, out: Path, args) -> dict:
         model_dir = _make_model(hf_config, Path(tmp) / "model", seed=args.seed)
         prompts, outputs = write_workload(Path(tmp) / "requests.jsonl", vocab=hf_config.vocab_size, seed=args.seed)
         roof = workload_time_s(costs, hw, prompts, outputs)
-        common = [f"model.path={model_dir}", "workload=jsonl", f"workload.path={Path(tmp) / 'requests.jsonl'}",
-                  "device=cuda", "dtype=bfloat16", f"cache.memory_gib={args.cache_gib}"]
+        common = job_overrides(model_dir, Path(tmp) / "requests.jsonl", cache_gib=args.cache_gib)
         runs = {"pp-runtime": _run_pipeline(common + PP_OVERRIDES + args.overrides, out / "pp-runtime")}
         if not args.skip_hf:
             runs["hf-generate"] = _run_hf(common, out / "hf-generate")

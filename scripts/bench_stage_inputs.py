@@ -77,8 +77,7 @@ def _after(mb: MicroBatch, cache, backend: str) -> None:
     from stages.attention import prepare
     from stages.inputs import build_stage_inputs
 
-    inputs = build_stage_inputs(mb, block_size=BLOCK, device=CPU, token_ids=True, sample_rows=True,
-                                sdpa_split=backend == "sdpa")
+    inputs = build_stage_inputs(mb, block_size=BLOCK, device=CPU, token_ids=True, sample_rows=True)
     prepare(backend, cache, inputs)
 
 

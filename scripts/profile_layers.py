@@ -68,7 +68,7 @@ def take_profile(hf_config, *, device: torch.device, dtype: torch.dtype, token_b
     parts = build_parts(hf_config, device=device, dtype=dtype)
     num_blocks = -(-max_context_len // block_size) + 1  # every piece reuses the same scratch blocks
     cache = KVCache([0], num_blocks=num_blocks, block_size=block_size, hf_config=hf_config, dtype=dtype, device=device)
-    backend = attention.choose_backend("auto", device, block_size)
+    backend = attention.choose_backend("auto", device, block_size, dtype=dtype)
     shapes = profile_points(token_budget, max_context_len=min(max_context_len, num_blocks * block_size))
     seconds: dict[str, list[float]] = {}
     for part, model in parts.items():

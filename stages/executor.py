@@ -1,8 +1,8 @@
 """Turns a micro-batch plan into tensors and runs it through this stage's modules (the model runner).
 
 Per micro-batch: ``build_stage_inputs`` (numpy, one host-to-device copy), then the decoder layers (replayed from a
-CUDA graph for decode-only micro-batches when graphs are on, else eagerly), then on the last stage the LM head on
-the sampled rows and the sampler. Nothing here reads the device except ``SampledTokens.result()``.
+CUDA graph of the smallest bucket that holds the micro-batch when graphs are on, else eagerly), then on the last
+stage the LM head on the sampled rows and the sampler. Nothing here reads the device except ``SampledTokens.result()``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 
 from pp_runtime.plan import MicroBatch
 from stages import attention
-from stages.cuda_graphs import MAX_GRAPH_TOKENS, CudaGraphs, StaticBuffers, bucket_sizes, graphs_wanted
+from stages.cuda_graphs import MAX_GRAPH_TOKENS, CudaGraphs, StaticBuffers, graph_buckets, graphs_wanted
 from stages.inputs import StageInputs, build_stage_inputs
 from stages.kv_cache import KVCache
 from stages.sampler import SamplingTensors, sample_tensors
@@ -30,8 +30,9 @@ class SampledTokens:
         if ids.device.type == "cuda":
             self._host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
             self._host.copy_(ids, non_blocking=True)
+            # Recorded on the ids' own device's stream (the current device may be another GPU's).
             self._event = torch.cuda.Event()
-            self._event.record()
+            self._event.record(torch.cuda.current_stream(ids.device))
         else:
             self._host = ids
 
@@ -42,26 +43,29 @@ class SampledTokens:
 
 
 class StageExecutor:
-    def __init__(self, model: StageModel, cache: KVCache, *, device: torch.device, backend: str = "sdpa",
+    def __init__(self, model: StageModel, cache: KVCache, *, device: torch.device,
+                 backend: str | attention.AttentionBackend = "sdpa",
                  cuda_graphs: bool = False, max_blocks_per_seq: int | None = None,
                  graph_max_tokens: int = MAX_GRAPH_TOKENS):
-        """``cuda_graphs`` acts only on CUDA with the triton or flash backend; it needs ``max_blocks_per_seq`` (the
-        graphs' block-table width) and a cache built with a scratch block (``extra_blocks=1``)."""
+        """``cuda_graphs`` acts only on CUDA with a capturable backend (triton, flash); it needs
+        ``max_blocks_per_seq`` (the graphs' block-table width) and a cache built with a scratch block
+        (``extra_blocks=1``); graphs cover micro-batches of up to ``graph_max_tokens`` tokens."""
         self.model = model
         self.cache = cache
         self.device = device
-        self.backend = backend
+        self.backend = attention.backend(backend) if isinstance(backend, str) else backend
         attention.configure_device(device)
         self.graphs = None
-        if graphs_wanted(cuda_graphs, device, backend):
+        if graphs_wanted(cuda_graphs, device, self.backend):
             if max_blocks_per_seq is None or cache.scratch_block is None:
                 raise ValueError("CUDA graphs need max_blocks_per_seq and a KV cache built with extra_blocks=1")
             hidden = None if model.is_first else model.config.hidden_size
-            sizes = bucket_sizes(graph_max_tokens)
-            buffers = StaticBuffers.allocate(sizes[-1], table_width=max_blocks_per_seq,
-                                            hidden_size=hidden, dtype=cache.k.dtype, device=device)
-            self.graphs = CudaGraphs(self._body, buffers, sizes=sizes,
-                                     block_size=cache.block_size, scratch_block=cache.scratch_block)
+            buckets = graph_buckets(graph_max_tokens)
+            buffers = StaticBuffers.allocate(max(b.tokens for b in buckets), seqs=max(b.seqs for b in buckets),
+                                             table_width=max_blocks_per_seq, hidden_size=hidden,
+                                             dtype=cache.k.dtype, device=device)
+            self.graphs = CudaGraphs(self._body, buffers, buckets=buckets, block_size=cache.block_size,
+                                     scratch_block=cache.scratch_block, device=device)
             self.graphs.capture()
 
     def execute(self, mb: MicroBatch, hidden: torch.Tensor | None = None) -> torch.Tensor | SampledTokens:
@@ -69,8 +73,7 @@ class StageExecutor:
         tokens as a ``SampledTokens`` handle."""
         model = self.model
         inputs = build_stage_inputs(mb, block_size=self.cache.block_size, device=self.device,
-                                    token_ids=model.is_first, sample_rows=model.is_last,
-                                    sdpa_split=self.backend == "sdpa")
+                                    token_ids=model.is_first, sample_rows=model.is_last)
         x = inputs.token_ids if model.is_first else hidden  # [T] or [T, hidden]
         h = self.graphs.run(inputs, x) if self.graphs is not None else None
         if h is None:

@@ -4,7 +4,8 @@
 per-piece scalars and block tables, derives every per-token array with numpy (``np.repeat`` / ``cumsum``), packs
 all of them into one byte buffer (pinned on CUDA) and moves it to the device with ONE non-blocking copy; the
 fields are views into that device buffer. A stage gets only what it reads: token ids on stage 0, sampled rows
-on the last stage, the decode/chunk split only for the sdpa backend.
+on the last stage. The per-piece query starts and context lengths also stay on the host (numpy, free: the plan's
+own numbers) for backends that split a micro-batch on the host (sdpa).
 """
 
 from __future__ import annotations
@@ -19,18 +20,9 @@ from pp_runtime.plan import MicroBatch
 
 
 @dataclass(frozen=True)
-class SdpaSplit:
-    """The sdpa backend's view of a micro-batch: multi-token chunks one by one, single tokens in one batch."""
-
-    # Per multi-token piece, host ints: (first packed row, q_len, context_len, piece index, blocks it covers).
-    chunks: tuple[tuple[int, int, int, int, int], ...]
-    decode_pieces: torch.Tensor  # [Nd] int64: index of each single-token piece
-    decode_width: int  # blocks covering the longest single-token piece's context
-
-
-@dataclass(frozen=True)
 class StageInputs:
-    """Tensors-only inputs of one stage for one micro-batch (B pieces, T packed tokens, S sampled rows)."""
+    """Inputs of one stage for one micro-batch (B pieces, T packed tokens, S sampled rows): device tensors, plus
+    host copies of the per-piece offsets and contexts (the plan's numbers; None in CUDA graphs' static views)."""
 
     num_tokens: int  # T
     positions: torch.Tensor  # [T] int64: position of each packed token in its sequence
@@ -42,12 +34,12 @@ class StageInputs:
     max_context: int  # longest context
     token_ids: torch.Tensor | None = None  # [T] int64, stage 0 only
     sample_rows: torch.Tensor | None = None  # [S] int64: packed row of each sampled token, last stage only
-    sdpa: SdpaSplit | None = None
+    cu_seqlens_q_host: np.ndarray | None = None  # [B+1] int64: cu_seqlens_q on the host
+    context_lens_host: np.ndarray | None = None  # [B] int64: context_lens on the host
 
 
 def build_stage_inputs(mb: MicroBatch, *, block_size: int, device: torch.device, token_ids: bool = False,
-                       sample_rows: bool = False, sdpa_split: bool = False,
-                       table_width: int | None = None) -> StageInputs:
+                       sample_rows: bool = False, table_width: int | None = None) -> StageInputs:
     """Vectorised ``StageInputs`` of ``mb``; ``table_width`` fixes W (else: the longest context's block count)."""
     pieces = mb.pieces
     b = len(pieces)
@@ -74,14 +66,6 @@ def build_stage_inputs(mb: MicroBatch, *, block_size: int, device: torch.device,
         int64s["token_ids"] = np.fromiter(chain.from_iterable(p.token_ids for p in pieces), dtype=np.int64, count=t)
     if sample_rows:
         int64s["sample_rows"] = (cu[1:] - 1)[sampled]
-    split = None
-    if sdpa_split:
-        single = q_lens == 1
-        int64s["decode_pieces"] = np.flatnonzero(single)
-        multi = np.flatnonzero(~single)
-        split = (tuple(zip(cu[multi].tolist(), q_lens[multi].tolist(), ctx[multi].tolist(), multi.tolist(),
-                           nblk[multi].tolist())),
-                 int(nblk[single].max(initial=0)))
     int32s = {"cu_seqlens_q": cu, "context_lens": ctx, "block_tables": tables}
     dev = _ship(int64s, int32s, device)
     return StageInputs(
@@ -89,7 +73,7 @@ def build_stage_inputs(mb: MicroBatch, *, block_size: int, device: torch.device,
         cu_seqlens_q=dev["cu_seqlens_q"], context_lens=dev["context_lens"],
         block_tables=dev["block_tables"].view(b, width), max_q=int(q_lens.max(initial=0)),
         max_context=int(ctx.max(initial=0)), token_ids=dev.get("token_ids"), sample_rows=dev.get("sample_rows"),
-        sdpa=None if split is None else SdpaSplit(split[0], dev["decode_pieces"], split[1]),
+        cu_seqlens_q_host=cu, context_lens_host=ctx,
     )
 
 

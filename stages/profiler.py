@@ -18,21 +18,28 @@ from stages.executor import SampledTokens, StageExecutor
 
 def profile_stage(stage: int, executor: StageExecutor, *, token_budget: int, max_context_len: int,
                   hidden_size: int, dtype: torch.dtype) -> list[tuple[int, int, int, int, float]]:
-    """Rows ``(stage, num_tokens, attn_work, decode_ctx, seconds)``, one per shape (after one warm-up run)."""
+    """Rows ``(stage, num_tokens, attn_work, decode_ctx, seconds)``, one per shape.
+
+    Every shape runs once untimed before any is timed: first-call allocations, kernel selection and Triton's
+    compiles (one per tile configuration, and the shapes pick different tiles) stay out of the timings."""
     cache = executor.cache
     cap = min(max_context_len, cache.num_blocks * cache.block_size)
     shapes = profile_points(token_budget, max_context_len=cap)
+    batches = [_fake_microbatch(shape, cache.block_size) for shape in shapes]
+
+    def hidden(mb: MicroBatch) -> torch.Tensor | None:  # [T, hidden] activations for a stage past the first
+        if executor.model.is_first:
+            return None
+        return torch.randn(mb.num_tokens, hidden_size, dtype=dtype, device=executor.device)
+
+    for mb in batches:  # warm-up, untimed
+        _wait(executor.execute(mb, hidden(mb)))
     rows = []
-    for i, shape in enumerate(shapes):
-        mb = _fake_microbatch(shape, cache.block_size)
-        hidden = None
-        if not executor.model.is_first:
-            hidden = torch.randn(mb.num_tokens, hidden_size, dtype=dtype, device=executor.device)  # [T, hidden]
-        if i == 0:
-            _wait(executor.execute(mb, hidden))  # warm-up: first-call allocations and kernel selection
+    for shape, mb in zip(shapes, batches):
+        x = hidden(mb)
         _sync(executor.device)
         start = time.perf_counter()
-        _wait(executor.execute(mb, hidden))
+        _wait(executor.execute(mb, x))
         _sync(executor.device)
         rows.append((stage, *work(shape), time.perf_counter() - start))
     return rows

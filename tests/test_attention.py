@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pp_runtime.plan import MicroBatch, Piece
-from stages.attention import paged_attention, prepare
+from stages.attention import paged_attention, prepare, sdpa
 from stages.inputs import build_stage_inputs
 from stages.kv_cache import KVCache
 
@@ -67,7 +67,7 @@ def _dense_reference(q, k, v, *, window: int | None = None, scale: float | None 
 
 
 def _context(mb: MicroBatch, cache: KVCache):
-    inputs = build_stage_inputs(mb, block_size=cache.block_size, device=CPU, sdpa_split=True)
+    inputs = build_stage_inputs(mb, block_size=cache.block_size, device=CPU)
     return prepare("sdpa", cache, inputs)
 
 
@@ -172,16 +172,19 @@ def test_sdpa_split_slots_and_decode_tables():
     # Positions 2, 3 in block 5 (slots 22, 23) and 4 in block 6 (slot 24); position 6 in block 1 (slot 6);
     # position 0 in block 2 (slot 8).
     assert ctx.inputs.slot_mapping.tolist() == [22, 23, 24, 6, 8]
-    assert [(row, q_len, n_ctx, blocks.tolist()) for row, q_len, n_ctx, blocks in state.chunks] == [(0, 3, 5, [5, 6])]
+    assert state.chunks == [(0, 3, 5, 0)]  # (first row, q_len, context, piece)
     assert state.decode_rows.tolist() == [3, 4]
     assert state.decode_ctx.tolist() == [7, 1]
-    assert state.decode_tables.view(2, -1).tolist() == [[3, 1], [2, 0]]
+    chunk_blocks, decode_tables = sdpa._tables(state, ctx.inputs.block_tables, 4)
+    assert [b.tolist() for b in chunk_blocks] == [[5, 6]]
+    assert decode_tables.view(2, -1).tolist() == [[3, 1], [2, 0]]
 
 
 def test_sdpa_split_without_decodes():
     cache = KVCache([0], num_blocks=4, block_size=4, hf_config=_hf_config(), dtype=torch.float32, device=CPU)
     mb = MicroBatch(0, (Piece(seq_id=0, start=0, token_ids=(1, 2), block_table=(3,), is_prefill=True, sample=True),))
-    state = _context(mb, cache).state
+    ctx = _context(mb, cache)
+    state = ctx.state
     assert state.decode_rows.numel() == 0
-    assert state.decode_tables.numel() == 0
+    assert sdpa._tables(state, ctx.inputs.block_tables, 4)[1].numel() == 0
     assert len(state.chunks) == 1

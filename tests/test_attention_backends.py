@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pp_runtime.plan import MicroBatch, Piece
-from stages.attention import choose_backend, paged_attention, prepare
+from stages import attention
+from stages.attention import backend, choose_backend, paged_attention, prepare
 from stages.inputs import build_stage_inputs
 from stages.kv_cache import KVCache
 
@@ -40,7 +41,7 @@ def _run(backend: str, *, window: int | None, device: torch.device, block_size: 
         mb = MicroBatch(mb_id, pieces)
         t = mb.num_tokens
         q, k, v = (torch.randn(1, h, t, D, generator=gen).to(device, dtype) for h in (HQ, HKV, HKV))
-        inputs = build_stage_inputs(mb, block_size=block_size, device=device, sdpa_split=backend == "sdpa")
+        inputs = build_stage_inputs(mb, block_size=block_size, device=device)
         ctx = prepare(backend, cache, inputs)
         out, _ = paged_attention(SimpleNamespace(layer_idx=0), q, k, v, None, scaling=0.3, sliding_window=window,
                                  pp_attn=ctx)
@@ -68,26 +69,75 @@ def test_flash_backend_matches_sdpa():
         torch.testing.assert_close(g, w, atol=5e-3, rtol=5e-3)
 
 
+F32 = torch.float32
+
+
 def test_auto_is_sdpa_on_the_cpu():
-    assert choose_backend("auto", CPU, 16) == "sdpa"
-    assert choose_backend("sdpa", CPU, 4) == "sdpa"
+    assert choose_backend("auto", CPU, 16, dtype=F32) == "sdpa"
+    assert choose_backend("sdpa", CPU, 4, dtype=F32) == "sdpa"
 
 
 def test_triton_on_the_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert choose_backend("triton", CPU, 16) == "triton"
+    assert choose_backend("triton", CPU, 16, dtype=F32) == "triton"
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
-        choose_backend("triton", CPU, 16)
+        choose_backend("triton", CPU, 16, dtype=F32)
 
 
 @pytest.mark.parametrize("block_size", [4, 24])
 def test_triton_needs_a_power_of_two_block_of_at_least_16(monkeypatch, block_size):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(ValueError, match="cache.block_size"):
-        choose_backend("triton", CPU, block_size)
+        choose_backend("triton", CPU, block_size, dtype=F32)
 
 
 def test_flash_needs_cuda():
     with pytest.raises(ValueError, match="device=cuda"):
-        choose_backend("flash", CPU, 256)
+        choose_backend("flash", CPU, 256, dtype=torch.bfloat16)
+
+
+def _pretend_flash_imports(monkeypatch):
+    from stages.attention import flash
+
+    monkeypatch.setattr(flash, "available", lambda: True)
+
+
+def test_auto_on_cuda_never_picks_flash_for_fp32(monkeypatch):
+    # flash-attn rejects fp32: auto falls back to triton, and an explicit flash says what to change.
+    _pretend_flash_imports(monkeypatch)
+    cuda = torch.device("cuda", 0)
+    assert choose_backend("auto", cuda, 256, dtype=torch.bfloat16) == "flash"
+    assert choose_backend("auto", cuda, 256, dtype=torch.float16) == "flash"
+    assert choose_backend("auto", cuda, 256, dtype=F32) == "triton"
+    assert choose_backend("auto", cuda, 16, dtype=torch.bfloat16) == "triton"  # flash needs blocks of 256
+    with pytest.raises(ValueError, match="dtype=bfloat16"):
+        choose_backend("flash", cuda, 256, dtype=F32)
+
+
+def test_auto_on_cuda_is_sdpa_when_no_kernel_fits(monkeypatch):
+    _pretend_flash_imports(monkeypatch)
+    assert choose_backend("auto", torch.device("cuda", 0), 8, dtype=F32) == "sdpa"
+
+
+def test_each_backend_is_a_record_from_its_own_file():
+    for name, module, capturable in (("sdpa", "sdpa", False), ("triton", "triton_paged", True),
+                                     ("flash", "flash", True)):
+        record = backend(name)
+        assert isinstance(record, attention.AttentionBackend) and record.name == name
+        assert record.capturable is capturable
+        assert record.attend.__module__ == record.prepare.__module__ == f"stages.attention.{module}"
+    with pytest.raises(ValueError, match="model.attention='nope'"):
+        backend("nope")
+
+
+def test_no_backend_name_is_compared_outside_its_record():
+    # The backend's name decides nothing by string comparison in the device plane: the record does.
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    pattern = re.compile(r"""(==|!=|\bin)\s*\(?["'](sdpa|triton|flash)["']|["'](sdpa|triton|flash)["']\s*(==|!=)""")
+    hits = [f"{path.relative_to(root)}:{n}" for folder in ("stages", "launch") for path in (root / folder).rglob("*.py")
+            for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert hits == []

@@ -1,5 +1,6 @@
-"""CUDA graphs' plain parts on the CPU: bucket sizes, bucket choice, and padded static buffers that give the same
-attention rows as the unpadded micro-batch (triton kernel, interpreter). Capture and replay: GPU test below."""
+"""CUDA graphs' plain parts on the CPU: bucket sizes, bucket choice, and padded static buffers (decode-only and mixed
+micro-batches) that give the same attention rows as the unpadded micro-batch (triton kernel, interpreter), and the
+executor's replay path emulated against eager. Capture and replay: GPU test below."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import torch
 
 from pp_runtime.plan import MicroBatch, Piece
 from stages.attention import paged_attention, prepare
-from stages.cuda_graphs import CudaGraphs, StaticBuffers, bucket_sizes, graphs_wanted, pick_bucket
+from stages.cuda_graphs import (
+    Bucket,
+    CudaGraphs,
+    StaticBuffers,
+    bucket_sizes,
+    graph_buckets,
+    graphs_wanted,
+    pick_bucket,
+    pick_graph_bucket,
+)
 from stages.inputs import build_stage_inputs
 from stages.kv_cache import KVCache
 
@@ -30,6 +40,28 @@ def test_pick_bucket_is_the_smallest_that_fits():
     sizes = bucket_sizes(64)
     assert [pick_bucket(n, sizes) for n in (1, 3, 8, 9, 16, 17, 64)] == [1, 4, 8, 16, 16, 24, 64]
     assert pick_bucket(65, sizes) is None
+
+
+def test_graph_buckets_cover_decodes_and_mixed_micro_batches():
+    buckets = graph_buckets(48)
+    assert [b.tokens for b in buckets if b.decode] == bucket_sizes(48)
+    mixed = {(b.tokens, b.seqs) for b in buckets if not b.decode}
+    assert mixed == {(16, 2), (16, 4), (16, 8), (16, 16), (32, 2), (32, 4), (32, 8), (32, 16), (32, 32),
+                     (48, 2), (48, 4), (48, 8), (48, 16), (48, 32), (48, 48)}
+    assert max(b.seqs for b in graph_buckets(2048)) == 256  # MAX_GRAPH_SEQS
+    assert {b.tokens for b in graph_buckets(8) if not b.decode} == {8}
+    assert not [b for b in graph_buckets(48, mixed=False) if not b.decode]
+
+
+def test_pick_graph_bucket():
+    buckets = graph_buckets(48)
+    assert pick_graph_bucket(3, 3, 1, buckets) == Bucket(4, 4, True)  # decodes only
+    assert pick_graph_bucket(20, 3, 9, buckets) == Bucket(32, 4, False)  # 3 sequences + the padding one
+    assert pick_graph_bucket(16, 4, 7, buckets) == Bucket(16, 4, False)  # fits exactly: no padding sequence
+    assert pick_graph_bucket(16, 16, 1, buckets) == Bucket(16, 16, True)
+    assert pick_graph_bucket(15, 15, 2, buckets) == Bucket(16, 16, False)
+    assert pick_graph_bucket(49, 2, 40, buckets) is None  # past the budget: eager
+    assert pick_graph_bucket(15, 16, 1, graph_buckets(16, mixed=False)) == Bucket(16, 16, True)
 
 
 def test_graphs_only_on_cuda_with_a_capturable_backend():
@@ -64,6 +96,34 @@ def test_fill_pads_rows_onto_the_scratch_block():
     assert view.max_q == 1 and view.max_context == 5 * BLOCK
 
 
+def _mixed_batch() -> MicroBatch:
+    return MicroBatch(0, (Piece(seq_id=0, start=20, token_ids=(9,), block_table=(3, 1), is_prefill=False, sample=True),
+                          Piece(seq_id=1, start=10, token_ids=(4,) * 7, block_table=(0, 2), is_prefill=True,
+                                sample=True),
+                          Piece(seq_id=2, start=40, token_ids=(5,), block_table=(2, 4, 5), is_prefill=False,
+                                sample=False)))
+
+
+def test_mixed_fill_adds_one_padding_sequence_and_empty_ones():
+    inputs = build_stage_inputs(_mixed_batch(), block_size=BLOCK, device=CPU, token_ids=True)
+    buf = StaticBuffers.allocate(32, seqs=8, table_width=4, hidden_size=None, dtype=torch.float32, device=CPU)
+    buf.block_tables.fill_(7)
+    buf.context_lens.fill_(99)
+    buf.fill(inputs, inputs.token_ids, rows=16, seqs=8, scratch_block=6, block_size=BLOCK)
+    view = buf.view(16, seqs=8, block_size=BLOCK)
+    assert view.num_tokens == 16 and view.max_q == 16 and view.max_context == 4 * BLOCK
+    assert view.cu_seqlens_q.tolist() == [0, 1, 8, 9, 16, 16, 16, 16, 16]  # the padding sequence: rows 9..15
+    assert view.context_lens.tolist() == [21, 17, 41, 7, 0, 0, 0, 0]
+    assert view.block_tables.tolist()[:3] == [[3, 1, 0, 6], [0, 2, 0, 6], [2, 4, 5, 6]]  # builder pads with 0
+    assert view.block_tables.tolist()[3:] == [[6] * 4] * 5
+    assert view.slot_mapping.tolist()[9:] == [6 * BLOCK] * 7
+    assert view.positions.tolist()[9:] == [0] * 7 and buf.x[9:16].tolist() == [0] * 7
+    # Then a decode-only micro-batch in a decode bucket of the same buffers: one-token sequences again.
+    dec = build_stage_inputs(_decode_batch(), block_size=BLOCK, device=CPU, token_ids=True)
+    buf.fill(dec, dec.token_ids, rows=4, scratch_block=6, block_size=BLOCK)
+    assert buf.view(4, block_size=BLOCK).cu_seqlens_q.tolist() == [0, 1, 2, 3, 4]
+
+
 def test_padded_static_inputs_give_the_same_attention_rows():
     pytest.importorskip("triton")
     mb = _decode_batch()
@@ -90,16 +150,52 @@ def test_padded_static_inputs_give_the_same_attention_rows():
     assert torch.equal(cache.k[:, :6], kept[0]) and torch.equal(cache.v[:, :6], kept[1])
 
 
+def test_mixed_padded_static_inputs_give_the_same_attention_rows():
+    pytest.importorskip("triton")
+    mb = _mixed_batch()
+    cfg = SimpleNamespace(num_attention_heads=HQ, num_key_value_heads=HKV, head_dim=D, hidden_size=HQ * D)
+    cache = KVCache([0], num_blocks=6, block_size=BLOCK, hf_config=cfg, dtype=torch.float32, device=CPU,
+                    extra_blocks=1)
+    gen = torch.Generator().manual_seed(1)
+    cache.k.copy_(torch.randn(cache.k.shape, generator=gen))
+    cache.v.copy_(torch.randn(cache.v.shape, generator=gen))
+    t = mb.num_tokens
+    q, k, v = (torch.randn(1, h, t, D, generator=gen) for h in (HQ, HKV, HKV))
+    module = SimpleNamespace(layer_idx=0)
+    inputs = build_stage_inputs(mb, block_size=BLOCK, device=CPU)
+    eager, _ = paged_attention(module, q, k, v, None, scaling=0.25, pp_attn=prepare("triton", cache, inputs))
+    kept = cache.k[:, :6].clone(), cache.v[:, :6].clone()
+
+    buf = StaticBuffers.allocate(16, seqs=8, table_width=4, hidden_size=HQ * D, dtype=torch.float32, device=CPU)
+    buf.fill(inputs, torch.zeros(t, HQ * D), rows=16, seqs=8, scratch_block=cache.scratch_block, block_size=BLOCK)
+    pad = torch.randn(1, HQ, 16 - t, D, generator=gen), torch.randn(1, HKV, 16 - t, D, generator=gen)
+    qp, kp, vp = torch.cat([q, pad[0]], 2), torch.cat([k, pad[1]], 2), torch.cat([v, pad[1]], 2)
+    padded, _ = paged_attention(module, qp, kp, vp, None, scaling=0.25,
+                                pp_attn=prepare("triton", cache, buf.view(16, seqs=8, block_size=BLOCK)))
+    torch.testing.assert_close(padded[0, :t], eager[0])
+    assert torch.isfinite(padded).all()
+    assert torch.equal(cache.k[:, :6], kept[0]) and torch.equal(cache.v[:, :6], kept[1])
+
+
 def _generate(ex) -> list[list[int]]:
-    """Three prompts (5-7 tokens), then three decode steps of all three: the sampled tokens of each step."""
-    table = {s: (2 * s, 2 * s + 1) for s in range(3)}
+    """Three prompts (5-7 tokens, one mixed micro-batch); then the three decode beside a fourth sequence's 6-token
+    prompt (mixed again); then two decode steps of all four: the sampled tokens of each step."""
+    table = {s: (2 * s, 2 * s + 1) for s in range(4)}
     prompt = MicroBatch(0, tuple(Piece(seq_id=s, start=0, token_ids=tuple(range(3, 8 + s)), block_table=table[s],
                                        is_prefill=True, sample=True) for s in range(3)))
     steps = [ex.execute(prompt).result()]
+    last = dict(enumerate(steps[-1]))
     for step in range(3):
-        steps.append(ex.execute(MicroBatch(step + 1, tuple(
-            Piece(seq_id=s, start=5 + s + step, token_ids=(steps[-1][s],), block_table=table[s], is_prefill=False,
-                  sample=True) for s in range(3)))).result())
+        pieces = [Piece(seq_id=s, start=5 + s + step, token_ids=(last[s],), block_table=table[s], is_prefill=False,
+                        sample=True) for s in range(3)]
+        if step == 0:
+            pieces.append(Piece(seq_id=3, start=0, token_ids=(11, 12, 13, 14, 15, 16), block_table=table[3],
+                                is_prefill=True, sample=True))
+        else:
+            pieces.append(Piece(seq_id=3, start=5 + step, token_ids=(last[3],), block_table=table[3],
+                                is_prefill=False, sample=True))
+        steps.append(ex.execute(MicroBatch(step + 1, tuple(pieces))).result())
+        last = dict(enumerate(steps[-1]))
     return steps
 
 
@@ -116,7 +212,7 @@ def _executor(model_dir, device, *, graphs: bool):
     cache = KVCache(list(layers), num_blocks=16, block_size=BLOCK, hf_config=hf_config, dtype=torch.float32,
                     device=device, extra_blocks=1)
     return StageExecutor(model, cache, device=device, backend="triton", cuda_graphs=graphs, max_blocks_per_seq=4,
-                         graph_max_tokens=16)
+                         graph_max_tokens=32)
 
 
 class _FakeGraph:
@@ -137,18 +233,20 @@ def test_executor_replay_path_equals_eager_on_cpu(tmp_path):
     model_dir = make_tiny_model("llama", tmp_path / "llama", num_layers=2)
     eager = _generate(_executor(model_dir, CPU, graphs=False))
     ex = _executor(model_dir, CPU, graphs=False)
-    buf = StaticBuffers.allocate(16, table_width=4, hidden_size=None, dtype=torch.float32, device=CPU)
-    ex.graphs = CudaGraphs(ex._body, buf, sizes=bucket_sizes(16), block_size=BLOCK,
-                           scratch_block=ex.cache.scratch_block)
+    buckets = graph_buckets(32)
+    buf = StaticBuffers.allocate(32, seqs=32, table_width=4, hidden_size=None, dtype=torch.float32, device=CPU)
+    ex.graphs = CudaGraphs(ex._body, buf, buckets=buckets, block_size=BLOCK, scratch_block=ex.cache.scratch_block)
     replays = []
-    for rows in ex.graphs.sizes:
-        def layers(rows=rows):
-            replays.append(rows)
-            return ex._body(buf.view(rows, block_size=BLOCK), buf.x[:rows])
-        graph = _FakeGraph(layers, torch.empty(rows, 64))  # [rows, hidden]
-        ex.graphs.graphs[rows] = (graph, graph.out)
+    for bucket in buckets:
+        def layers(bucket=bucket):
+            replays.append((bucket.tokens, bucket.seqs, bucket.decode))
+            return ex._body(ex.graphs.view(bucket), buf.x[:bucket.tokens])
+        graph = _FakeGraph(layers, torch.empty(bucket.tokens, 64))  # [rows, hidden]
+        ex.graphs.graphs[bucket] = (graph, graph.out)
     assert _generate(ex) == eager
-    assert replays == [4, 4, 4]  # the prompts ran eagerly; each 3-token decode step replayed the 4-row bucket
+    # The 18-token prompts in (32 tokens, 4 sequences: 3 + padding), the 9-token mixed step in (16, 8), then the
+    # 4-sequence decode steps in the decode bucket of 4.
+    assert replays == [(32, 4, False), (16, 8, False), (4, 4, True), (4, 4, True)]
 
 
 @pytest.mark.gpu

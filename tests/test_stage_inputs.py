@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given
@@ -66,22 +68,32 @@ def test_vectorised_build_equals_per_token_reference(plan):
 
 @given(plans())
 def test_sdpa_split_partitions_pieces(plan):
+    from stages.attention import sdpa
+
     mb, block_size = plan
-    got = build_stage_inputs(mb, block_size=block_size, device=CPU, sdpa_split=True).sdpa
+    inputs = build_stage_inputs(mb, block_size=block_size, device=CPU)
+    got = sdpa.prepare(inputs)
     rows = [sum(p.num_tokens for p in mb.pieces[:i]) for i in range(len(mb.pieces))]
-    want_chunks = [(rows[i], p.num_tokens, p.context_len, i, -(-p.context_len // block_size))
-                   for i, p in enumerate(mb.pieces) if p.num_tokens > 1]
-    assert list(got.chunks) == want_chunks
+    want_chunks = [(rows[i], p.num_tokens, p.context_len, i) for i, p in enumerate(mb.pieces) if p.num_tokens > 1]
+    assert got.chunks == want_chunks
     singles = [i for i, p in enumerate(mb.pieces) if p.num_tokens == 1]
     assert got.decode_pieces.tolist() == singles
-    assert got.decode_width == max((-(-mb.pieces[i].context_len // block_size) for i in singles), default=0)
+    assert got.decode_rows.tolist() == [rows[i] for i in singles]
+    blocks, tables = sdpa._tables(got, inputs.block_tables, block_size)
+    assert [b.tolist() for b in blocks] == [list(mb.pieces[i].block_table[:-(-n // block_size)])
+                                            for _, _, n, i in want_chunks]
+    width = max((-(-mb.pieces[i].context_len // block_size) for i in singles), default=0)
+    assert tables.numel() == len(singles) * width
 
 
 def test_a_stage_gets_only_what_it_reads():
     mb = MicroBatch(0, (Piece(seq_id=0, start=0, token_ids=(5, 6), block_table=(1,), is_prefill=True,
                               sample=True),))
     middle = build_stage_inputs(mb, block_size=4, device=CPU)
-    assert middle.token_ids is None and middle.sample_rows is None and middle.sdpa is None
+    assert middle.token_ids is None and middle.sample_rows is None
+    # The inputs serve every attention backend: nothing in them belongs to one (sdpa splits on its own).
+    assert all("sdpa" not in f.name for f in dataclasses.fields(middle))
+    assert middle.cu_seqlens_q_host.tolist() == [0, 2] and middle.context_lens_host.tolist() == [2]
     fixed = build_stage_inputs(mb, block_size=4, device=CPU, table_width=5)
     assert fixed.block_tables.tolist() == [[1, 0, 0, 0, 0]]
 
@@ -91,7 +103,7 @@ def test_a_stage_gets_only_what_it_reads():
 @given(plans())
 def test_cuda_build_equals_cpu_build(plan):
     mb, block_size = plan
-    kwargs = dict(block_size=block_size, token_ids=True, sample_rows=True, sdpa_split=True)
+    kwargs = dict(block_size=block_size, token_ids=True, sample_rows=True)
     cpu = build_stage_inputs(mb, device=CPU, **kwargs)
     gpu = build_stage_inputs(mb, device=torch.device("cuda"), **kwargs)  # pinned buffer, one non-blocking copy
     for name in ("positions", "slot_mapping", "cu_seqlens_q", "context_lens", "block_tables", "token_ids",

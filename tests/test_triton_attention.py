@@ -58,7 +58,8 @@ def make_batch(seqs, *, hkv, group, head_dim, block_size, dtype=torch.float32, s
                 block_tables=torch.tensor(tables, **i32), max_q=max(q_len for _, q_len in seqs))
 
 
-def reference(q, k_cache, v_cache, *, cu_seqlens_q, context_lens, block_tables, max_q, scale, window=None):
+def reference(q, k_cache, v_cache, *, cu_seqlens_q, context_lens, block_tables, max_q, scale, window=None,
+              max_context=None):
     """Per sequence: gather its blocks into dense K/V, causal (+window) mask, softmax in float64."""
     block_size, hkv = k_cache.shape[1], k_cache.shape[2]
     group = q.shape[1] // hkv
@@ -141,6 +142,72 @@ def test_writes_into_out_and_leaves_padding_rows():
     torch.testing.assert_close(out[:q.shape[0]].cpu().double(), reference(**batch, scale=0.3), atol=1e-4, rtol=1e-4)
 
 
+def _splits_used(batch, **kwargs) -> int:
+    """The key splits ``paged_attention`` launches with for ``batch`` (1: one launch, no merge)."""
+    out = torch.empty_like(batch["q"])
+    (_, grid, _, _), *merge = triton_paged._launches(batch["q"], batch["k_cache"], batch["v_cache"], out,
+                                                     **{k: v for k, v in batch.items() if k not in ("q", "k_cache",
+                                                                                                 "v_cache")},
+                                                     scale=0.3, window=None, num_splits=None, **kwargs)
+    assert len(merge) == (grid[2] > 1)
+    return grid[2]
+
+
+def test_split_count_rule():
+    rule = triton_paged.split_count
+    # Only decode-only micro-batches with long contexts, and only while programs leave SMs idle.
+    assert rule(max_q=1, max_context=4096, programs=8, sm_count=132) == 16
+    assert rule(max_q=1, max_context=1024, programs=8, sm_count=132) == 4  # at least 256 keys per split
+    assert rule(max_q=1, max_context=4096, programs=512, sm_count=132) == 1  # the GPU is full already
+    assert rule(max_q=1, max_context=1023, programs=1, sm_count=132) == 1
+    assert rule(max_q=2, max_context=8192, programs=1, sm_count=132) == 1
+    assert rule(max_q=1, max_context=None, programs=1, sm_count=132) == 1
+
+
+def test_split_kv_long_decodes_match_dense():
+    # Contexts of a few thousand keys, chosen by the rule (max_context known): the merge must be exact.
+    batch = make_batch([(2999, 1), (1500, 1), (40, 1)], hkv=1, group=2, head_dim=16, block_size=16, spare_blocks=1)
+    batch["max_context"] = 3000
+    assert _splits_used(batch) > 1
+    check(batch, scale=0.25)
+    check(batch, scale=0.25, window=700)
+
+
+@pytest.mark.parametrize("num_splits", [2, 7])
+def test_forced_split_kv_on_a_mixed_batch(num_splits):
+    # Any split count on any mix (chunks, decodes, a sequence with no query, windows) gives the dense result, and
+    # rows past cu[B] stay untouched by the merge.
+    batch = make_batch([(700, 1), (130, 37), (9, 0), (0, 20)], hkv=2, group=2, head_dim=16, block_size=32)
+    q = batch["q"]
+    out = torch.full((q.shape[0] + 2, *q.shape[1:]), 7.0, device=DEVICE)
+    batch["q"] = torch.cat([q, torch.zeros_like(out[:2])])
+    for window in (None, 50):
+        paged_attention(**batch, scale=0.3, window=window, out=out, num_splits=num_splits)
+        assert bool((out[q.shape[0]:] == 7.0).all())
+        want = reference(**{**batch, "q": q}, scale=0.3, window=window)
+        torch.testing.assert_close(out[:q.shape[0]].cpu().double(), want, atol=1e-4, rtol=1e-4)
+
+
+def test_split_kv_half_precision():
+    batch = make_batch([(1300, 1), (20, 1)], hkv=1, group=4, head_dim=16, block_size=16, dtype=torch.bfloat16)
+    got = paged_attention(**batch, scale=0.25, num_splits=5)
+    want = reference(**batch, scale=0.25)
+    torch.testing.assert_close(got.cpu().double(), want, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
+
+
+def test_one_compiled_variant_per_configuration_whatever_the_micro_batch():
+    # No compile after warm-up: across random micro-batches, every constexpr configuration (tile shape, window on
+    # or off, split or not) maps to exactly one runtime specialisation, so each compiles once.
+    from scripts.gpu_variants import kernels, random_launches, specialisations
+
+    calls = list(random_launches(150, seed=1, device=DEVICE))
+    seen = specialisations(kernels(marked=True), calls)
+    assert {name for name, _ in seen} == {"main", "combine"}  # split-KV launches were among them
+    assert all(len(variants) == 1 for variants in seen.values()), {k[0]: len(v) for k, v in seen.items()}
+    # Without the marks Triton would specialise on the values that change per micro-batch: the test can tell.
+    assert max(len(variants) for variants in specialisations(kernels(marked=False), calls).values()) > 1
+
+
 @pytest.mark.parametrize("block_size", [8, 24, 0])
 def test_bad_block_size_raises(block_size):
     with pytest.raises(ValueError, match="cache.block_size"):
@@ -167,35 +234,50 @@ def test_packed_micro_batches(seqs, block_size, group, hkv, head_dim, window, sh
     check(batch, scale=head_dim ** -0.5, window=window)
 
 
-# Compiles the kernel for an H100 (sm_90) without a GPU: the interpreter does not type-check what the compiler does
-# (loop-carried types, constants specialised from arguments equal to 1, dot shapes). Strides and pointers marked
-# 16-divisible as Triton's launcher marks them. Arguments: dtype, BLOCK_M, BLOCK_N, head_dim, group, windowed,
-# window == 1 (the launcher then passes it as a constant).
+# Compiles the kernels for an H100 (sm_90) without a GPU: the interpreter does not type-check what the compiler does
+# (loop-carried types, dot shapes). Pointers and strides marked 16-divisible as Triton's launcher marks them, except
+# those the kernel asks it not to specialise (their values change per micro-batch). Arguments: dtype, BLOCK_M,
+# BLOCK_N, head_dim, group, windowed, split-KV.
 _COMPILE = """
 import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from stages.attention import triton_paged as tp
-dt, bm, bn, d, group, win, ones = sys.argv[1], *map(int, sys.argv[2:])
+dt, bm, bn, d, group, win, split = sys.argv[1], *map(int, sys.argv[2:])
+kept = set(tp._INTS + tp._POINTERS)
 names = list(tp._KERNEL.arg_names)
-sig = {n: "*" + dt if i < 4 else "*i32" if i < 7 else "fp32" if n == "scale_log2" else "i32"
-       for i, n in enumerate(names) if n.islower()}
+def kind(n):
+    if n in ("q_ptr", "k_ptr", "v_ptr", "o_ptr"):
+        return "*" + dt
+    if n in ("part_ptr", "ml_ptr"):
+        return "*fp32" if split else "*" + dt
+    return "*i32" if n.endswith("_ptr") else "fp32" if n == "scale_log2" else "i32"
+sig = {n: kind(n) for n in names if n.islower()}
 gp = triton.next_power_of_2(group)
 const = dict(HEAD_DIM=d, D_PAD=max(16, triton.next_power_of_2(d)), GROUP=group, GROUP_PAD=gp, BLOCK_Q=bm // gp,
-             BLOCK_M=bm, BLOCK_N=bn, BLOCK_SIZE=16, USE_WINDOW=bool(win), IEEE=dt == "fp32", UPCAST=False)
-if ones:
-    const.update(window=1)
+             BLOCK_M=bm, BLOCK_N=bn, BLOCK_SIZE=16, USE_WINDOW=bool(win), IEEE=dt == "fp32", UPCAST=False,
+             SPLIT=bool(split))
 sig.update({n: "constexpr" for n in const})
-attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr") or
-         (n.startswith("stride") and n != "stride_tb")}
-kernel = triton.compile(ASTSource(tp._KERNEL, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
-                        options={"num_warps": 4, "num_stages": 3})
-assert kernel.asm["cubin"]
+attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in kept and
+         (n.endswith("_ptr") or n.startswith("stride"))}
+opts = {"num_warps": 4, "num_stages": 3}
+target = GPUTarget("cuda", 90, 32)
+assert triton.compile(ASTSource(tp._KERNEL, sig, const, attrs), target=target, options=opts).asm["cubin"]
+if split:
+    names = list(tp._COMBINE.arg_names)
+    sig = {n: ("*fp32" if n in ("part_ptr", "ml_ptr") else "*" + dt if n == "o_ptr" else "*i32" if
+               n.endswith("_ptr") else "i32") for n in names if n.islower()}
+    const = dict(HEAD_DIM=d, D_PAD=max(16, triton.next_power_of_2(d)), SPLITS_PAD=tp.MAX_SPLITS)
+    sig.update({n: "constexpr" for n in const})
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in tp._COMBINE_INTS +
+             tp._COMBINE_POINTERS and (n.endswith("_ptr") or n.startswith("stride"))}
+    assert triton.compile(ASTSource(tp._COMBINE, sig, const, attrs), target=target, options=opts).asm["cubin"]
 """
 
 
-@pytest.mark.parametrize("args", [("bf16", 64, 64, 128, 4, 1, 1), ("fp32", 16, 32, 80, 8, 0, 0)])
+@pytest.mark.parametrize("args", [("bf16", 64, 64, 128, 4, 1, 0), ("fp32", 16, 32, 80, 8, 0, 0),
+                                  ("bf16", 16, 64, 128, 4, 0, 1)])
 def test_compiles_for_h100(args):
     import subprocess
     import sys
@@ -231,3 +313,26 @@ def test_cuda_graph_capture_and_replay():
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out.cpu().double(), reference(**batch, scale=0.125), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_no_compile_after_warm_up_on_gpu():
+    from scripts.gpu_variants import random_launches
+
+    # 400 random bf16 micro-batches: Triton compiles one variant per kernel and constexpr configuration (tile
+    # shape, window on/off, split or not), never one per micro-batch. Counted as growth of its compile cache.
+    dev = torch.cuda.current_device()
+    kernels = (("main", triton_paged._KERNEL), ("combine", triton_paged._COMBINE))
+    before = {name: len(k.device_caches[dev][0]) for name, k in kernels}
+    configs = {"main": set(), "combine": set()}
+    for launches in random_launches(400, seed=2, device=DEVICE):
+        for kernel, grid, args, meta in launches:
+            name = "main" if kernel is triton_paged._KERNEL else "combine"
+            configs[name].add((args[0].dtype, tuple(sorted(meta.items()))))
+            with torch.cuda.device(args[0].device):
+                kernel[grid](*args, **meta)
+    torch.cuda.synchronize()
+    for name, kernel in kernels:
+        compiled = len(kernel.device_caches[dev][0]) - before[name]
+        assert compiled <= len(configs[name]), (name, compiled, len(configs[name]))

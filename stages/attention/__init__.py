@@ -4,16 +4,18 @@
 classes run unchanged: each decoder layer hands us its projected (and rotary-embedded) query, key and value for
 the packed tokens of one micro-batch, plus an ``AttentionContext`` passed through the layer's ``**kwargs`` as
 ``pp_attn``. We write the new keys/values into the stage's paged cache (one ``index_copy_`` per tensor) and
-hand the query to one backend, which reads the micro-batch's ``StageInputs`` (never the plan):
+hand the query to one backend, which reads the micro-batch's ``StageInputs`` (never the plan).
+
+A backend is an ``AttentionBackend`` record defined in its own file, with its own per-micro-batch metadata:
 
 - ``triton`` (``triton_paged.py``): our kernel, one launch per layer, K/V read through the block table.
-- ``flash`` (``flash.py``): flash-attn 2's varlen kernel with a block table (needs cache.block_size % 256 == 0).
+- ``flash`` (``flash.py``): flash-attn 2's varlen kernel with a block table (block_size % 256 == 0, fp16/bf16).
 - ``sdpa`` (``sdpa.py``): torch SDPA, the CPU path and the reference the others are tested against.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,44 @@ from stages.kv_cache import KVCache
 
 NAME = "pp_paged"
 BACKENDS = ("auto", "triton", "flash", "sdpa")
+_AUTO_ORDER = ("flash", "triton")  # what auto tries on CUDA, fastest first; sdpa when neither fits
+_MODULES = {"triton": "stages.attention.triton_paged", "flash": "stages.attention.flash",
+            "sdpa": "stages.attention.sdpa"}
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    """One attention backend: what a stage needs to know about it, in place of comparisons of its name.
+
+    ``check_device(device, dtype)`` and ``check_block_size(block_size)`` return None when the backend can run
+    there, else a message naming the config key to change (``choose_backend`` raises it, or skips the backend
+    for ``auto``). ``capturable``: no host reads and a launch grid fixed by tensor shapes, so a micro-batch's
+    attention can run inside a CUDA graph.
+    """
+
+    name: str
+    # (inputs) -> the backend's metadata for one micro-batch, shared by every layer (device ops only when
+    # capturable: it runs inside a graph capture too).
+    prepare: Callable[[StageInputs], Any]
+    # (query [T, Hq, D], k_cache, v_cache, ctx, *, scale, window) -> [T, Hq, D]
+    attend: Callable[..., torch.Tensor]
+    capturable: bool
+    check_device: Callable[[torch.device, torch.dtype], str | None]
+    check_block_size: Callable[[int], str | None]
+
+    def __repr__(self) -> str:
+        return f"AttentionBackend({self.name})"
+
+
+def backend(name: str) -> AttentionBackend:
+    """The record of backend ``name`` (imported on first use: the triton one imports triton)."""
+    if name not in _MODULES:
+        raise ValueError(f"model.attention={name!r}: use one of {', '.join(BACKENDS)}")
+    try:
+        module = importlib.import_module(_MODULES[name])
+    except ImportError as exc:
+        raise ValueError(f"model.attention={name} cannot be imported here ({exc}); use model.attention=sdpa") from None
+    return module.BACKEND
 
 
 @dataclass(frozen=True)
@@ -33,32 +73,14 @@ class AttentionContext:
 
     cache: KVCache
     inputs: StageInputs
-    # (query [T, Hq, D], k_cache, v_cache, ctx, *, scale, window) -> [T, Hq, D]
-    attend: Callable[..., torch.Tensor]
-    state: Any = None  # what the backend derived once per micro-batch (sdpa: decode tables and masks)
+    backend: AttentionBackend
+    state: Any = None  # backend.prepare(inputs): what the backend derived once per micro-batch
 
 
-def prepare(backend: str, cache: KVCache, inputs: StageInputs) -> AttentionContext:
+def prepare(which: str | AttentionBackend, cache: KVCache, inputs: StageInputs) -> AttentionContext:
     """The context a stage's layers share for one micro-batch (runs inside a CUDA graph capture too)."""
-    if backend == "sdpa":
-        from stages.attention import sdpa
-
-        return AttentionContext(cache, inputs, sdpa.attend, sdpa.prepare(inputs))
-    if backend == "flash":
-        from stages.attention import flash
-
-        return AttentionContext(cache, inputs, flash.attend, flash.prepare(inputs))
-    if backend == "triton":
-        return AttentionContext(cache, inputs, _triton)
-    raise ValueError(f"unknown attention backend {backend!r}; use one of {', '.join(BACKENDS[1:])}")
-
-
-def _triton(q, k_cache, v_cache, ctx: AttentionContext, *, scale: float, window: int | None) -> torch.Tensor:
-    from stages.attention.triton_paged import paged_attention as kernel
-
-    x = ctx.inputs
-    return kernel(q, k_cache, v_cache, cu_seqlens_q=x.cu_seqlens_q, context_lens=x.context_lens,
-                  block_tables=x.block_tables, max_q=x.max_q, scale=scale, window=window)
+    record = backend(which) if isinstance(which, str) else which
+    return AttentionContext(cache, inputs, record, record.prepare(inputs))
 
 
 def paged_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -74,53 +96,33 @@ def paged_attention(module, query, key, value, attention_mask, scaling=None, dro
     v_cache.view(-1, hkv, d).index_copy_(0, slots, value[0].transpose(0, 1).to(v_cache.dtype))
     q = query[0].transpose(0, 1)  # [T, Hq, D]
     scale = scaling if scaling is not None else d**-0.5
-    out = ctx.attend(q, k_cache, v_cache, ctx, scale=scale, window=kwargs.get("sliding_window"))
+    out = ctx.backend.attend(q, k_cache, v_cache, ctx, scale=scale, window=kwargs.get("sliding_window"))
     return out.unsqueeze(0), None
 
 
-def flash_available() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+def choose_backend(requested: str, device: torch.device, block_size: int, *, dtype: torch.dtype) -> str:
+    """Resolve ``model.attention`` for ``device``, ``cache.block_size`` and the model's ``dtype`` to a backend
+    name; raises ValueError naming what to change.
 
-
-def _triton_block_size_ok(block_size: int) -> bool:
-    return block_size >= 16 and block_size & (block_size - 1) == 0
-
-
-def choose_backend(requested: str, device: torch.device, block_size: int) -> str:
-    """Resolve ``model.attention`` for ``device``; raises ValueError naming what to change.
-
-    auto: flash on CUDA when flash-attn imports and block_size % 256 == 0, else triton on CUDA (sdpa when the
-    block size does not suit the kernel), sdpa on the CPU. triton on the CPU only with TRITON_INTERPRET=1.
+    auto: on CUDA the first of flash, triton whose checks pass (flash needs flash-attn, block_size % 256 == 0 and
+    fp16/bf16: an fp32 job gets triton), else sdpa; sdpa on the CPU. triton on the CPU only with TRITON_INTERPRET=1.
     """
-    cuda = device.type == "cuda"
-    if requested == "sdpa":
-        return "sdpa"
     if requested == "auto":
-        if not cuda:
+        if device.type != "cuda":
             return "sdpa"
-        if flash_available() and block_size % 256 == 0:
-            return "flash"
-        return "triton" if _triton_block_size_ok(block_size) else "sdpa"
-    if requested == "flash":
-        if not cuda:
-            raise ValueError("model.attention=flash needs device=cuda; use model.attention=auto or sdpa on the CPU")
-        if not (flash_available() and block_size % 256 == 0):
-            raise ValueError("model.attention=flash needs the flash-attn package (pip install -e .[flash]) and "
-                             f"cache.block_size a multiple of 256 (got {block_size})")
-        return "flash"
-    if requested == "triton":
-        if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("model.attention=triton on the CPU runs only under Triton's interpreter (slow, for "
-                             "tests): set TRITON_INTERPRET=1 in the environment, or use model.attention=sdpa")
-        if not _triton_block_size_ok(block_size):
-            raise ValueError(f"model.attention=triton needs cache.block_size a power of two >= 16 (got "
-                             f"{block_size}); set cache.block_size=16, or use model.attention=sdpa")
-        return "triton"
-    raise ValueError(f"model.attention={requested!r}: use one of {', '.join(BACKENDS)}")
+        for name in _AUTO_ORDER:
+            try:
+                record = backend(name)
+            except ValueError:
+                continue
+            if record.check_device(device, dtype) is None and record.check_block_size(block_size) is None:
+                return name
+        return "sdpa"
+    record = backend(requested)
+    problem = record.check_device(device, dtype) or record.check_block_size(block_size)
+    if problem:
+        raise ValueError(problem)
+    return record.name
 
 
 def configure_device(device: torch.device) -> None:

@@ -93,8 +93,9 @@ def prepare(cfg: Config) -> RankJob:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     model_dir = resolve_model_dir(cfg.model.path)
+    memory_gib = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
     job = resolve_job(cfg, hf_config=AutoConfig.from_pretrained(model_dir), tokenizer=load_tokenizer(model_dir),
-                      model_dir=model_dir, dtype=dtype)
+                      model_dir=model_dir, dtype=dtype, device_memory_gib=memory_gib)
     # Every rank checks the run directory (same config? same requests?) so a refusal fails everywhere at once.
     resume = plan_resume(cfg, job.requests)
     return RankJob(**vars(job),

@@ -41,7 +41,8 @@ def simulate_job(cfg: Config) -> dict:
     result = job.run()
     bubbles = write_sim_run(cfg.output_dir, result, cfg, tokenizer=job.tokenizer, info=job.info())
     m = result.metrics
-    print(format_bubble_report(bubbles, title=f"simulated {cfg.scheduler.policy}, {cfg.pipeline.stages} stage(s)"))
+    print(format_bubble_report(bubbles, title=f"simulated {cfg.scheduler.policy}, {cfg.pipeline.stages} stage(s)",
+                               slowdown=m.get("slowdown")))
     print(f"\n{m['completed']}/{m['num_requests']} requests, {m['total_output_tokens']} output tokens in "
           f"{m['duration_s']:.3f}s simulated ({m['output_throughput']:.1f} tok/s, "
           f"{m['total_token_throughput']:.1f} tok/s in+out); run files in {cfg.output_dir}")

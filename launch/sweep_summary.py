@@ -42,7 +42,8 @@ def write_summary(out: Path, axes: list[str], results: list[JobResult]) -> str:
                              f"{r.seconds:.1f}", r.error or ""])
     table = _markdown_table(header, rows)
     text = (f"# Sweep summary\n\nTTFT and TBT (inter-token latency) percentiles in ms; bubble = pipeline bubble "
-            f"fraction; blank = not measured.\n\n{table}\n")
+            f"fraction; TTFT slowdown = TTFT / TTFT alone (cost model), Jain = Jain's fairness index over it; "
+            f"blank = not measured.\n\n{table}\n")
     for r in (r for r in results if r.status != "ok"):
         text += f"\n## {r.job.name}: {r.status}\n\n`{' '.join(r.job.overrides)}`\n\n```\n{r.error or ''}\n```\n"
     (out / "summary.md").write_text(text)
@@ -58,12 +59,17 @@ _METRICS = (
     ("tbt_p50_ms", "TBT p50", "median_itl_ms", 2),
     ("tbt_p99_ms", "TBT p99", "p99_itl_ms", 2),
     ("pipeline_bubble_fraction", "bubble", "pipeline_bubble_fraction", 3),
+    ("slowdown_ttft_p50", "TTFT slowdown p50", "slowdown.median_ttft", 2),
+    ("jain_ttft", "Jain TTFT", "slowdown.jain_ttft", 3),
 )
 
 
 def _metric(result: JobResult, key: str) -> float | None:
-    """A number from the job's metrics.json; None when missing, null (an empty statistic) or not finite."""
-    value = (result.metrics or {}).get(key)
+    """A number from the job's metrics.json (``a.b``: key b of dict a); None when missing, null (an empty
+    statistic) or not finite."""
+    value = result.metrics or {}
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     return float(value) if ok else None
 

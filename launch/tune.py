@@ -121,7 +121,7 @@ def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: 
 
 def simulate_candidate(job, cand: Candidate, requests, *, simulate) -> dict:
     """Metrics of one simulated run of ``cand`` on ``requests`` (``job``: a ``prepare_sim`` result)."""
-    from pp_runtime.model.cache_size import num_blocks_for_budget
+    from pp_runtime.model.cache_size import resolve_num_blocks
     from pp_runtime.model.partition import partition_layers
     from pp_runtime.sim.time_model import build_time_model
 
@@ -129,9 +129,9 @@ def simulate_candidate(job, cand: Candidate, requests, *, simulate) -> dict:
     ranges = partition_layers(job.hf_config.num_hidden_layers, len(cand.layers_per_stage),
                               layers_per_stage=list(cand.layers_per_stage))
     time_model = build_time_model(c, hf_config=job.hf_config, layer_ranges=ranges)
-    num_blocks = c.cache.num_blocks or num_blocks_for_budget(
-        c.cache.memory_gib, max_layers_per_stage=max(cand.layers_per_stage), block_size=c.cache.block_size,
-        hf_config=job.hf_config, dtype=job.dtype)
+    num_blocks = resolve_num_blocks(c.cache, hf_config=job.hf_config, layer_ranges=ranges,
+                                    token_budget=c.scheduler.token_budget, dtype=job.dtype,
+                                    device_memory_gib=job.device_memory_gib)
     result = simulate(c, requests, time_model=time_model, links=job.links, hidden_size=job.hf_config.hidden_size,
                       dtype_bytes=job.dtype_bytes, eos_token_ids=job.eos_token_ids, max_model_len=job.max_model_len,
                       num_blocks=num_blocks)

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-POLICIES = ("sarathi", "orca", "vllm", "static", "fcfs")
+POLICIES = ("sarathi", "orca", "vllm", "static", "fcfs", "throttle")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 WORKLOADS = ("default", "jsonl", "trace", "synthetic")
@@ -83,7 +83,8 @@ class PipelineConfig:
 
 @dataclass
 class SchedulerConfig:
-    # Batching policy: sarathi (chunked prefills + piggybacked decodes), orca, vllm, static, or fcfs (simple).
+    # Batching policy: sarathi (chunked prefills + piggybacked decodes), orca, vllm, static, fcfs (simple), or
+    # throttle (gLLM's token throttling on top of sarathi).
     policy: str = "sarathi"
     # Most tokens in one micro-batch (prefill chunk tokens + decode tokens).
     token_budget: int = 256
@@ -99,6 +100,13 @@ class SchedulerConfig:
     time_balanced: bool = True
     # Cost model coefficients file (JSON); None: profile the stages at start-up.
     cost_model_path: str | None = None
+    # sarathi: most prefill chunks of one request in flight at once (chunk pipelining); None: pipeline.depth,
+    # 1: a chunk waits until the previous one has crossed the whole pipeline.
+    max_chunks_in_flight: int | None = None
+    # sarathi: which prefills fill a micro-batch's budget first. fair: the request whose slowdown so far is
+    # highest ((work served since it arrived + its prefill left) / its prefill, in tokens; ties: least left), so
+    # short prompts are not stuck behind a long one and a long one still ages to the front. fcfs: arrival order.
+    prefill_order: str = "fair"
 
     def validate(self) -> None:
         _check(self.policy in POLICIES, "scheduler.policy", self.policy, f"use one of {', '.join(POLICIES)}")
@@ -106,6 +114,11 @@ class SchedulerConfig:
         _check(self.chunk_size >= 1, "scheduler.chunk_size", self.chunk_size, "must be >= 1")
         _check(self.max_num_seqs >= 1, "scheduler.max_num_seqs", self.max_num_seqs, "must be >= 1")
         _check(self.tile >= 0, "scheduler.tile", self.tile, "must be >= 0 (0 turns tiling off)")
+        _check(self.prefill_order in ("fair", "fcfs"), "scheduler.prefill_order", self.prefill_order,
+               "use fair or fcfs")
+        if self.max_chunks_in_flight is not None:
+            _check(self.max_chunks_in_flight >= 1, "scheduler.max_chunks_in_flight", self.max_chunks_in_flight,
+                   "must be >= 1, or null for the pipeline depth")
         if self.tbt_slo_ms is not None:
             _check(self.tbt_slo_ms > 0, "scheduler.tbt_slo_ms", self.tbt_slo_ms, "must be > 0, or null to turn off")
 
@@ -116,14 +129,21 @@ class CacheConfig:
     block_size: int = 16
     # Blocks per stage. None: as many as cache.memory_gib holds on the stage with the most layers.
     num_blocks: int | None = None
-    # KV-cache memory budget per stage in GiB, used when cache.num_blocks is None.
-    memory_gib: float = 0.5
+    # KV-cache memory budget per stage in GiB, used when cache.num_blocks is None. None: on CUDA what
+    # cache.gpu_memory_utilization leaves after the stage's weights and activations; on the CPU 0.5 GiB.
+    memory_gib: float | None = None
+    # Share of each GPU's memory the stage may use for weights, activations and KV cache (vLLM's meaning), when
+    # cache.num_blocks and cache.memory_gib are null.
+    gpu_memory_utilization: float = 0.9
 
     def validate(self) -> None:
         _check(self.block_size >= 1, "cache.block_size", self.block_size, "must be >= 1")
         if self.num_blocks is not None:
             _check(self.num_blocks >= 1, "cache.num_blocks", self.num_blocks, "must be >= 1")
-        _check(self.memory_gib > 0, "cache.memory_gib", self.memory_gib, "must be > 0")
+        if self.memory_gib is not None:
+            _check(self.memory_gib > 0, "cache.memory_gib", self.memory_gib, "must be > 0, or null for the default")
+        _check(0 < self.gpu_memory_utilization <= 1, "cache.gpu_memory_utilization", self.gpu_memory_utilization,
+               "must be in (0, 1]")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pp_runtime.config import Config, ConfigError
-from pp_runtime.model.cache_size import num_blocks_for_budget
+from pp_runtime.model.cache_size import resolve_num_blocks
 from pp_runtime.model.partition import check_layout, head_cost_layers, partition_layers, sampled_share
 from pp_runtime.request import Request
 
@@ -40,6 +40,7 @@ class Job:
     num_blocks: int  # KV blocks per stage (every stage the same)
     requests: list[Request]
     eos_token_ids: list[int]
+    device_memory_gib: float | None = None  # each stage's device memory (sizes the default cache); None: the CPU
 
     @property
     def num_stages(self) -> int:
@@ -70,14 +71,19 @@ def eos_token_ids(hf_config) -> list[int]:
     return [eos] if isinstance(eos, int) else list(eos or [])
 
 
-def resolve_job(cfg: Config, *, hf_config, tokenizer, model_dir: str | None, dtype: torch.dtype) -> Job:
+def resolve_job(cfg: Config, *, hf_config, tokenizer, model_dir: str | None, dtype: torch.dtype,
+                device_memory_gib: float | None = None) -> Job:
     """Resolve ``cfg`` (validated, ``pipeline.stages`` set) against the model's config.
 
-    Raises ConfigError (layer split, workload without a tokenizer) or RequestError (a bad request), naming the
-    key or request to change.
+    ``device_memory_gib``: the memory of each stage's GPU, which sizes the default KV cache
+    (``cache.gpu_memory_utilization``); None on the CPU. Raises ConfigError (context length, layer split, cache
+    size, workload without a tokenizer) or RequestError (a bad request), naming the key or request to change.
     """
     limit = context_limit(hf_config)
-    max_model_len = min(cfg.model.max_model_len or limit, limit)
+    if cfg.model.max_model_len is not None and cfg.model.max_model_len > limit:
+        raise ConfigError(f"model.max_model_len={cfg.model.max_model_len} is more than the model supports "
+                          f"({limit} positions, max_position_embeddings); set it to at most {limit}, or null")
+    max_model_len = cfg.model.max_model_len or limit
     check_layout(hf_config.num_hidden_layers, cfg.pipeline.stages, cfg.pipeline.layers_per_stage)
     if tokenizer is None and cfg.workload.kind == "default":
         source = f"model.path={model_dir!r}" if model_dir is not None else f"sim.model_shape={cfg.sim.model_shape!r}"
@@ -91,8 +97,8 @@ def resolve_job(cfg: Config, *, hf_config, tokenizer, model_dir: str | None, dty
     ranges = partition_layers(hf_config.num_hidden_layers, cfg.pipeline.stages,
                               head_cost=head_cost_layers(hf_config, sampled_share(requests)),
                               layers_per_stage=cfg.pipeline.layers_per_stage)
-    num_blocks = cfg.cache.num_blocks or num_blocks_for_budget(
-        cfg.cache.memory_gib, max_layers_per_stage=max(len(r) for r in ranges), block_size=cfg.cache.block_size,
-        hf_config=hf_config, dtype=dtype)
+    num_blocks = resolve_num_blocks(cfg.cache, hf_config=hf_config, layer_ranges=ranges,
+                                    token_budget=cfg.scheduler.token_budget, dtype=dtype,
+                                    device_memory_gib=device_memory_gib)
     return Job(cfg, hf_config, tokenizer, model_dir, dtype, max_model_len, ranges, num_blocks, requests,
-               eos_token_ids(hf_config))
+               eos_token_ids(hf_config), device_memory_gib)

@@ -19,12 +19,17 @@ class Sequence:
     seq_id: int
     request: Request
     output_token_ids: list[int] = field(default_factory=list)
-    # Tokens whose keys and values are in the KV cache (every stage's).
+    # Tokens whose keys and values are in the KV cache (every stage's): the pieces that came back.
     num_computed: int = 0
     status: SeqStatus = SeqStatus.WAITING
     block_table: list[int] = field(default_factory=list)
-    # Part of a micro-batch that has not come back yet (a request is never in two at once).
-    in_flight: bool = False
+    # Pieces of this request in micro-batches that have not come back yet (reserved in the build under way
+    # included), and their tokens. Several prefill chunks of one prompt may be in flight at once (chunk
+    # pipelining): stages serve micro-batches in order, so each chunk finds its prefix's KV on every stage.
+    num_in_flight: int = 0
+    tokens_in_flight: int = 0
+    # Tokens the planner had put into micro-batches when this request arrived: the fair prefill order's clock.
+    arrival_work: int = 0
     # In-flight slot the request is pinned to (balances decodes across micro-batches); -1: none.
     slot: int = -1
     finish_reason: str | None = None
@@ -48,6 +53,21 @@ class Sequence:
         return self.num_tokens - self.num_computed
 
     @property
+    def in_flight(self) -> bool:
+        """Part of a micro-batch that has not come back yet (or of the one being built)."""
+        return self.num_in_flight > 0
+
+    @property
+    def num_scheduled(self) -> int:
+        """Tokens handed to micro-batches: computed, or in flight. The next piece starts here."""
+        return self.num_computed + self.tokens_in_flight
+
+    @property
+    def num_unscheduled(self) -> int:
+        """Tokens of prompt + outputs no micro-batch holds yet."""
+        return self.num_tokens - self.num_scheduled
+
+    @property
     def in_prefill(self) -> bool:
         """More than the last token is missing from the cache: a prompt (or a recompute) is being processed."""
         return self.num_uncomputed > 1 or not self.output_token_ids
@@ -65,4 +85,4 @@ class Sequence:
 
     def __repr__(self) -> str:
         return (f"Seq({self.seq_id}, {self.request.id!r}, {self.status.value}, computed={self.num_computed}/"
-                f"{self.num_tokens}, out={len(self.output_token_ids)})")
+                f"{self.num_tokens}, in_flight={self.tokens_in_flight}, out={len(self.output_token_ids)})")

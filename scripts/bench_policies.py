@@ -1,7 +1,10 @@
-"""All four batching policies on the same 2-stage pipeline and workloads, measured in one run.
+"""The batching policies on the same 2-stage pipeline and workloads, measured in one run.
 
     python scripts/bench_policies.py [--num-requests 32] [--length-scale 0.1] [--token-budget 128]
-                                     [--policies sarathi,orca,vllm,static] [--workloads trace,decode,prefill]
+                                     [--policies sarathi,throttle,orca,vllm,static] [--workloads trace,decode,prefill]
+
+throttle is gLLM's token throttling (prefill tokens by pending prefill work and KV free room), compared with
+sarathi and orca on the same runs.
 
 Workloads: a sample of a real trace (../shared/data/traces/splitwise_conv.csv, lengths scaled to fit a CPU,
 all arriving at once), a decode-heavy and a prefill-heavy synthetic mix. Reports throughput, TTFT and
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-requests", type=int, default=32)
     ap.add_argument("--length-scale", type=float, default=0.1)
     ap.add_argument("--token-budget", type=int, default=128)
-    ap.add_argument("--policies", default="sarathi,orca,vllm,static")
+    ap.add_argument("--policies", default="sarathi,throttle,orca,vllm,static")
     ap.add_argument("--workloads", default="trace,decode,prefill")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("extra", nargs="*", help="more Hydra overrides for every run")
@@ -74,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{st['0']['steady_bubble_fraction']:.1%} / {st['1']['steady_bubble_fraction']:.1%} | "
                   f"{b['pipeline']['steady_bubble_fraction']:.1%} |")
         by = {p: (m, b) for p, m, b in rows}
-        if "sarathi" in by and "orca" in by:
-            s_m, s_b = by["sarathi"]
-            o_m, o_b = by["orca"]
-            ratio = o_b["pipeline"]["steady_bubble_fraction"] / max(s_b["pipeline"]["steady_bubble_fraction"], 1e-9)
-            print(f"\nsarathi vs orca: steady bubble {ratio:.2f}x lower, throughput "
-                  f"{s_m['total_token_throughput'] / o_m['total_token_throughput']:.2f}x")
+        for policy in ("sarathi", "throttle"):
+            if policy in by and "orca" in by:
+                s_m, s_b = by[policy]
+                o_m, o_b = by["orca"]
+                ratio = o_b["pipeline"]["steady_bubble_fraction"] / max(s_b["pipeline"]["steady_bubble_fraction"], 1e-9)
+                print(f"\n{policy} vs orca: steady bubble {ratio:.2f}x lower, throughput "
+                      f"{s_m['total_token_throughput'] / o_m['total_token_throughput']:.2f}x")
     print(f"\nruns in {out}")
     return 0
 

@@ -54,7 +54,7 @@ def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=No
                         on_finish=on_finish, stop=stop, drain_timeout_s=cfg.runtime.drain_timeout_s)
         wall_s = engine.run()
     progress.close()
-    metrics = compute_metrics(planner.seqs, wall_s=wall_s)
+    metrics = compute_metrics(planner.seqs, wall_s=wall_s, alone=planner.alone_times if cost_model else None)
     metrics["policy"] = cfg.scheduler.policy
     metrics["stages"] = plan.world_size
     # No request lost: read the file back and hold every input id against it.
@@ -67,7 +67,8 @@ def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=No
     if engine.stopped_early:
         stopped = (f"stopped by {stop.name}: {len(scan.ids)} of {len(plan.requests)} requests are in "
                    f"{out_dir / OUTPUTS_FILE}; rerun the same command to resume")
-    return {"metrics": metrics, "seqs": planner.seqs, "stopped": stopped}
+    return {"metrics": metrics, "seqs": planner.seqs, "stopped": stopped, "cost_model": cost_model,
+            "mb_work": planner.mb_work}
 
 
 def _progress(total: int, enabled: bool):
@@ -101,6 +102,10 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
         bubbles = write_reports(str(out_dir), events, policy=cfg.scheduler.policy, clock_errors_ns=clock_errors,
                                 timeline=cfg.tracer.timeline)
         metrics.update(bubble_metrics(bubbles))
+        if result.get("cost_model") is not None:
+            from pp_runtime.planner.cost_model import prediction_error
+
+            metrics["cost_model_error"] = prediction_error(result["cost_model"], result["mb_work"], events)
         metrics["clock_error_us"] = {str(s): e / 1e3 for s, e in clock_errors.items()}
     metrics["config"] = asdict(cfg)
     write_json(out_dir / "metrics.json", metrics, default=str)
@@ -113,7 +118,8 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
         print(f"{status}: {metrics['resumed']} request(s) resumed from earlier attempts; "
               f"{metrics['totals']['requests']}/{len(plan.requests)} in outputs.jsonl")
     if cfg.tracer.enabled:
-        print(format_bubble_report(bubbles, title=f"{cfg.scheduler.policy}, {plan.world_size} stage(s)"))
+        print(format_bubble_report(bubbles, title=f"{cfg.scheduler.policy}, {plan.world_size} stage(s)",
+                                   slowdown=metrics.get("slowdown")))
         if plan.world_size > 1:
             print(f"stage clocks aligned to stage 0 within {max(clock_errors.values()) / 1e3:.1f} us "
                   f"(half the best ping-pong round trip); trace in {out_dir / 'trace.json'}")

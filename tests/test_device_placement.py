@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import types
 
 import pytest
 import torch
@@ -24,6 +25,8 @@ def _stub_cuda(monkeypatch, calls: list, *, gpus: int) -> None:
         def call(*args, **kwargs):
             device = kwargs.get("device", args[0] if args else None)
             calls.append((name, None if device is None else torch.device(device)))
+            if name == "get_device_properties":  # the job sizes the default KV cache from the GPU's memory
+                return types.SimpleNamespace(total_memory=80 * 2**30)
             return _FakeStream() if name in ("Stream", "current_stream") else None
         return call
 

@@ -176,11 +176,12 @@ def test_a_long_prompt_among_many_short_ones_finishes(policy):
     requests += [req(i, 8, max_tokens=4, arrival_s=i * 0.0005) for i in range(1, 60)]
     planner, mbs = run(policy, requests, num_slots=2, token_budget=32, chunk_size=32)
     assert planner.seqs[0].finish_reason == "length"
-    # Its next chunk goes into the first micro-batch launched after the previous one is back: a pipeline
-    # round apart, however many short requests queue behind it.
+    # However many short requests queue behind it, its next chunk goes into the very next micro-batch under
+    # sarathi (chunk pipelining), and into the first one launched after the previous chunk is back (a pipeline
+    # round apart) under fcfs.
     launches = [k for k, (_, mb) in enumerate(mbs) for p in mb.pieces if p.seq_id == 0 and p.is_prefill]
     assert len(launches) >= 600 // 32
-    assert {b - a for a, b in itertools.pairwise(launches)} == {2}
+    assert {b - a for a, b in itertools.pairwise(launches)} == {1 if policy == "sarathi" else 2}
 
 
 def test_arrivals_are_served_in_arrival_order():
@@ -192,3 +193,29 @@ def test_arrivals_are_served_in_arrival_order():
 def test_unknown_policy_names_the_choices():
     with pytest.raises(ValueError, match=r"scheduler.policy='lifo'.*sarathi"):
         make_planner(SchedulerConfig(policy="lifo"), num_blocks=8, block_size=4, num_slots=1, max_model_len=64)
+
+
+def test_throttle_spreads_a_burst_of_prompts_over_the_micro_batches_in_flight():
+    # 8 prompts of 24 tokens at once, budget 64, 4 slots: sarathi packs the first micro-batches full; throttle gives
+    # each micro-batch about pending / 4 prefill tokens, so the prompts' work reaches all four slots.
+    requests = [req(i, 24, max_tokens=2) for i in range(8)]
+    _, sar = run("sarathi", requests, num_slots=4, token_budget=64, chunk_size=64)
+    planner, thr = run("throttle", requests, num_slots=4, token_budget=64, chunk_size=64)
+    assert [mb.num_prefill_tokens for _, mb in sar[:4]] == [64, 64, 64, 0]
+    first = [mb.num_prefill_tokens for _, mb in thr[:4]]
+    assert first[0] == 48 and all(0 < n < 64 for n in first)  # 192 pending / 4 slots
+    assert all(s.finish_reason == "length" for s in planner.seqs)
+
+
+def test_throttle_slows_prefill_as_the_kv_cache_fills():
+    from pp_runtime.sequence import Sequence
+
+    def first_prefill(hog_tokens: int) -> int:
+        planner = make_planner(SchedulerConfig(policy="throttle", token_budget=64, chunk_size=64), num_blocks=1000,
+                               block_size=4, num_slots=2, max_model_len=4096)
+        planner.blocks.allocate(Sequence(99, req(99, 1)), hog_tokens)  # another request's cache
+        planner.add_request(req(0, 40, max_tokens=1))
+        return planner.schedule(0.0).num_prefill_tokens
+
+    # 40 pending tokens over 2 slots: 20 per micro-batch; with 10% of the cache free (below KV_FREE = 25%): 40% of it.
+    assert first_prefill(0) == 20 and first_prefill(3600) == 8

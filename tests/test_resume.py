@@ -264,3 +264,25 @@ def test_a_signal_while_waiting_for_an_arrival_stops_the_job(model, tmp_path):
     (outcome,) = collect_outcomes(procs, pipes, timeout=30)
     assert outcome.exitcode == EXIT_PREEMPTED, outcome.error
     assert _ids(out) == ["now"] and "SIGTERM" in (out / MARKER_FILE).read_text()
+
+
+def test_sigterm_in_the_middle_of_a_pipelined_chunked_prompt_and_a_rerun_matches_generate(model, tmp_path):
+    """sarathi, chunks of 3 on 2 stages: the short request finishes, the signal comes while chunks of the
+    230-token prompt are in flight; they come back, nothing is written for it, and the rerun computes it whole."""
+    from tests.tiny_models import reference_generate
+
+    reqs = [{"id": "short", "prompt_token_ids": [5, 6, 7, 8], "max_tokens": 1, "ignore_eos": True},
+            {"id": "long", "prompt_token_ids": [(11 * j) % 300 + 2 for j in range(230)], "max_tokens": 5,
+             "ignore_eos": True}]
+    path = write_jsonl(tmp_path / "long.jsonl", reqs)
+    out = tmp_path / "run"
+    overrides = ["pipeline.stages=2", f"model.path={model}", "workload=jsonl", f"workload.path={path}",
+                 f"output_dir={out}", "scheduler=sarathi", "scheduler.chunk_size=3", "scheduler.token_budget=8",
+                 "scheduler.time_balanced=false", "cache.block_size=4", "cache.num_blocks=128",
+                 "tracer.timeline=false", "runtime.timeout_s=30", "runtime.drain_timeout_s=0"]
+    outcomes = collect_outcomes(*start_ranks(_rank_main, 2, [*overrides, "debug.signal_after=1"]), timeout=90)
+    assert [o.exitcode for o in outcomes] == [EXIT_PREEMPTED] * 2, [o.error for o in outcomes]
+    assert _ids(out) == ["short"]
+    run_job_ranks(2, overrides)
+    assert _ids(out) == ["short", "long"]
+    assert _tokens(out)["long"] == reference_generate(model, reqs[1]["prompt_token_ids"], 5)

@@ -57,8 +57,8 @@ def test_shape_from_a_hugging_face_config():
     from transformers import LlamaConfig
 
     cfg = LlamaConfig(vocab_size=10, hidden_size=4, intermediate_size=8, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1)
-    assert ModelShape.from_hf(cfg, name="toy") == SHAPE
+                      num_key_value_heads=1, max_position_embeddings=4096)  # LlamaConfig's own default is 2048
+    assert ModelShape.from_hf(cfg, name="toy") == SHAPE and SHAPE.max_context == 4096
 
 
 def test_llama_1b_preset_figures():

@@ -220,3 +220,20 @@ def test_a_free_stage_0_and_free_links_give_the_serial_clock_of_planner_drive():
     assert [repr(m) for m in launched] == [repr(m) for m in res.micro_batches]
     for a, b in zip(planner.seqs, res.seqs):
         assert a.token_times_s == pytest.approx(b.token_times_s, abs=1e-9)
+
+
+@pytest.mark.parametrize("stages,chunks", [(2, 2), (2, 7), (3, 5), (4, 4), (4, 9)])
+def test_one_prompts_chunks_pipeline_in_n_plus_s_minus_1_chunk_times(stages, chunks):
+    # One request of `chunks` chunks on S equal stages: chunk k+1 enters stage 0 as soon as stage 0 is done with
+    # chunk k, so the first token comes after (n + S - 1) chunk-times, not n * S as with one chunk in flight.
+    t, chunk = 2 * MS, 4
+    req = [Request("long", (5,) * (chunk * chunks), SamplingParams(max_tokens=1))]
+    overrides = [f"pipeline.stages={stages}", "scheduler=sarathi", f"scheduler.token_budget={chunk}",
+                 f"scheduler.chunk_size={chunk}", "scheduler.time_balanced=false", "sim.planner_time_us=0"]
+    res = _run(make_config(overrides), req, [t / 1e9] * stages)
+    assert [p.start for mb in res.micro_batches for p in mb.pieces] == [k * chunk for k in range(chunks)]
+    for s in range(stages):
+        assert _compute_starts(res.events[s]) == {k: (s + k) * t for k in range(chunks)}
+    assert res.seqs[0].first_token_s * 1e9 == pytest.approx((chunks + stages - 1) * t, abs=1)
+    serial = _run(make_config([*overrides, "scheduler.max_chunks_in_flight=1"]), req, [t / 1e9] * stages)
+    assert serial.seqs[0].first_token_s * 1e9 == pytest.approx(chunks * stages * t, abs=1)

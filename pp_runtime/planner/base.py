@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pp_runtime.config import SchedulerConfig
 from pp_runtime.plan import MicroBatch, Piece
 from pp_runtime.planner.block_manager import BlockManager
+from pp_runtime.planner.cost_model import work as mb_work_of
 from pp_runtime.request import Request
 from pp_runtime.sequence import SeqStatus, Sequence
 
@@ -43,6 +44,10 @@ class Planner:
         self._decode_turn = 0
         self._tables: dict[int, tuple[int, ...]] = {}  # seq_id -> block table as last put into a piece
         self._admission_closed = False
+        self.work_scheduled = 0  # tokens put into micro-batches so far (a clock for fair ordering)
+        # Micro-batch id -> (tokens, attention pairs, decode context): what the cost model priced, kept to measure
+        # its error against the trace (cost_model.prediction_error); only when there is a cost model.
+        self.mb_work: dict[int, tuple[int, int, int]] = {}
 
     # ---- requests in -------------------------------------------------------------------------------------
     def add_request(self, req: Request) -> Sequence:
@@ -51,10 +56,12 @@ class Planner:
         self.seqs.append(seq)
         total = min(seq.prompt_len + req.params.max_tokens, self.max_model_len)
         if not self.blocks.fits_alone(total):
-            bs = self.blocks.block_size
-            seq.error = (f"request {req.id!r} needs {-(-total // bs)} KV blocks of {bs} tokens "
-                         f"(prompt {seq.prompt_len} + max_tokens {req.params.max_tokens}) but the cache has "
-                         f"{self.blocks.num_blocks}; raise cache.num_blocks or cache.memory_gib, or lower max_tokens")
+            bs, nb = self.blocks.block_size, self.blocks.num_blocks
+            seq.error = (f"request {req.id!r} needs {total} tokens of KV cache (prompt {seq.prompt_len} + max_tokens "
+                         f"{req.params.max_tokens}, at most model.max_model_len={self.max_model_len}) but the cache "
+                         f"holds {nb * bs} tokens ({nb} blocks of {bs}); raise cache.memory_gib, "
+                         f"cache.gpu_memory_utilization or cache.num_blocks, use more pipeline.stages, or lower "
+                         f"max_tokens")
             self._finish(seq, "rejected", req.arrival_s)
             return seq
         heapq.heappush(self._future, (req.arrival_s, seq.seq_id))
@@ -73,6 +80,7 @@ class Planner:
     def _release_arrivals(self, now: float) -> None:
         while self._future and self._future[0][0] <= now:
             _, sid = heapq.heappop(self._future)
+            self.seqs[sid].arrival_work = self.work_scheduled
             self.waiting.append(self.seqs[sid])
 
     # ---- planning ----------------------------------------------------------------------------------------
@@ -85,8 +93,8 @@ class Planner:
             return None
         pieces = []
         for seq, n in work:
-            start, total, out = seq.num_computed, seq.num_tokens, seq.output_token_ids  # hot loop: read once
-            seq.in_flight = True
+            start, total, out = seq.num_scheduled, seq.num_tokens, seq.output_token_ids  # hot loop: read once
+            seq.tokens_in_flight += n
             # A decode carries the last sampled token: no need to slice prompt + outputs for it.
             decode = total - start == 1 and bool(out)
             pieces.append(Piece(
@@ -95,13 +103,17 @@ class Planner:
                 params=seq.request.params, step=len(out)))
         mb = MicroBatch(self._next_mb_id, tuple(pieces))
         self._next_mb_id += 1
+        self.work_scheduled += mb.num_tokens
+        if self.cost_model is not None:
+            self.mb_work[mb.id] = mb_work_of(pieces)
         return mb
 
     def _select(self, now: float) -> list[tuple[Sequence, int]]:
         """Policy hook: which sequences, and how many of their uncomputed tokens, go into the next micro-batch.
 
         Every entry must come from a successful ``_reserve`` or ``_admit`` in this call: those hold the KV
-        blocks and mark the sequence in flight, so that nothing later in the same build preempts it.
+        blocks and count the piece in flight, so that nothing later in the same build preempts it. A sequence
+        appears at most once; its piece starts at ``seq.num_scheduled``.
         """
         raise NotImplementedError
 
@@ -111,33 +123,37 @@ class Planner:
         return [s for s in self.running if not s.in_flight]
 
     def _admit(self, seq: Sequence, num_tokens: int, *, take: bool = True) -> bool:
-        """Move ``seq``, the head of the waiting queue, to running with ``num_tokens`` reserved, if blocks are free.
+        """Move ``seq`` from the waiting queue to running with ``num_tokens`` reserved, if blocks are free.
 
-        Admission never preempts, and never happens in a build that preempted: the freed blocks are for the
-        running requests, and readmitting a victim at once would only thrash. ``take`` marks ``seq`` in flight
-        (it goes into the micro-batch being built).
+        ``seq`` is the head of the queue (first come, first served) unless the policy orders admission otherwise
+        (sarathi's fair prefill order looks a bounded window into the queue). Admission never preempts, and never
+        happens in a build that preempted: the freed blocks are for the running requests, and readmitting a victim
+        at once would only thrash. ``take`` marks ``seq`` in flight (it goes into the micro-batch being built).
         """
-        if self.waiting[0] is not seq:
-            raise RuntimeError(f"{seq!r} is not the head of the waiting queue; admission is first come, first served")
         if (self._admission_closed or self._preempted_this_build or len(self.running) >= self.cfg.max_num_seqs
                 or not self.blocks.can_allocate(seq, num_tokens)):
             return False
-        self.waiting.popleft()
+        if self.waiting[0] is seq:
+            self.waiting.popleft()
+        else:
+            self.waiting.remove(seq)
         seq.status = SeqStatus.RUNNING
         self.running[seq] = None
         self.blocks.allocate(seq, num_tokens)
-        seq.in_flight = take
+        seq.num_in_flight += take
         return True
 
     def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
-        """Reserve blocks for ``num_tokens`` more tokens of running ``seq`` and mark it in flight.
+        """Reserve blocks for ``num_tokens`` more tokens of running ``seq`` (after those already scheduled) and
+        count one more piece of it in flight.
 
         If the cache is short, preempts running requests admitted after ``seq`` that are not in flight, most
         recent first, but only when that frees enough; otherwise preempts nothing and returns False, and the
-        caller leaves ``seq`` for a later micro-batch.
+        caller leaves ``seq`` for a later micro-batch. A request with a piece in flight is never preempted: its
+        blocks are still being written.
         """
-        if seq.num_computed + num_tokens <= len(seq.block_table) * self.blocks.block_size:
-            seq.in_flight = True  # fast path, most decodes: the last block has room
+        if seq.num_scheduled + num_tokens <= len(seq.block_table) * self.blocks.block_size:
+            seq.num_in_flight += 1  # fast path, most decodes: the last block has room
             return True
         short = self.blocks.blocks_needed(seq, num_tokens) - self.blocks.num_free
         if short > 0:
@@ -153,7 +169,7 @@ class Planner:
             for victim in victims:
                 self._preempt(victim)
         self.blocks.allocate(seq, num_tokens)
-        seq.in_flight = True
+        seq.num_in_flight += 1
         return True
 
     def _take_decodes(self, seqs: list[Sequence], room: int, work: list[tuple[Sequence, int]]) -> int:
@@ -186,6 +202,8 @@ class Planner:
 
     def _preempt(self, seq: Sequence) -> None:
         """Free a sequence's blocks and queue it first in line to be recomputed (prompt + outputs so far)."""
+        if seq.in_flight:
+            raise RuntimeError(f"{seq!r} has pieces in flight; preempting it would free KV blocks still being written")
         self._on_release(seq)
         self.blocks.free(seq)
         del self.running[seq]
@@ -209,14 +227,21 @@ class Planner:
 
     # ---- results back ------------------------------------------------------------------------------------
     def postprocess(self, mb: MicroBatch, sampled: list[int], now: float) -> list[Sequence]:
-        """Fold a returned micro-batch's sampled tokens (one per sampling piece, in order) into its sequences."""
+        """Fold a returned micro-batch's sampled tokens (one per sampling piece, in order) into its sequences.
+
+        Micro-batches must come back in launch order: a returned chunk must start where the cache ends.
+        """
         if len(sampled) != mb.num_samples:
             raise RuntimeError(f"{mb!r} expected {mb.num_samples} sampled tokens, got {len(sampled)}")
         done = []
         it = iter(sampled)
         for piece in mb.pieces:
             seq = self.seqs[piece.seq_id]
-            seq.in_flight = False
+            if piece.start != seq.num_computed:
+                raise RuntimeError(f"{mb!r} came back out of order: {piece!r} starts at {piece.start} but {seq!r} "
+                                   f"has {seq.num_computed} tokens in the cache")
+            seq.num_in_flight -= 1
+            seq.tokens_in_flight -= piece.num_tokens
             seq.num_computed = piece.start + piece.num_tokens
             if not piece.sample:
                 continue
@@ -230,6 +255,14 @@ class Planner:
                 self._finish(seq, reason, now)
                 done.append(seq)
         return done
+
+    def alone_times(self, seq: Sequence, model=None) -> tuple[float, float]:
+        """(TTFT, e2e) seconds ``seq`` would take alone on this planner's pipeline, by ``model`` (default: the
+        planner's cost model); see ``planner/alone.py``."""
+        from pp_runtime.planner.alone import alone_times
+
+        return alone_times(model or self.cost_model, self.cfg, num_slots=self.num_slots, prompt_len=seq.prompt_len,
+                           num_outputs=len(seq.output_token_ids))
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.request.params

@@ -27,8 +27,8 @@ class BlockManager:
         return len(self._free)
 
     def blocks_needed(self, seq: Sequence, num_new_tokens: int) -> int:
-        """Blocks ``seq`` must gain to hold ``num_new_tokens`` more computed tokens."""
-        return max(0, blocks_for(seq.num_computed + num_new_tokens, self.block_size) - len(seq.block_table))
+        """Blocks ``seq`` must gain to hold ``num_new_tokens`` more tokens after those already scheduled."""
+        return max(0, blocks_for(seq.num_scheduled + num_new_tokens, self.block_size) - len(seq.block_table))
 
     def can_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
         return self.blocks_needed(seq, num_new_tokens) <= len(self._free)

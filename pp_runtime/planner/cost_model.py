@@ -27,6 +27,28 @@ _KEYS = ("c0", "c_tok", "c_attn", "c_dec")
 _FIX = "set scheduler.cost_model_path to a file written by CostModel.to_json, or to null to profile at start-up"
 
 
+def prediction_error(model: CostModel, work_by_mb: dict[int, tuple[int, int, int]], events: dict) -> dict:
+    """How far ``model`` was from the measured compute time of each (micro-batch, stage): the median and p90 of
+    ``|predicted - measured| / measured``.
+
+    ``work_by_mb``: micro-batch id -> ``work(pieces)`` (``Planner.mb_work``); ``events``: stage -> the tracer's
+    ``[n, 6]`` rows (kind, start_ns, end_ns, mb_id, ...), whose COMPUTE rows are the measurements.
+    """
+    from pp_runtime.trace.tracer import EventKind
+
+    errors = []
+    for stage, rows in events.items():
+        rows = np.asarray(rows).reshape(-1, 6)
+        for _, start, end, mb, _, _ in rows[rows[:, 0] == EventKind.COMPUTE].tolist():
+            w = work_by_mb.get(int(mb))
+            measured = (end - start) / 1e9
+            if w is not None and measured > 0 and int(stage) < model.num_stages:
+                errors.append(abs(model.stage_times(*w)[int(stage)] - measured) / measured)
+    if not errors:
+        return {"median": None, "p90": None, "num_samples": 0}
+    return {"median": float(np.median(errors)), "p90": float(np.percentile(errors, 90)), "num_samples": len(errors)}
+
+
 class CostModelError(ValueError):
     """A cost-model file or sample set is unusable; the message names the file, key or stage to fix."""
 

@@ -5,15 +5,35 @@ Each micro-batch serves one in-flight slot: it carries a decode token for every 
 served, until the token budget, the balancing target or the TBT SLO is reached (see ``fill.py``). Slots take
 turns; a slot with nothing to run is passed over, and one with no decodes still takes prefill chunks.
 Requests are pinned to the slot with the fewest requests and moved when slots drift apart (``slots.py``).
+
+Chunk pipelining: chunk k+1 of a prompt may go into the next micro-batch while chunk k is still in flight, as
+soon as stage 0 has computed chunk k (every stage serves micro-batches in launch order, so the KV of earlier
+positions is in each stage's cache before a later chunk needs it). One long prompt then keeps every stage busy
+instead of crossing the pipeline one chunk at a time. At most ``scheduler.max_chunks_in_flight`` chunks of one
+request are in flight (default: the pipeline depth; 1 serialises them); only the last chunk samples.
+
+Fair sharing (``scheduler.prefill_order=fair``, the default): prefill chunks go first to the request with the
+least prefill left, so short prompts that arrive behind a long one get into the next micro-batches instead of
+waiting for all of it; with aging, so that a long prompt still finishes: once the pipeline has served
+``AGING`` times a request's own prefill (in tokens, since it arrived) the request is *aged* and goes before every
+request that is not, aged ones in arrival order. A long prompt's TTFT is then at most about ``AGING`` + 1 times
+its TTFT alone, whatever stream of short prompts keeps arriving. Admission follows the same order over the first
+``FAIR_WINDOW`` requests of the waiting queue (which compete with the running prefills by the same key);
+``prefill_order=fcfs`` serves prefills, and admits requests, in arrival order.
 """
 
 from __future__ import annotations
+
+import itertools
 
 from pp_runtime.plan import MicroBatch
 from pp_runtime.planner.base import Planner
 from pp_runtime.planner.fill import Fill, Limits
 from pp_runtime.planner.slots import SlotTable
 from pp_runtime.sequence import SeqStatus, Sequence
+
+AGING = 2.0  # a request is aged once the pipeline served this many times its prefill since it arrived
+FAIR_WINDOW = 64  # waiting requests the fair order looks at per micro-batch (bounds the planner's work)
 
 
 class SarathiPlanner(Planner):
@@ -23,6 +43,8 @@ class SarathiPlanner(Planner):
                                    model=self.cost_model, time_balanced=cfg.time_balanced,
                                    tbt_slo_ms=cfg.tbt_slo_ms)
         self.slots = SlotTable(self.num_slots)
+        limit = cfg.max_chunks_in_flight
+        self.max_chunks_in_flight = self.num_slots if limit is None else min(limit, self.num_slots)
         # Running requests with prompt (or recompute) tokens left, in admission order; pruned lazily.
         self._prefilling: dict[Sequence, None] = {}
         self._cursor = 0  # the slot whose turn is next
@@ -76,15 +98,53 @@ class SarathiPlanner(Planner):
         return True
 
     def _add_prefills(self, slot: int, fill: Fill, work: list[tuple[Sequence, int]]) -> None:
+        ready = []
         for seq in list(self._prefilling):
             if seq.status is not SeqStatus.RUNNING:
                 continue  # preempted earlier in this build
             if not seq.in_prefill:
                 del self._prefilling[seq]
-            elif not seq.in_flight and not self._add_chunk(seq, fill, work):
+            elif seq.num_in_flight < self.max_chunks_in_flight and (
+                    seq.num_unscheduled > 1 or (seq.num_unscheduled == 1 and not seq.output_token_ids)):
+                # A recompute's last token waits for the chunks in flight: it goes as a decode (priced as one).
+                ready.append(seq)
+        if self.cfg.prefill_order == "fcfs":
+            for seq in ready:
+                if seq.status is SeqStatus.RUNNING and not self._add_chunk(seq, fill, work):
+                    return
+            while self.waiting and self._add_chunk(self.waiting[0], fill, work, admit_to=slot):
+                pass
+            return
+        # Fair: merge the running prefills and the front of the waiting queue, both by _fair_key. One that gets no
+        # blocks is passed over (an older request may still preempt a younger one for its blocks).
+        ready.sort(key=self._fair_key)
+        window = sorted(itertools.islice(self.waiting, FAIR_WINDOW), key=self._fair_key)
+        i = j = 0
+        admitting = True
+        while True:
+            head = window[j] if admitting and j < len(window) else None
+            if i < len(ready) and (head is None or self._fair_key(ready[i]) <= self._fair_key(head)):
+                seq, admit_to = ready[i], None
+                i += 1
+                if seq.status is not SeqStatus.RUNNING:
+                    continue  # preempted earlier in this build
+            elif head is not None:
+                seq, admit_to = head, slot
+                j += 1
+            else:
                 return
-        while self.waiting and self._add_chunk(self.waiting[0], fill, work, admit_to=slot):
-            pass
+            before = len(work)
+            if not self._add_chunk(seq, fill, work, admit_to=admit_to):
+                if len(work) > before or fill.tokens >= fill.limits.token_budget:
+                    return  # a chunk cut short, or the micro-batch is full
+                if admit_to is not None:
+                    admitting = False  # short of blocks or seats: nobody overtakes it into the cache in this build
+
+    def _fair_key(self, seq: Sequence) -> tuple[int, float, int]:
+        """Sort key, first served first: aged requests by arrival, then the others by prefill tokens left."""
+        if self.work_scheduled - seq.arrival_work >= AGING * seq.num_tokens:
+            return 0, seq.request.arrival_s, seq.seq_id
+        return 1, seq.num_unscheduled, seq.seq_id
 
     def _add_chunk(self, seq: Sequence, fill: Fill, work: list[tuple[Sequence, int]], *,
                    admit_to: int | None = None) -> bool:
@@ -92,8 +152,8 @@ class SarathiPlanner(Planner):
 
         Returns whether the micro-batch has room for more: False once a chunk was cut short or none fit.
         """
-        want = min(seq.num_uncomputed, self.cfg.chunk_size)
-        n = fill.chunk(prefix=seq.num_computed, want=want)
+        want = min(seq.num_unscheduled, self.cfg.chunk_size)
+        n = fill.chunk(prefix=seq.num_scheduled, want=want)
         if n == 0:
             return False
         if admit_to is None:
@@ -107,7 +167,7 @@ class SarathiPlanner(Planner):
                 return False
             self.slots.pin(seq, slot)
             self._prefilling[seq] = None
-        fill.add_chunk(seq.num_computed, n)
+        fill.add_chunk(seq.num_scheduled, n)
         work.append((seq, n))
         return n == want
 
@@ -117,7 +177,7 @@ class SarathiPlanner(Planner):
         if self._reserve(seq, n):
             return n
         bs = self.blocks.block_size
-        fit = self.blocks.num_free * bs + len(seq.block_table) * bs - seq.num_computed
+        fit = self.blocks.num_free * bs + len(seq.block_table) * bs - seq.num_scheduled
         return fit if 0 < fit < n and self._reserve(seq, fit) else 0
 
     def _on_release(self, seq: Sequence) -> None:

@@ -11,9 +11,16 @@ Definitions (``arrival`` is ``Request.arrival_s``):
 
 Statistics of an empty set (e.g. no request produced two tokens) are ``None``, not 0, so that "not
 measured" is not mistaken for "instant"; throughputs over ``wall_s <= 0`` are 0.0.
+
+- slowdown (when an ``alone`` estimate is given, e.g. the planner's cost model): per completed request, TTFT and
+  e2el divided by what the request would take alone on the pipeline; their mean / median / p90 / max, and Jain's
+  fairness index ``(sum x)^2 / (n sum x^2)`` over them (1: every request slowed down alike; 1/n: one request
+  bears it all).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -22,8 +29,10 @@ from pp_runtime.sequence import Sequence
 _MS = 1000.0
 
 
-def compute_metrics(seqs: list[Sequence], *, wall_s: float) -> dict:
-    """Counts, throughputs and mean / median / p90 / p99 of ttft, tpot, itl and e2el (ms) over ``seqs``."""
+def compute_metrics(seqs: list[Sequence], *, wall_s: float,
+                    alone: Callable[[Sequence], tuple[float, float]] | None = None) -> dict:
+    """Counts, throughputs and mean / median / p90 / p99 of ttft, tpot, itl and e2el (ms) over ``seqs``; with
+    ``alone(seq) -> (ttft_s, e2e_s)``, also ``slowdown`` (see the module docstring)."""
     done = [s for s in seqs if _completed(s)]
     input_tokens = sum(s.prompt_len for s in done)
     output_tokens = sum(len(s.output_token_ids) for s in done)
@@ -46,6 +55,29 @@ def compute_metrics(seqs: list[Sequence], *, wall_s: float) -> dict:
     e2el = [s.finish_s - s.request.arrival_s for s in done if s.finish_s is not None]
     for name, values in (("ttft", ttft), ("tpot", tpot), ("itl", itl), ("e2el", e2el)):
         out.update(_stats(name, values))
+    if alone is not None:
+        out["slowdown"] = slowdown_metrics(done, alone)
+    return out
+
+
+def slowdown_metrics(seqs: list[Sequence], alone: Callable[[Sequence], tuple[float, float]]) -> dict:
+    """Per-request slowdown (measured / alone) of TTFT and e2el over finished ``seqs``: stats and Jain's index."""
+    rows = []
+    for s in seqs:
+        if s.first_token_s is None or s.finish_s is None:
+            continue
+        a_ttft, a_e2e = alone(s)
+        if a_ttft > 0 and a_e2e > 0:
+            rows.append(((s.first_token_s - s.request.arrival_s) / a_ttft, (s.finish_s - s.request.arrival_s) / a_e2e))
+    out: dict = {"num_requests": len(rows)}
+    for i, name in enumerate(("ttft", "e2e")):
+        x = np.asarray([r[i] for r in rows], dtype=float)
+        if not len(x):
+            out.update({f"{k}_{name}": None for k in ("mean", "median", "p90", "max", "jain")})
+            continue
+        out.update({f"mean_{name}": float(x.mean()), f"median_{name}": float(np.median(x)),
+                    f"p90_{name}": float(np.percentile(x, 90)), f"max_{name}": float(x.max()),
+                    f"jain_{name}": float(x.sum() ** 2 / (len(x) * (x * x).sum()))})
     return out
 
 

@@ -64,6 +64,7 @@ class ModelShape:
     intermediate: int
     gated_mlp: bool  # SwiGLU (gate, up, down projections) rather than a 2-matrix MLP
     vocab: int
+    max_context: int = 4096  # the longest sequence the model supports (its max_position_embeddings), tokens
 
     @property
     def layer_params(self) -> int:
@@ -85,13 +86,17 @@ class ModelShape:
         return cls(name or getattr(hf_config, "model_type", "hf"), hf_config.num_hidden_layers, h, heads,
                    getattr(hf_config, "num_key_value_heads", None) or heads,
                    getattr(hf_config, "head_dim", None) or h // heads, inter,
-                   gated_mlp=hasattr(hf_config, "intermediate_size"), vocab=hf_config.vocab_size)
+                   gated_mlp=hasattr(hf_config, "intermediate_size"), vocab=hf_config.vocab_size,
+                   max_context=getattr(hf_config, "max_position_embeddings", None)
+                   or getattr(hf_config, "n_positions", None) or 2048)
 
-    def to_hf_config(self, *, num_layers: int | None = None, max_position_embeddings: int = 4096):
-        """A Hugging Face config of this shape (Llama for gated MLPs, GPT-2 otherwise) to build random layers."""
+    def to_hf_config(self, *, num_layers: int | None = None, max_position_embeddings: int | None = None):
+        """A Hugging Face config of this shape (Llama for gated MLPs, GPT-2 otherwise) to build random layers;
+        positions default to the model's own context length."""
         from transformers import GPT2Config, LlamaConfig
 
         layers = num_layers or self.num_layers
+        max_position_embeddings = max_position_embeddings or self.max_context
         if not self.gated_mlp:
             return GPT2Config(vocab_size=self.vocab, n_embd=self.hidden, n_layer=layers, n_head=self.num_heads,
                               n_inner=self.intermediate, n_positions=max_position_embeddings)
@@ -101,12 +106,17 @@ class ModelShape:
                            max_position_embeddings=max_position_embeddings)
 
 
+# Context lengths are the models' own (config.json max_position_embeddings; GPT-3's n_ctx from the paper).
 MODEL_SHAPES: dict[str, ModelShape] = {
     # GPT-3 175B (Brown et al. 2020, table 2.1): the SARATHI paper's pipeline-parallel model.
-    "gpt3-175b": ModelShape("gpt3-175b", 96, 12288, 96, 96, 128, 4 * 12288, gated_mlp=False, vocab=50257),
-    "llama-3.1-8b": ModelShape("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, gated_mlp=True, vocab=128256),
-    "llama-3.2-1b": ModelShape("llama-3.2-1b", 16, 2048, 32, 8, 64, 8192, gated_mlp=True, vocab=128256),
-    "smollm2-135m": ModelShape("smollm2-135m", 30, 576, 9, 3, 64, 1536, gated_mlp=True, vocab=49152),
+    "gpt3-175b": ModelShape("gpt3-175b", 96, 12288, 96, 96, 128, 4 * 12288, gated_mlp=False, vocab=50257,
+                            max_context=2048),
+    "llama-3.1-8b": ModelShape("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, gated_mlp=True, vocab=128256,
+                               max_context=131072),
+    "llama-3.2-1b": ModelShape("llama-3.2-1b", 16, 2048, 32, 8, 64, 8192, gated_mlp=True, vocab=128256,
+                               max_context=131072),
+    "smollm2-135m": ModelShape("smollm2-135m", 30, 576, 9, 3, 64, 1536, gated_mlp=True, vocab=49152,
+                               max_context=8192),
 }
 
 

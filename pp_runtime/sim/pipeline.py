@@ -86,8 +86,15 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
     launched: list[MicroBatch] = []
     drive(planner, sample, on_schedule=launched.append, clock=clock)
     events = {s: _as_events(r) for s, r in enumerate(clock.rows)}
-    metrics = compute_metrics(planner.seqs, wall_s=clock.seconds())
+    # Slowdowns are measured against the cost model the planner balances with, else the time model (fitted).
+    alone = planner.cost_model or (time_model if isinstance(time_model, CostModel) else fit_cost_model(
+        time_model, token_budget=cfg.scheduler.token_budget, max_context_len=max_model_len))
+    metrics = compute_metrics(planner.seqs, wall_s=clock.seconds(), alone=lambda s: planner.alone_times(s, alone))
     metrics.update(policy=cfg.scheduler.policy, stages=n, simulated=True)
+    if planner.cost_model is not None:  # the planner's model against the simulated hardware
+        from pp_runtime.planner.cost_model import prediction_error
+
+        metrics["cost_model_error"] = prediction_error(planner.cost_model, planner.mb_work, events)
     return SimResult(metrics, events, planner.seqs, launched)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pp_runtime.config import Config, ConfigError
 from pp_runtime.job import Job, resolve_job
 from pp_runtime.planner.cost_model import CostModel
+from pp_runtime.sim.hardware import gpu
 from pp_runtime.sim.links import LinkModel
 from pp_runtime.sim.pipeline import SimResult, simulate
 from pp_runtime.sim.time_model import build_time_model
@@ -50,7 +51,10 @@ def prepare_sim(cfg: Config, *, run_cost_model=None) -> SimJob:
     hf_config, tokenizer, folder = _model(cfg)
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and cfg.sim.cost_model == "profiled")
     dtype = getattr(torch, cfg.dtype if cfg.dtype != "auto" else ("float32" if cpu else "bfloat16"))
-    job = resolve_job(cfg, hf_config=hf_config, tokenizer=tokenizer, model_dir=folder, dtype=dtype)
+    # A simulated GPU sizes the default cache from its preset's memory, as the runtime does from the real one's.
+    memory_gib = None if cpu else gpu(cfg.sim.gpu).memory_gib
+    job = resolve_job(cfg, hf_config=hf_config, tokenizer=tokenizer, model_dir=folder, dtype=dtype,
+                      device_memory_gib=memory_gib)
     time_model = build_time_model(cfg, hf_config=hf_config, layer_ranges=job.layer_ranges,
                                   run_cost_model=run_cost_model)
     links = LinkModel.from_config(cfg.sim, cfg.pipeline.stages, cpu=cpu)

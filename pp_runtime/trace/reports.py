@@ -51,12 +51,19 @@ def write_reports(run_dir: str, events: dict[int, np.ndarray], *, policy: str, c
     return bubbles
 
 
-def format_bubble_report(bubbles: dict, *, title: str | None = None) -> str:
+def format_bubble_report(bubbles: dict, *, title: str | None = None, slowdown: dict | None = None) -> str:
     """The bubble table of ``compute_bubbles`` output, with the idle-by-cause table under it when ``bubbles``
-    holds an ``"attribution"`` (as ``write_reports`` stores it)."""
+    holds an ``"attribution"`` (as ``write_reports`` stores it), and a fairness line when ``slowdown`` (metrics.json's
+    ``"slowdown"``) is given."""
     text = format_bubble_table(bubbles, title=title)
     if "attribution" in bubbles:
         text += "\n" + format_attribution_table(bubbles["attribution"])
+    if slowdown and slowdown.get("num_requests"):
+        s = slowdown
+        text += (f"\nslowdown vs alone (cost model), {s['num_requests']} requests: TTFT median {s['median_ttft']:.2f} "
+                 f"p90 {s['p90_ttft']:.2f} max {s['max_ttft']:.2f}; e2e median {s['median_e2e']:.2f} "
+                 f"p90 {s['p90_e2e']:.2f} max {s['max_e2e']:.2f}; Jain's index TTFT {s['jain_ttft']:.3f} "
+                 f"e2e {s['jain_e2e']:.3f}")
     return text
 
 

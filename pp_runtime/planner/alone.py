@@ -1,0 +1,37 @@
+"""What a request would take alone on the pipeline, by the cost model: the yardstick of per-request slowdown.
+
+Alone, a prompt goes in chunks of ``min(chunk_size, token_budget)`` tokens (whole, for policies that never
+chunk); under sarathi up to ``max_chunks_in_flight`` of them are in flight, each entering stage 0 once stage 0
+is free, every stage serving them in order; then each further output token is one decode that crosses every
+stage. Links and planning are free. Slowdown = measured / alone, so 1.0 is "as if it had the pipeline to itself".
+"""
+
+from __future__ import annotations
+
+from pp_runtime.config import SchedulerConfig
+from pp_runtime.planner.cost_model import CostModel
+
+
+def alone_times(model: CostModel, cfg: SchedulerConfig, *, num_slots: int, prompt_len: int,
+                num_outputs: int) -> tuple[float, float]:
+    """(TTFT, end-to-end latency) in seconds of a request of ``prompt_len`` prompt and ``num_outputs`` output tokens
+    served alone under ``cfg``'s policy with ``num_slots`` micro-batches in flight."""
+    chunked = cfg.policy in ("sarathi", "fcfs", "throttle")
+    chunk = min(cfg.chunk_size, cfg.token_budget) if chunked else max(prompt_len, 1)
+    depth = 1
+    if cfg.policy in ("sarathi", "throttle"):
+        depth = num_slots if cfg.max_chunks_in_flight is None else min(cfg.max_chunks_in_flight, num_slots)
+    free = [0.0] * model.num_stages  # when each stage is done with its last chunk
+    back: list[float] = []  # when each chunk left the last stage
+    start = 0
+    while start < prompt_len:
+        n = min(chunk, prompt_len - start)
+        t = back[-depth] if len(back) >= depth else 0.0  # at most `depth` chunks in flight
+        for s, dt in enumerate(model.stage_times(n, n * (start + n))):
+            t = max(t, free[s]) + dt
+            free[s] = t
+        back.append(t)
+        start += n
+    ttft = back[-1] if back else 0.0
+    e2e = ttft + sum(sum(model.stage_times(1, 0, prompt_len + i)) for i in range(1, num_outputs))
+    return ttft, e2e

@@ -1,0 +1,89 @@
+"""Fair sharing measured: per-request slowdown against the request alone (cost model) and Jain's index, in
+metrics.json, the bubble report and the sweep summary; fair prefill order against FCFS on the issue's mix."""
+
+from __future__ import annotations
+
+import pytest
+
+from pp_runtime.config import SchedulerConfig
+from pp_runtime.planner import CostModel
+from pp_runtime.planner.alone import alone_times
+from pp_runtime.request import Request, SamplingParams
+from pp_runtime.rundir.metrics import slowdown_metrics
+from pp_runtime.sequence import Sequence
+from pp_runtime.sim import simulate
+from pp_runtime.trace.bubbles import compute_bubbles
+from pp_runtime.trace.reports import format_bubble_report
+from tests.jobs import make_config
+
+# 3 stages; per micro-batch 1 ms fixed + 10 us per token + 10 ns per prefill pair + 50 ns per decode context token.
+MODEL = CostModel((1e-3,) * 3, (1e-5,) * 3, (1e-8,) * 3, (5e-8,) * 3)
+
+
+def _sim(requests, *overrides, model=MODEL):
+    cfg = make_config([f"pipeline.stages={model.num_stages}", "scheduler=sarathi", "scheduler.token_budget=64",
+                       "scheduler.chunk_size=64", "sim.planner_time_us=0", *overrides])
+    return simulate(cfg, requests, time_model=model, hidden_size=8, dtype_bytes=2, max_model_len=8192,
+                    num_blocks=100_000)
+
+
+def test_alone_pipelines_chunks_through_equal_stages_in_n_plus_s_minus_1_chunk_times():
+    flat = CostModel((1e-3,) * 4, (0.0,) * 4, (0.0,) * 4, (0.0,) * 4)  # every micro-batch 1 ms on every stage
+    cfg = SchedulerConfig(chunk_size=16, token_budget=16)
+    ttft, e2e = alone_times(flat, cfg, num_slots=4, prompt_len=16 * 10, num_outputs=3)
+    assert ttft == pytest.approx((10 + 4 - 1) * 1e-3) and e2e == pytest.approx(ttft + 2 * 4e-3)
+    serial = SchedulerConfig(chunk_size=16, token_budget=16, max_chunks_in_flight=1)
+    assert alone_times(flat, serial, num_slots=4, prompt_len=160, num_outputs=1)[0] == pytest.approx(40e-3)
+
+
+def test_a_request_alone_in_the_simulator_has_slowdown_one():
+    req = [Request("only", (5,) * 500, SamplingParams(max_tokens=4, ignore_eos=True))]
+    s = _sim(req, "scheduler.time_balanced=false").metrics["slowdown"]
+    assert s["num_requests"] == 1
+    assert s["median_ttft"] == pytest.approx(1.0, rel=1e-9) and s["median_e2e"] == pytest.approx(1.0, rel=1e-9)
+    assert s["jain_ttft"] == pytest.approx(1.0)
+
+
+def test_jains_index_is_one_for_equal_slowdowns_and_one_over_n_for_one_victim():
+    def seq(i, ttft):
+        s = Sequence(i, Request(f"r{i}", (1,), SamplingParams(max_tokens=1)))
+        s.first_token_s = s.finish_s = ttft
+        return s
+    alone = lambda s: (1.0, 1.0)  # noqa: E731
+    assert slowdown_metrics([seq(i, 3.0) for i in range(4)], alone)["jain_ttft"] == pytest.approx(1.0)
+    lopsided = slowdown_metrics([seq(0, 1e6)] + [seq(i, 1e-9) for i in range(1, 4)], alone)
+    assert lopsided["jain_ttft"] == pytest.approx(0.25, rel=1e-6) and lopsided["max_ttft"] == 1e6
+
+
+def _mix():
+    long = [Request("long", tuple(range(2, 2002)), SamplingParams(max_tokens=4, ignore_eos=True))]
+    return long + [Request(f"s{i}", (7,) * 32, SamplingParams(max_tokens=4, ignore_eos=True), arrival_s=1e-4)
+                   for i in range(16)]
+
+
+def test_fair_order_cuts_the_short_requests_slowdown():
+    fair, fcfs = (_sim(_mix(), f"scheduler.prefill_order={o}") for o in ("fair", "fcfs"))
+    ttft = {name: sorted(s.first_token_s - s.request.arrival_s for s in r.seqs[1:])
+            for name, r in (("fair", fair), ("fcfs", fcfs))}
+    assert ttft["fair"][8] < ttft["fcfs"][8] / 3  # the short ones' median TTFT
+    long_fair, long_fcfs = fair.seqs[0].first_token_s, fcfs.seqs[0].first_token_s
+    assert long_fair <= 1.3 * long_fcfs  # the long prompt pays little for it
+    # Jain's index measures evenness, not size: FCFS slows the 16 short ones alike (and a lot), so it is no test.
+    for key in ("median_ttft", "max_ttft", "p90_e2e"):
+        assert fair.metrics["slowdown"][key] < fcfs.metrics["slowdown"][key], key
+
+
+def test_the_bubble_report_prints_the_slowdown_line():
+    res = _sim(_mix())
+    text = format_bubble_report(compute_bubbles(res.events), slowdown=res.metrics["slowdown"])
+    assert "slowdown vs alone" in text and "Jain's index" in text
+
+
+def test_the_sweep_summary_has_slowdown_and_jain_columns(tmp_path):
+    from launch.sweep_summary import Job, JobResult, write_summary
+
+    metrics = {"output_throughput": 10.0, "slowdown": {"median_ttft": 1.25, "jain_ttft": 0.9}}
+    table = write_summary(tmp_path, ["scheduler.prefill_order"], [
+        JobResult(Job("0_fair", {"scheduler.prefill_order": "fair"}, ()), "ok", metrics=metrics)])
+    cells = [c.strip() for c in table.splitlines()[-1].split("|")]
+    assert "TTFT slowdown p50" in table and "Jain TTFT" in table and cells[-3:-1] == ["1.25", "0.900"]

@@ -1,0 +1,87 @@
+"""Long contexts end to end: presets carry their models' context length, model.max_model_len moves the limit
+within it, the default KV cache is sized from the device (cache.gpu_memory_utilization, as vLLM), and a
+request that can never fit the cache is rejected with the numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pp_runtime.config import CacheConfig, ConfigError, SchedulerConfig
+from pp_runtime.job import context_limit
+from pp_runtime.model.cache_size import (
+    CPU_CACHE_GIB,
+    activation_bytes,
+    bytes_per_block,
+    num_blocks_for_budget,
+    resolve_num_blocks,
+    stage_weight_bytes,
+)
+from pp_runtime.planner import make_planner
+from pp_runtime.request import Request, SamplingParams
+from pp_runtime.sim.hardware import MODEL_SHAPES
+from pp_runtime.sim.sim_job import prepare_sim
+from tests.jobs import make_config
+
+
+@pytest.mark.parametrize("name,context", [("llama-3.1-8b", 131072), ("llama-3.2-1b", 131072),
+                                          ("smollm2-135m", 8192), ("gpt3-175b", 2048)])
+def test_presets_carry_their_models_context_length(name, context):
+    assert context_limit(MODEL_SHAPES[name].to_hf_config(num_layers=1)) == context
+
+
+def _sim(*overrides):
+    return prepare_sim(make_config(["pipeline.stages=4", "sim.model_shape=llama-3.1-8b", "sim.cost_model=roofline",
+                                    "sim.gpu=h100", "workload=synthetic", "workload.num_requests=1",
+                                    "workload.prefill_len=32000", "workload.pd_ratio=32000", *overrides]))
+
+
+def test_a_32k_prompt_runs_on_the_llama_31_8b_shape_and_max_model_len_moves_the_limit():
+    job = _sim()
+    assert job.max_model_len == 131072 and len(job.requests[0].prompt_token_ids) >= 30000
+    assert _sim("model.max_model_len=40000").max_model_len == 40000
+    with pytest.raises(ConfigError, match=r"model\.max_model_len=200000 .* at most 131072"):
+        _sim("model.max_model_len=200000")
+
+
+def test_the_simulated_gpus_default_cache_is_what_utilization_leaves_after_weights_and_activations():
+    job = _sim()
+    cfg, hf, dtype = job.cfg, job.hf_config, job.dtype
+    usable = 0.9 * 80 * 2**30
+    per_stage = []
+    for s, r in enumerate(job.layer_ranges):
+        last = s == len(job.layer_ranges) - 1
+        left = (usable - stage_weight_bytes(hf, r, first=s == 0, last=last, dtype=dtype)
+                - activation_bytes(hf, cfg.scheduler.token_budget, last=last, dtype=dtype))
+        per_stage.append(int(left) // bytes_per_block(len(r), cfg.cache.block_size, hf, dtype))
+    assert job.num_blocks == min(per_stage)
+    # 8 layers of Llama-3.1-8B keep 32 KiB of KV per token: about 2.2 million tokens in the ~68 GiB left.
+    assert 2_000_000 < job.num_blocks * cfg.cache.block_size < 2_400_000
+    lower = _sim("cache.gpu_memory_utilization=0.5").num_blocks
+    assert lower < job.num_blocks
+    assert _sim("cache.memory_gib=1").num_blocks == num_blocks_for_budget(
+        1, max_layers_per_stage=8, block_size=cfg.cache.block_size, hf_config=hf, dtype=dtype)
+
+
+def test_weights_that_leave_no_room_are_a_config_error_with_the_numbers():
+    hf = MODEL_SHAPES["llama-3.1-8b"].to_hf_config()
+    with pytest.raises(ConfigError, match=r"cache\.gpu_memory_utilization=0\.1 of 80\.0 GiB .* stage 0: its weights "
+                                          r"take 14\.\d\d GiB"):
+        resolve_num_blocks(CacheConfig(gpu_memory_utilization=0.1), hf_config=hf, layer_ranges=[range(32)],
+                           token_budget=256, dtype=torch.bfloat16, device_memory_gib=80)
+
+
+def test_the_cpu_default_is_a_fixed_budget_and_num_blocks_wins():
+    hf = MODEL_SHAPES["smollm2-135m"].to_hf_config()
+    kw = dict(hf_config=hf, layer_ranges=[range(15), range(15, 30)], token_budget=256, dtype=torch.float32)
+    assert resolve_num_blocks(CacheConfig(), device_memory_gib=None, **kw) == num_blocks_for_budget(
+        CPU_CACHE_GIB, max_layers_per_stage=15, block_size=16, hf_config=hf, dtype=torch.float32)
+    assert resolve_num_blocks(CacheConfig(num_blocks=7), device_memory_gib=80, **kw) == 7
+
+
+def test_a_prompt_that_can_never_fit_is_rejected_with_tokens_needed_and_held():
+    planner = make_planner(SchedulerConfig(), num_blocks=4, block_size=16, num_slots=2, max_model_len=1000)
+    seq = planner.add_request(Request("big", (3,) * 70, SamplingParams(max_tokens=10)))
+    assert seq.finish_reason == "rejected"
+    assert "needs 80 tokens of KV cache" in seq.error and "holds 64 tokens (4 blocks of 16)" in seq.error
+    assert "cache.gpu_memory_utilization" in seq.error and "cache.memory_gib" in seq.error

@@ -3,8 +3,9 @@
 ``planner.loop.run`` keeps up to ``pipeline.depth`` micro-batches in flight, so every stage has work; this clock
 plans on the wall clock, runs stage 0, sends the micro-batch down the pipeline and reads its sampled tokens
 only when the loop folds it back (with one stage the whole model runs in place, and with depth > 1 the next
-micro-batch is launched before this one's tokens are read). While waiting for an arrival (online mode) it
-sleeps, waking for a stop signal (``StopSignal``). ``Engine.run`` then sends the stop message round, so every
+micro-batch is launched before this one's tokens are read). Each plan goes to every stage before stage 0
+computes it, so they post their receives meanwhile. While waiting for an arrival (online mode) it sleeps,
+waking for a stop signal (``StopSignal``). ``Engine.run`` then sends every stage the stop message, so every
 stage ends cleanly.
 """
 
@@ -21,7 +22,7 @@ from pp_runtime.trace.tracer import EventKind, Tracer
 from stages.executor import SampledTokens, StageExecutor
 from stages.faults import Faults
 from stages.preemption import StopSignal, announce
-from stages.transport import STOP, PipelineError, Transport
+from stages.transport import Transport, failure_message
 
 _POLL_S = 0.05  # longest sleep between checks of the stop signal while waiting for an arrival (online mode)
 
@@ -33,6 +34,7 @@ class WallClock:
                  stop: StopSignal | None):
         self.executor, self.transport, self.tracer, self.faults, self.stop = executor, transport, tracer, faults, stop
         self.start = time.monotonic()
+        self._tokens: dict[int, list[int]] = {}  # mb id -> sampled ids received from the last stage
 
     def seconds(self) -> float:
         return time.monotonic() - self.start
@@ -43,27 +45,28 @@ class WallClock:
         self.tracer.record(EventKind.PLAN, t0, self.tracer.now_ns(), -1 if mb is None else mb.id)
         return mb
 
-    def launch(self, mb: MicroBatch) -> SampledTokens | bool:
-        """Compute stage 0 and send on; returns this rank's own sampled tokens (one stage), else True."""
+    def launch(self, mb: MicroBatch):
+        """Send the plan ahead to every stage, post the receive of its tokens, compute stage 0 and send the
+        activations on; returns this rank's own sampled tokens (one stage), else the posted token receive."""
+        handle = None
+        if self.transport is not None:
+            self.transport.send_plan(mb)  # the other stages post their receives while stage 0 computes
+            handle = self.transport.post_tokens(mb)
         with self.tracer.span(EventKind.COMPUTE, mb.id, mb.num_prefill_tokens, mb.num_decode_tokens):
             self.faults.on_compute(0)
             out = self.executor.execute(mb)
         if self.transport is None:  # one stage: out holds the sampled tokens, read when the loop needs them
             return out
-        self.transport.send(mb.id, mb, out)
-        return True
+        self.transport.send_activation(mb.id, out)
+        return handle
 
     def receive(self, mb: MicroBatch, handle) -> None:
-        if self.transport is None:
-            return  # SampledTokens.result() waits in tokens()
-        msg = self.transport.recv()
-        if msg.kind == STOP or msg.mb_id != mb.id:
-            raise PipelineError(f"stage 0 expected tokens of micro-batch {mb.id}, got {msg}")
-        self._tokens = msg.meta
+        if self.transport is not None:  # one stage: SampledTokens.result() waits in tokens()
+            self._tokens[mb.id] = self.transport.wait_tokens(handle)
 
     def tokens(self, mb: MicroBatch, handle) -> list[int]:
         """The sampled ids: from this rank's own last stage, or from the last rank."""
-        return handle.result() if isinstance(handle, SampledTokens) else self._tokens
+        return handle.result() if isinstance(handle, SampledTokens) else self._tokens.pop(mb.id)
 
     def wait_for_arrival(self, arrival_s: float) -> None:
         """Sleep until ``arrival_s``, waking early for a stop signal."""
@@ -74,14 +77,12 @@ class WallClock:
         return self.stop is not None and self.stop.requested
 
     def close(self, *, stopped_early: bool) -> None:
-        """Send the stop message round the pipeline and wait until it is back and every send has been received."""
+        """Send the stop message to every stage and wait until every send has been received."""
         if self.transport is None:
             return
         if stopped_early:
             announce(f"stopped by {self.stop.name} on stage 0")  # before the stop message reaches the others
         self.transport.send_stop()
-        if self.transport.recv().kind != STOP:
-            raise PipelineError("stage 0 expected the stop message to come back round the pipeline")
         self.transport.flush()
 
 
@@ -102,7 +103,12 @@ class Engine:
     def run(self) -> float:
         """Serve every request the planner holds; returns the wall time in seconds."""
         self.clock.start = time.monotonic()
-        result = run(self.planner, self.clock, on_finish=self.on_finish, drain_timeout_s=self.drain_timeout_s)
+        try:
+            result = run(self.planner, self.clock, on_finish=self.on_finish, drain_timeout_s=self.drain_timeout_s)
+        except BaseException as exc:
+            if self.clock.transport is not None:
+                self.clock.transport.abort(failure_message() or f"stage 0 failed: {type(exc).__name__}: {exc}")
+            raise
         self.stopped_early = result.stopped_early
         self.clock.close(stopped_early=result.stopped_early)
         return self.clock.seconds()

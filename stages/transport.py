@@ -9,7 +9,9 @@ Three kinds of message, each on its own channel, none waiting for a rendezvous t
 - **activations**: stage k-1 sends stage k only the ``[num_tokens, hidden]`` tensor: its size comes from the
   plan, so stage k posts the receive as soon as the plan is there, and before computing the current
   micro-batch it posts the receives of every plan already in (``post_ahead``: double buffers, more with depth
-  > 2). Over the default group: NCCL GPU to GPU (``pipeline.transport=nccl``), or gloo (the CPU, and
+  > 2); over gloo, when no plan is in yet, it posts one receive as large as any micro-batch (``max_rows``;
+  gloo takes a shorter message into it), so the next activations never wait for this stage to finish.
+  Over the default group: NCCL GPU to GPU (``pipeline.transport=nccl``), or gloo (the CPU, and
   ``pipeline.transport=gloo`` on CUDA, where activations are staged through pinned host memory so that several
   stages can share one GPU).
 - **tokens**: the last stage sends ``[mb_id, *sampled ids]`` (int64) to rank 0, which posted that receive when
@@ -60,7 +62,8 @@ class Transport:
     ``send_activation`` or, the last, ``send_tokens``; all ``flush`` at the end."""
 
     def __init__(self, rank: int, world_size: int, *, device: torch.device, hidden_size: int, dtype: torch.dtype,
-                 timeout_s: float, tracer: Tracer, cpu_group=None, plan_group=None, host_staging: bool = False):
+                 timeout_s: float, tracer: Tracer, cpu_group=None, plan_group=None, host_staging: bool = False,
+                 max_rows: int = 0):
         self.rank, self.world_size = rank, world_size
         self.next, self.prev, self.last = (rank + 1) % world_size, (rank - 1) % world_size, world_size - 1
         self.device, self.hidden_size, self.dtype = device, hidden_size, dtype
@@ -72,10 +75,12 @@ class Transport:
         self._nccl = dist.get_backend(self.data_group) == "nccl"
         # CUDA activations over gloo: copied to pinned host memory to send, received there, copied back.
         self.host_staging = host_staging
+        self.max_rows = max_rows  # the most tokens a micro-batch can hold; 0: post receives only for known plans
         self._sends: deque[tuple[object, str, int, bool, object]] = deque()  # (work, what, peer, poll, tensor)
         self._staged: deque[tuple[torch.cuda.Event, torch.Tensor, int]] = deque()  # copies to host not yet sent
         self._inbox: _PlanInbox | None = None
-        self._posted: deque[tuple[MicroBatch, object, torch.Tensor]] = deque()  # activation receives posted
+        # Activation receives posted: [plan (None: posted before it arrived), work, buffer].
+        self._posted: deque[list] = deque()
         self._stopped = False
         self._abort_cause: str | None = None  # why rank 0 aborted the job, as its abort message said
         self._aborted = threading.Event()
@@ -160,13 +165,14 @@ class Transport:
         Blocks (up to the timeout) for what has not arrived; time blocked is a WAIT."""
         t0 = self.tracer.now_ns()
         self._drain_staged()
-        while not self._posted and not self._stopped:
+        while (not self._posted or self._posted[0][0] is None) and not self._stopped:
             self._take_plan(block=True)
-        if not self._posted:
+        if not self._posted or self._posted[0][0] is None:
             self.tracer.record(EventKind.WAIT, t0, self.tracer.now_ns())
-            return None
+            return None  # a receive posted ahead stays unmatched: nothing waits on it
         mb, work, buf = self._posted.popleft()
         self._wait(work, "receive activations from", self.prev, poll=self._nccl)
+        buf = buf[:mb.num_tokens]  # a receive posted before its plan was there is as large as any micro-batch
         if self.host_staging:
             # Asynchronous: the host allocator keeps the pinned buffer until the copy has run on the stream.
             buf = buf.to(self.device, non_blocking=True)
@@ -174,9 +180,13 @@ class Transport:
         return mb, buf
 
     def post_ahead(self) -> None:
-        """Post the activation receive of every plan that has arrived (before computing the current one)."""
+        """Before computing the current micro-batch: post the activation receive of every plan that has arrived
+        and, over gloo, if none has, one receive as large as any micro-batch (gloo takes a shorter message), so
+        the next activations can travel while this stage computes."""
         while not self._stopped and self._take_plan(block=False):
             pass
+        if not self._posted and not self._stopped and not self._nccl and self.max_rows:
+            self._post_activation(None, self.max_rows)
 
     def flush(self) -> None:
         """Wait until every send has been received."""
@@ -206,11 +216,20 @@ class Transport:
         if item is None:
             self._stopped = True
             return False
-        where = {"pin_memory": True} if self.host_staging else {"device": self.device}
-        buf = torch.empty(item.num_tokens, self.hidden_size, dtype=self.dtype, **where)  # [num_tokens, hidden]
-        work = dist.irecv(buf, self.prev, group=self.data_group, tag=0 if self._nccl else _ACT)
-        self._posted.append((item, work, buf))
+        if self._posted and self._posted[0][0] is None:  # the receive posted ahead is this plan's
+            if item.num_tokens > self.max_rows:
+                raise PipelineError(f"stage {self.rank}: micro-batch {item.id} has {item.num_tokens} tokens, more "
+                                    f"than the {self.max_rows} rows its receive was posted for")
+            self._posted[0][0] = item
+        else:
+            self._post_activation(item, item.num_tokens)
         return True
+
+    def _post_activation(self, mb: MicroBatch | None, rows: int) -> None:
+        where = {"pin_memory": True} if self.host_staging else {"device": self.device}
+        buf = torch.empty(rows, self.hidden_size, dtype=self.dtype, **where)  # [rows, hidden]
+        work = dist.irecv(buf, self.prev, group=self.data_group, tag=0 if self._nccl else _ACT)
+        self._posted.append([mb, work, buf])
 
     def _isend(self, tensor: torch.Tensor, peer: int, group, tag: int, what: str) -> None:
         nccl = group is self.data_group and self._nccl

@@ -84,6 +84,8 @@ class _FakeStage:
         self.stage, self.hidden, self.fail_at = stage, hidden, fail_at
         self.model = SimpleNamespace(is_first=stage == 0, is_last=stage == world - 1)
         self.computed: list[int] = []
+        self.transport = None
+        self.posted_while_computing: list[bool] = []  # whether the next input's receive was posted already
 
     def on_compute(self, stage: int) -> None:  # the Faults hook
         if len(self.computed) == self.fail_at:
@@ -99,16 +101,19 @@ class _FakeStage:
             assert hidden.shape == (mb.num_tokens, self.hidden), (mb.id, hidden.shape)
             assert torch.equal(hidden[:, 0], rows + self.stage - 1), f"stage {self.stage}: wrong input for {mb!r}"
         self.computed.append(mb.id)
+        if self.transport is not None and self.stage:
+            self.posted_while_computing.append(bool(self.transport._posted))
         if self.model.is_last:
             return SampledTokens(torch.full((mb.num_samples,), 5 + mb.id % 7, dtype=torch.int64))
         return (rows + self.stage)[:, None].expand(-1, self.hidden).contiguous()  # [num_tokens, hidden]
 
 
 def _pipeline(rank: int, world: int, depth: int, num_requests: int, stop_after: int | None = None,
-              fail: tuple[int, int] | None = None):
+              fail: tuple[int, int] | None = None, max_rows: int = 0):
     """The real rank-0 engine (planner loop on the wall clock) and stage workers over real gloo transports, with
     fake stages. Returns (launch order, tokens per request, stopped early) on rank 0, the computed order elsewhere.
-    ``stop_after``: a stop signal after that many launches (drain_timeout 0). ``fail``: (stage, at) fails."""
+    ``stop_after``: a stop signal after that many launches (drain_timeout 0). ``fail``: (stage, at) fails.
+    ``max_rows``: > 0 lets a stage post an activation receive before the plan for it has arrived."""
     import datetime
 
     import torch
@@ -128,11 +133,12 @@ def _pipeline(rank: int, world: int, depth: int, num_requests: int, stop_after: 
         stage = _FakeStage(rank, world, fail_at=fail[1] if fail and fail[0] == rank else None)
         tracer = Tracer(rank, capacity=4096, enabled=True, device=torch.device("cpu"))
         t = Transport(rank, world, device=torch.device("cpu"), hidden_size=3, dtype=torch.float32, timeout_s=30,
-                      tracer=tracer, plan_group=dist.new_group(backend="gloo"))
+                      tracer=tracer, plan_group=dist.new_group(backend="gloo"), max_rows=max_rows)
+        stage.transport = t
         try:
             if rank != 0:
                 serve(rank, stage, t, tracer, stage)
-                return stage.computed
+                return stage.computed, stage.posted_while_computing
             planner = make_planner(SchedulerConfig(policy="fcfs", token_budget=8, chunk_size=8), num_blocks=256,
                                    block_size=4, num_slots=depth, max_model_len=256)
             for i in range(num_requests):  # some prompts longer than the budget: chunked over micro-batches
@@ -165,28 +171,33 @@ def _recording(launch, launched: list):
     return wrapped
 
 
-@pytest.mark.parametrize("world,depth", [(2, 2), (2, 5), (3, 3), (3, 6)])
-def test_micro_batches_in_flight_with_plans_sent_ahead_arrive_in_order(world, depth):
-    """depth > stages: more plans ahead than stages, every receive posted early; nothing deadlocks, every stage
-    computes every micro-batch in launch order with the activations of its plan, every token comes back."""
+@pytest.mark.parametrize("max_rows", [0, 64])
+@pytest.mark.parametrize("world,depth", [(2, 1), (2, 2), (2, 5), (3, 3), (3, 6)])
+def test_micro_batches_in_flight_with_plans_sent_ahead_arrive_in_order(world, depth, max_rows):
+    """depth > stages: more plans ahead than stages, every receive posted early (before its plan with
+    ``max_rows``); nothing deadlocks, every stage computes every micro-batch in launch order with the activations
+    of its plan, every token comes back."""
     from tests.multiproc import run_ranks
 
-    got = run_ranks(_pipeline, world, depth, 6, timeout=120)
+    got = run_ranks(_pipeline, world, depth, 6, None, None, max_rows, timeout=120)
     launched, tokens, stopped = got[0]
     assert not stopped and len(launched) > depth
     for s in range(1, world):
-        assert got[s] == launched, f"stage {s} computed {got[s]}, rank 0 launched {launched}"
+        computed, posted = got[s]
+        assert computed == launched, f"stage {s} computed {computed}, rank 0 launched {launched}"
+        if max_rows:  # double buffers: the next receive was posted before each micro-batch computed
+            assert all(posted[:-1]), posted
     assert all(len(ids) == 3 for ids in tokens.values()), tokens
 
 
 def test_a_stop_mid_flight_drains_what_was_sent_and_ends_every_stage():
     from tests.multiproc import run_ranks
 
-    got = run_ranks(_pipeline, 3, 5, 6, 3, timeout=120)
+    got = run_ranks(_pipeline, 3, 5, 6, 3, None, 64, timeout=120)
     launched, tokens, stopped = got[0]
     assert stopped and len(launched) >= 3
     # Everything rank 0 sent was computed everywhere and came back: nothing left in flight, nobody hung.
-    assert got[1] == got[2] == launched
+    assert got[1][0] == got[2][0] == launched
     assert any(len(ids) < 3 for ids in tokens.values())
 
 
@@ -194,7 +205,7 @@ def test_a_stop_mid_flight_drains_what_was_sent_and_ends_every_stage():
 def test_a_stage_failing_while_receives_are_posted_is_named_by_every_rank(world, stage):
     from tests.multiproc import run_ranks_outcomes
 
-    outcomes = run_ranks_outcomes(_pipeline, world, world + 2, 6, None, (stage, 2), timeout=120)
+    outcomes = run_ranks_outcomes(_pipeline, world, world + 2, 6, None, (stage, 2), 64, timeout=120)
     for o in outcomes:
         assert o.exitcode not in (0, None), f"rank {o.rank} exited {o.exitcode}"
         assert f"stage {stage}" in o.error, f"rank {o.rank}: {o.error}"

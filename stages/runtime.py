@@ -48,11 +48,12 @@ def run_stage(plan, *, stop=None) -> dict | None:
         # With NCCL carrying activations, headers, clock sync and gathers need a gloo group of their own; with
         # gloo the default group serves both (CUDA activations then go through pinned host memory).
         cpu_group = dist.new_group(backend="gloo") if plan.transport == "nccl" else None
-        # Plans from rank 0 go over a gloo group of their own: a thread on each stage waits on it.
-        plan_group = dist.new_group(backend="gloo")
+        # Plans, the stop message and sampled tokens go over a gloo group of their own (a thread on each stage
+        # waits for plans on it): small messages never wait behind an activation on the same connection.
+        control_group = dist.new_group(backend="gloo")
         transport = Transport(rank, world, device=plan.device, hidden_size=plan.hf_config.hidden_size,
                               dtype=plan.dtype, timeout_s=cfg.runtime.timeout_s, tracer=tracer, cpu_group=cpu_group,
-                              plan_group=plan_group,
+                              control_group=control_group,
                               host_staging=plan.transport == "gloo" and plan.device.type == "cuda",
                               max_rows=_max_rows(plan))
         if cfg.tracer.enabled:

@@ -3,9 +3,10 @@
 Three kinds of message, each on its own channel, none waiting for a rendezvous that could have happened earlier:
 
 - **plans**: rank 0 sends each micro-batch's plan (the pickled ``MicroBatch``) to every other stage as soon as
-  it is decided, before stage 0 computes it, over a gloo group of their own (``plan_group``). Each stage has a
-  fixed-size receive (``_INLINE_BYTES``: header and plan) always posted, waited on by a background thread
-  (``_PlanInbox``) that hands plans to the stage in order; a larger plan follows its header as a second message.
+  it is decided, before stage 0 computes it, over a gloo group for small messages (``control_group``). Each
+  stage has a fixed-size receive (``_INLINE_BYTES``: header and plan) always posted, waited on by a background
+  thread (``_PlanInbox``) that hands plans to the stage in order; a larger plan follows its header as a second
+  message.
 - **activations**: stage k-1 sends stage k only the ``[num_tokens, hidden]`` tensor: its size comes from the
   plan, so stage k posts the receive as soon as the plan is there, and before computing the current
   micro-batch it posts the receives of every plan already in (``post_ahead``: double buffers, more with depth
@@ -15,7 +16,8 @@ Three kinds of message, each on its own channel, none waiting for a rendezvous t
   ``pipeline.transport=gloo`` on CUDA, where activations are staged through pinned host memory so that several
   stages can share one GPU).
 - **tokens**: the last stage sends ``[mb_id, *sampled ids]`` (int64) to rank 0, which posted that receive when
-  it launched the micro-batch (the plan says how many ids). Over the CPU group (gloo).
+  it launched the micro-batch (the plan says how many ids). Over the control group too: small messages never
+  queue behind an activation on one connection (a 2-stage run sends both between the same two ranks).
 
 Sends never block: they are posted and completed lazily (at most ``_MAX_SENDS`` outstanding, then the oldest is
 waited for; ``flush`` waits for all). On host-staged CUDA, the copy to pinned memory is asynchronous and its send
@@ -62,7 +64,7 @@ class Transport:
     ``send_activation`` or, the last, ``send_tokens``; all ``flush`` at the end."""
 
     def __init__(self, rank: int, world_size: int, *, device: torch.device, hidden_size: int, dtype: torch.dtype,
-                 timeout_s: float, tracer: Tracer, cpu_group=None, plan_group=None, host_staging: bool = False,
+                 timeout_s: float, tracer: Tracer, cpu_group=None, control_group=None, host_staging: bool = False,
                  max_rows: int = 0):
         self.rank, self.world_size = rank, world_size
         self.next, self.prev, self.last = (rank + 1) % world_size, (rank - 1) % world_size, world_size - 1
@@ -70,7 +72,7 @@ class Transport:
         self.timeout_s = timeout_s
         self.tracer = tracer
         self.cpu_group = cpu_group  # None: the default group (gloo on the CPU)
-        self.plan_group = plan_group  # None: the CPU group (a test with one thread per rank only)
+        self.control_group = control_group  # plans, stop, tokens; None: the CPU group
         self.data_group = None  # the default group
         self._nccl = dist.get_backend(self.data_group) == "nccl"
         # CUDA activations over gloo: copied to pinned host memory to send, received there, copied back.
@@ -93,15 +95,15 @@ class Transport:
         header = _header_message(DATA, mb.id, data)
         payload = torch.frombuffer(bytearray(data), dtype=torch.uint8) if len(data) > _INLINE_DATA else None
         for stage in range(1, self.world_size):
-            self._isend(header, stage, self._plan_group(), _PLAN, "send a plan to")
+            self._isend(header, stage, self._control(), _PLAN, "send a plan to")
             if payload is not None:
-                self._isend(payload, stage, self._plan_group(), _PLAN, "send a plan to")
+                self._isend(payload, stage, self._control(), _PLAN, "send a plan to")
         self.tracer.record(EventKind.SEND, t0, self.tracer.now_ns(), mb.id)
 
     def post_tokens(self, mb: MicroBatch) -> tuple[MicroBatch, object, torch.Tensor]:
         """Post the receive of ``mb``'s sampled ids from the last stage; ``wait_tokens`` takes what this returns."""
         buf = torch.empty(1 + sum(p.sample for p in mb.pieces), dtype=torch.int64)  # [1 + S]: mb id, ids
-        return mb, dist.irecv(buf, self.last, group=self.cpu_group, tag=_TOKENS), buf
+        return mb, dist.irecv(buf, self.last, group=self._control(), tag=_TOKENS), buf
 
     def wait_tokens(self, posted: tuple[MicroBatch, object, torch.Tensor]) -> list[int]:
         """Block (up to the timeout) for the sampled ids ``post_tokens`` asked for; time blocked is a WAIT."""
@@ -119,7 +121,7 @@ class Transport:
         """Tell every other stage that no plan follows (they finish what they hold, then stop)."""
         header = _header_message(STOP, -1, b"")
         for stage in range(1, self.world_size):
-            self._isend(header, stage, self._plan_group(), _PLAN, "send the stop message to")
+            self._isend(header, stage, self._control(), _PLAN, "send the stop message to")
 
     def abort(self, cause: str) -> None:
         """Rank 0 fails: tell every other stage why, and give the messages a moment to leave before this rank
@@ -128,7 +130,7 @@ class Transport:
         works = []
         for stage in range(1, self.world_size):
             try:
-                works.append(dist.isend(header, stage, group=self._plan_group(), tag=_PLAN))
+                works.append(dist.isend(header, stage, group=self._control(), tag=_PLAN))
             except Exception:  # noqa: BLE001 - that stage is gone already
                 pass
         for work in works:
@@ -156,7 +158,7 @@ class Transport:
     def send_tokens(self, mb_id: int, token_ids: list[int]) -> None:
         """The last stage: send the sampled ids to stage 0 without blocking."""
         t0 = self.tracer.now_ns()
-        self._isend(torch.tensor([mb_id, *token_ids], dtype=torch.int64), 0, self.cpu_group, _TOKENS,
+        self._isend(torch.tensor([mb_id, *token_ids], dtype=torch.int64), 0, self._control(), _TOKENS,
                     "send tokens to")
         self.tracer.record(EventKind.SEND, t0, self.tracer.now_ns(), mb_id)
 
@@ -197,8 +199,8 @@ class Transport:
             self._inbox.join()
 
     # ---- internals ---------------------------------------------------------------------------------------
-    def _plan_group(self):
-        return self.plan_group if self.plan_group is not None else self.cpu_group
+    def _control(self):
+        return self.control_group if self.control_group is not None else self.cpu_group
 
     def _take_plan(self, *, block: bool) -> bool:
         """Take the next plan from the inbox and post its activation receive; False if none is there yet."""
@@ -310,7 +312,7 @@ class _PlanInbox:
         try:
             while True:
                 header = torch.empty(_INLINE_BYTES, dtype=torch.uint8)
-                t._wait(dist.irecv(header, 0, group=t._plan_group(), tag=_PLAN), "receive a plan from", 0)
+                t._wait(dist.irecv(header, 0, group=t._control(), tag=_PLAN), "receive a plan from", 0)
                 kind, mb_id, nbytes = header[:_HEADER_BYTES].view(torch.int64).tolist()
                 if kind == STOP:
                     self._queue.put(None)
@@ -324,7 +326,7 @@ class _PlanInbox:
                     data = header[_HEADER_BYTES:_HEADER_BYTES + nbytes]
                 else:
                     data = torch.empty(nbytes, dtype=torch.uint8)
-                    t._wait(dist.irecv(data, 0, group=t._plan_group(), tag=_PLAN), "receive a plan from", 0)
+                    t._wait(dist.irecv(data, 0, group=t._control(), tag=_PLAN), "receive a plan from", 0)
                 self._queue.put(pickle.loads(data.numpy().tobytes()))
         except BaseException as exc:  # noqa: BLE001 - handed to the stage's own thread, which raises it
             self._queue.put(exc)

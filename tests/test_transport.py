@@ -133,7 +133,7 @@ def _pipeline(rank: int, world: int, depth: int, num_requests: int, stop_after: 
         stage = _FakeStage(rank, world, fail_at=fail[1] if fail and fail[0] == rank else None)
         tracer = Tracer(rank, capacity=4096, enabled=True, device=torch.device("cpu"))
         t = Transport(rank, world, device=torch.device("cpu"), hidden_size=3, dtype=torch.float32, timeout_s=30,
-                      tracer=tracer, plan_group=dist.new_group(backend="gloo"), max_rows=max_rows)
+                      tracer=tracer, control_group=dist.new_group(backend="gloo"), max_rows=max_rows)
         stage.transport = t
         try:
             if rank != 0:

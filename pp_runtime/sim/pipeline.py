@@ -7,8 +7,8 @@ waits for the oldest micro-batch's sampled tokens and folds them back; with noth
 schedulable, its clock jumps to the next arrival. Every later stage is a server with a FIFO queue: it computes a
 micro-batch once it has arrived and the stage is free. Each send costs the sender the link's send overhead, then
 the hop adds the link's transfer time for the activations (``num_tokens x hidden x dtype bytes``), starting at
-once (eager) or once the receiver is free (rendezvous, as pp-runtime's stages receive); the last stage's tokens
-reach stage 0 after the return link's latency.
+once (eager: pp-runtime's stages post their receives ahead) or once the receiver is free (rendezvous); the last
+stage's tokens reach stage 0 after the return link's latency.
 
 Micro-batches leave rank 0 in order and every stage serves them in order, so a micro-batch's whole trip down
 the pipeline is fixed the moment it is launched: the simulation computes it then, with no event heap. The clock

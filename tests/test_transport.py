@@ -256,3 +256,44 @@ def test_plans_inside_the_header_and_too_large_for_it_both_arrive():
     assert [m for m, _ in got] == plans
     for m, tensor in got:
         assert torch.equal(tensor, torch.full((m.num_tokens, 3), float(m.id)))
+
+
+class _NeverDone:
+    """An NCCL work whose peer died: never completes, and its own wait would return at once."""
+
+    def is_completed(self):
+        return False
+
+    def wait(self, timeout=None):
+        raise AssertionError("an NCCL wait must be polled, not waited on")
+
+
+def _bare_transport(rank: int, timeout_s: float):
+    import threading
+
+    from stages.transport import Transport
+
+    t = Transport.__new__(Transport)  # no process group: only the wait logic is under test
+    t.rank, t.timeout_s, t._inbox, t._abort_cause, t._aborted = rank, timeout_s, None, None, threading.Event()
+    return t
+
+
+def test_an_nccl_wait_honours_the_timeout_and_names_the_peer(monkeypatch):
+    import stages.transport as comm
+
+    monkeypatch.setattr(comm, "failure_message", lambda: None)
+    with pytest.raises(comm.PipelineError, match=r"stage 2: failed to receive activations from stage 1 within "
+                                                 r"runtime\.timeout_s=0\.2s.*stage 1 failed or hangs"):
+        _bare_transport(2, 0.2)._wait(_NeverDone(), "receive activations from", 1, poll=True)
+
+
+def test_an_nccl_wait_names_the_stage_that_failed_before_the_timeout(monkeypatch):
+    import time
+
+    import stages.transport as comm
+
+    monkeypatch.setattr(comm, "failure_message", lambda: "stage 3 failed: InjectedFailure: boom")
+    t0 = time.monotonic()
+    with pytest.raises(comm.PipelineError, match="stage 2: aborting, stage 3 failed: InjectedFailure: boom"):
+        _bare_transport(2, 60)._wait(_NeverDone(), "receive activations from", 1, poll=True)
+    assert time.monotonic() - t0 < 30  # well before runtime.timeout_s

@@ -297,3 +297,41 @@ def test_an_nccl_wait_names_the_stage_that_failed_before_the_timeout(monkeypatch
     with pytest.raises(comm.PipelineError, match="stage 2: aborting, stage 3 failed: InjectedFailure: boom"):
         _bare_transport(2, 60)._wait(_NeverDone(), "receive activations from", 1, poll=True)
     assert time.monotonic() - t0 < 30  # well before runtime.timeout_s
+
+
+class _Copy:
+    """A CUDA event standing for a device-to-host copy: done once ``ready`` says so."""
+
+    def __init__(self, ready: list):
+        self.ready, self.synchronized = ready, False
+
+    def query(self):
+        return self.ready[0]
+
+    def synchronize(self):
+        self.synchronized = True
+
+
+def test_host_staged_sends_are_posted_once_their_copy_has_run_and_in_order(monkeypatch):
+    """gloo on CUDA: ``send_activation`` no longer waits for the GPU; the send goes once the copy has run, or
+    when the rank is about to block (then it waits for the copy)."""
+    from collections import deque
+
+    t = _bare_transport(1, 60)
+    t.next, t.data_group, t._staged = 2, None, deque()
+    posted = []
+    monkeypatch.setattr(t, "_isend", lambda tensor, peer, group, tag, what: posted.append(tensor), raising=False)
+    first, second = [False], [False]
+    t._staged.extend([(_Copy(first), "a", 0), (_Copy(second), "b", 1)])
+    t._post_staged(block=False)
+    assert posted == []  # neither copy has run: the host does not wait
+    second[0] = True
+    t._post_staged(block=False)
+    assert posted == []  # the second is done, but sends keep their order
+    first[0] = True
+    t._post_staged(block=False)
+    assert posted == ["a", "b"] and not t._staged
+    third = _Copy([False])
+    t._staged.append((third, "c", 2))
+    t._drain_staged()  # about to block: the copy is waited for and its send posted
+    assert posted == ["a", "b", "c"] and third.synchronized

@@ -195,7 +195,7 @@ class Transport:
             return
         while not self._stopped and self._take_plan(block=False):
             pass
-        if not self._posted and not self._stopped and not self._nccl and self.max_rows:
+        if not self._posted and not self._stopped and self.max_rows:
             self._post_activation(None, self.max_rows)
 
     def flush(self) -> None:

@@ -286,9 +286,10 @@ class SimConfig:
     link_latency_us: float | None = None
     # Override the sender's own time per send (pickling, posting), in microseconds; None: the preset's.
     link_send_overhead_us: float | None = None
-    # Transfers start only once the receiving stage is free, as pp-runtime's stages post their receives after
-    # computing (see pp_runtime/sim/links.py); false: eager, the data waits at a busy receiver (textbook pipeline).
-    rendezvous: bool = True
+    # false: eager, a transfer starts when sent and the data waits at a busy receiver, as pp-runtime's stages
+    # post their receives ahead (see pp_runtime/sim/links.py); true: only once the receiving stage is free (runs
+    # recorded before issue 14, whose stages posted their receives after computing, replay with true).
+    rendezvous: bool = False
     # Charge the planner's time per schedule() call to stage 0 (rank 0 plans on the thread that runs stage 0).
     charge_planner: bool = True
     # Planner time charged per schedule() call, in microseconds; None: measure the real planner's time on this

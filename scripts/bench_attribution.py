@@ -6,7 +6,8 @@
 
 For each workload and policy, runs the job ``--repeats`` times under torchrun and prints per run: total tokens/s,
 per-stage bubble and steady bubble, and the idle by cause (fill/drain, imbalance, hop, rest) as a share of the
-window, plus the mean hop latency per gap; then the spread over the repeats. Workloads as in bench_policies.py.
+window, plus the mean hop latency per gap and per micro-batch; then the spread over the repeats. Workloads as
+in bench_policies.py.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def _row(m: dict, b: dict) -> dict:
         for part in ("imbalance", "hop", "rest"):
             out[f"s{s} {part}"] = f[f"{part}_ns"] / wall_ns
         out[f"s{s} hop ms/gap"] = f["hop_ns"] / gaps / 1e6
+        out[f"s{s} hop ms/mb"] = f["hop_ns"] / max(b["stages"][s]["num_microbatches"], 1) / 1e6
     return out
 
 
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fmt(key: str, v: float) -> str:
-    return f"{v:.1f}" if key in ("tok/s",) or key.endswith("ms/gap") else f"{v:.1%}"
+    return f"{v:.1f}" if key in ("tok/s",) or key.endswith("ms/gap") else f"{v:.2f}" if key.endswith("ms/mb") \
+        else f"{v:.1%}"
 
 
 if __name__ == "__main__":

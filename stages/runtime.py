@@ -48,9 +48,14 @@ def run_stage(plan, *, stop=None) -> dict | None:
         # With NCCL carrying activations, headers, clock sync and gathers need a gloo group of their own; with
         # gloo the default group serves both (CUDA activations then go through pinned host memory).
         cpu_group = dist.new_group(backend="gloo") if plan.transport == "nccl" else None
+        # Plans, the stop message and sampled tokens go over a gloo group of their own (a thread on each stage
+        # waits for plans on it): small messages never wait behind an activation on the same connection.
+        control_group = dist.new_group(backend="gloo")
         transport = Transport(rank, world, device=plan.device, hidden_size=plan.hf_config.hidden_size,
                               dtype=plan.dtype, timeout_s=cfg.runtime.timeout_s, tracer=tracer, cpu_group=cpu_group,
-                              host_staging=plan.transport == "gloo" and plan.device.type == "cuda")
+                              control_group=control_group,
+                              host_staging=plan.transport == "gloo" and plan.device.type == "cuda",
+                              max_rows=_max_rows(plan))
         if cfg.tracer.enabled:
             from stages.clock_sync import estimate_clock_offset
 
@@ -86,6 +91,15 @@ def run_stage(plan, *, stop=None) -> dict | None:
     if stopped:
         raise Preempted(stopped)
     return result
+
+
+def _max_rows(plan) -> int:
+    """The most tokens a micro-batch can carry, for activation receives posted before their plan is there: a
+    budget's worth beside a whole prompt that runs over it (orca, static). On the CPU only; with host staging a
+    pinned buffer that large could be a GiB, so CUDA stages post receives for plans that have arrived."""
+    if plan.device.type != "cpu":
+        return 0
+    return plan.cfg.scheduler.token_budget + plan.max_model_len
 
 
 def _cost_model(plan, executor: StageExecutor, transport: Transport | None):

@@ -218,3 +218,18 @@ def test_simulated_link_latency_is_hop():
         f = a["stages"][str(s)]
         assert f["hop_ns"] == steady_ns(events, s) > 0
         assert f["imbalance_ns"] == f["rest_ns"] == 0
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+def test_hop_per_micro_batch_is_each_stage_hop_over_the_micro_batches_it_computed(stages):
+    hop = C // 10
+    events = pipeline_events([[C] * 8] * stages, hop=hop)
+    a = attribute_idle(events)
+    for s in range(stages):
+        f = a["stages"][str(s)]
+        assert f["num_microbatches"] == 8 and f["hop_ns"] == steady_ns(events, s) > 0
+        assert f["hop_per_mb_ms"] == pytest.approx(f["hop_ns"] / 8 / 1e6)
+    p = a["pipeline"]
+    assert p["num_microbatches"] == 8 * stages
+    assert p["hop_per_mb_ms"] == pytest.approx(p["hop_ns"] / (8 * stages) / 1e6)
+    assert "hop ms/mb" in format_attribution_table(a)

@@ -237,3 +237,22 @@ def test_one_prompts_chunks_pipeline_in_n_plus_s_minus_1_chunk_times(stages, chu
     assert res.seqs[0].first_token_s * 1e9 == pytest.approx((chunks + stages - 1) * t, abs=1)
     serial = _run(make_config([*overrides, "scheduler.max_chunks_in_flight=1"]), req, [t / 1e9] * stages)
     assert serial.seqs[0].first_token_s * 1e9 == pytest.approx(chunks * stages * t, abs=1)
+
+
+def test_eager_links_fitted_to_a_run_recover_its_latency_and_keep_the_mode():
+    """Receives posted ahead (issue 14): the fit reads latency where the receiver was waiting, and stays eager."""
+    from pp_runtime.sim.replay import measured_links
+
+    n, t, lat, send = 3, 2 * MS, 400_000, 150_000
+    res = _run(_cfg(n, n), _requests(12, max_tokens=3), [t / 1e9] * n,
+               links=LinkModel.uniform(n, latency_s=lat / 1e9, send_s=send / 1e9))
+    fitted = measured_links(res.events, LinkModel.uniform(n))
+    for link in (*fitted.hops, fitted.back):
+        assert not link.rendezvous
+        assert round(link.latency_s * 1e9) == lat and round(link.send_s * 1e9) == send
+
+
+def test_eager_is_the_default_link_mode():
+    from pp_runtime.config import Config
+
+    assert not Config().sim.rendezvous and not LinkModel.from_config(Config().sim, 2, cpu=True).hops[0].rendezvous

@@ -8,12 +8,12 @@ few bytes: latency only). Which kind of link a hop uses follows from where the s
 
 When the transfer can start is a property of the runtime, not of the wire. An *eager* hop starts at once and the
 data waits at a busy receiver (the textbook pipeline). A *rendezvous* hop starts only once the receiver is free
-too: pp-runtime posts a stage's receives for the plan and the activations only after that stage has finished its
-previous micro-batch (``stages/worker.py``: receive, compute, send; only the fixed-size header is received in
-advance), and gloo and NCCL move a large message only when both sides have posted it. So the presets are
-rendezvous (``sim.rendezvous``); then every hop's latency is paid once per micro-batch, not only in the fill. A
-2-stage SmolLM2 run on this VM shows it: a stage whose input was sent while it computed still waited 3-13 ms
-(mean) in its receive.
+too. pp-runtime's stages post their receives ahead (``stages/transport.py``, issue 14): rank 0 sends every
+micro-batch's plan to every stage before stage 0 computes it, and a stage posts the next activation receive
+before computing the current micro-batch, so the presets are eager (``sim.rendezvous=false``); set
+``sim.rendezvous=true`` for a runtime that posts its receives only after computing (pp-runtime before issue 14:
+every hop's latency then lands on the critical path of every micro-batch). The sender's ``send_s`` stands for
+all its send calls of one micro-batch (on rank 0: the plan to every stage and the activations).
 
 Preset numbers (one direction), and where they come from:
 

@@ -1,14 +1,14 @@
 """The discrete-event pipeline simulation: the real planner, driven the way rank 0 drives it, on a virtual clock.
 
-The loop is ``planner/drive.py``'s (the one tests and benchmarks use); this module is its clock. Rank 0 is one
+The loop is ``planner/loop.py``'s (the runtime's and the tests' too); this module is its clock. Rank 0 is one
 thread that, exactly as ``stages/engine.py`` orders it, plans (``planner.schedule``, charged the
 planner's time), computes stage 0 and sends while fewer than ``pipeline.depth`` micro-batches are in flight, else
 waits for the oldest micro-batch's sampled tokens and folds them back; with nothing in flight and nothing
 schedulable, its clock jumps to the next arrival. Every later stage is a server with a FIFO queue: it computes a
 micro-batch once it has arrived and the stage is free. Each send costs the sender the link's send overhead, then
 the hop adds the link's transfer time for the activations (``num_tokens x hidden x dtype bytes``), starting at
-once (eager) or once the receiver is free (rendezvous, as pp-runtime's stages receive); the last stage's tokens
-reach stage 0 after the return link's latency.
+once (eager: pp-runtime's stages post their receives ahead) or once the receiver is free (rendezvous); the last
+stage's tokens reach stage 0 after the return link's latency.
 
 Micro-batches leave rank 0 in order and every stage serves them in order, so a micro-batch's whole trip down
 the pipeline is fixed the moment it is launched: the simulation computes it then, with no event heap. The clock
@@ -28,7 +28,7 @@ from pp_runtime.config import Config, ConfigError
 from pp_runtime.plan import MicroBatch, Piece
 from pp_runtime.planner import CostModel, make_planner, needs_cost_model, profile_points
 from pp_runtime.planner.cost_model import work
-from pp_runtime.planner.loop import drive
+from pp_runtime.planner.loop import VirtualClock, run
 from pp_runtime.request import Request
 from pp_runtime.rundir.metrics import compute_metrics
 from pp_runtime.sequence import Sequence
@@ -80,11 +80,11 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
         sample = _fixed_token(requests, eos_token_ids)
     if planner_time_s is None and cfg.sim.charge_planner and cfg.sim.planner_time_us is not None:
         planner_time_s = cfg.sim.planner_time_us * 1e-6
-    clock = _PipelineClock(time_model, links, row_bytes=hidden_size * dtype_bytes,
+    clock = _PipelineClock(time_model, links, sample, row_bytes=hidden_size * dtype_bytes,
                            plan_ns=None if planner_time_s is None and cfg.sim.charge_planner
                            else round((planner_time_s or 0.0) * _NS))
     launched: list[MicroBatch] = []
-    drive(planner, sample, on_schedule=launched.append, clock=clock)
+    run(planner, clock, on_schedule=launched.append, max_micro_batches=1_000_000)
     events = {s: _as_events(r) for s, r in enumerate(clock.rows)}
     # Slowdowns are measured against the cost model the planner balances with, else the time model (fitted).
     alone = planner.cost_model or (time_model if isinstance(time_model, CostModel) else fit_cost_model(
@@ -98,12 +98,14 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
     return SimResult(metrics, events, planner.seqs, launched)
 
 
-class _PipelineClock:
-    """Rank 0's clock in integer ns over N stage servers: the ``Clock`` that ``planner.drive`` runs the planner
-    on. Records every stage's PLAN, COMPUTE, SEND and WAIT rows as a real run's tracer would."""
+class _PipelineClock(VirtualClock):
+    """Rank 0's clock in integer ns over N stage servers: the ``Clock`` that ``planner.loop.run`` runs the
+    planner on. Records every stage's PLAN, COMPUTE, SEND and WAIT rows as a real run's tracer would."""
 
-    def __init__(self, time_model, links: LinkModel, *, row_bytes: int, plan_ns: int | None):
+    def __init__(self, time_model, links: LinkModel, sample: Callable[[Piece], int], *, row_bytes: int,
+                 plan_ns: int | None):
         self.time_model, self.plan_ns = time_model, plan_ns  # plan_ns None: measure each schedule call
+        self.sample = sample
         n = time_model.num_stages
         self.n = n
         self.hops = [_Hop(link, row_bytes) for link in (*links.hops, links.back)]  # hops[n-1]: tokens back, 0 bytes
@@ -148,12 +150,14 @@ class _PipelineClock:
             self.free[s] = sent = end + self.send_ns[s]
         return sent  # when the last stage has sent the tokens back; receive() adds the return hop
 
-    def receive(self, mb: MicroBatch, sent: int) -> None:
+    def receive(self, mb: MicroBatch, sent: int | None) -> None:
+        if sent is None:  # one stage: its tokens came with its compute
+            return
         back = max(self.now, self.hops[-1].arrival(sent, self.now, 0))
         self.rows[0].append((EventKind.WAIT, self.now, back, mb.id, 0, 0))
         self.now = back
 
-    def jump_to(self, arrival_s: float) -> None:
+    def wait_for_arrival(self, arrival_s: float) -> None:
         self.now = max(self.now, math.ceil(arrival_s * _NS))
         while self.now / _NS < arrival_s:  # the planner compares seconds: land on or after the arrival
             self.now += 1

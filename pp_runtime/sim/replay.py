@@ -106,22 +106,31 @@ class MeasuredTimes:
 
 
 def measured_links(events: dict[int, np.ndarray], preset: LinkModel) -> LinkModel:
-    """Rendezvous links fitted to a recorded run: per hop, the sender's mean SEND span, and as latency the mean
-    time from when both sides were ready (the send's end, the receiver's wait start, whichever is later) to the end
-    of the receiver's wait; bandwidth is folded into that latency. A hop without matched events keeps ``preset``'s
-    latency and bandwidth."""
+    """Links fitted to a recorded run, in ``preset``'s mode (eager or rendezvous, ``sim.rendezvous`` of the run):
+    per hop, the sender's mean SEND time per micro-batch (rank 0 sends a plan and the activations), and as latency
+    the mean time from when both sides were ready (the send's end, the receiver's wait start, whichever is later)
+    to the end of the receiver's wait; for an eager hop only over receivers that were waiting when the send ended
+    (data that came while the receiver computed shows no latency). Bandwidth is folded into that latency. A hop
+    without matched events keeps ``preset``'s latency and bandwidth."""
     n = len(events)
     links = []
     for s, fallback in zip(range(n), (*preset.hops, preset.back)):
         snd, rcv = events[s], events[(s + 1) % n]
-        sends = {int(r[3]): r for r in snd[(snd[:, 0] == EventKind.SEND) & (snd[:, 3] >= 0)]}
+        sends: dict[int, list[int]] = {}  # mb -> [end of its last SEND, SEND ns in all]
+        for r in snd[(snd[:, 0] == EventKind.SEND) & (snd[:, 3] >= 0)].tolist():
+            last = sends.setdefault(int(r[3]), [0, 0])
+            last[0], last[1] = max(last[0], r[2]), last[1] + r[2] - r[1]
         waits = {int(r[3]): r for r in rcv[(rcv[:, 0] == EventKind.WAIT) & (rcv[:, 3] >= 0)]}
-        lat = [(w[2] - max(sends[m][2], w[1])) / 1e9 for m, w in waits.items() if m in sends]
-        send_s = float(np.mean([(r[2] - r[1]) / 1e9 for r in sends.values()])) if sends else fallback.send_s
+        pairs = [(sends[m][0], w) for m, w in waits.items() if m in sends]
+        if not fallback.rendezvous:
+            pairs = [(end, w) for end, w in pairs if w[1] <= end] or pairs
+        lat = [(w[2] - max(end, w[1])) / 1e9 for end, w in pairs]
+        send_s = float(np.mean([v[1] / 1e9 for v in sends.values()])) if sends else fallback.send_s
+        mode = fallback.rendezvous
         if lat:
-            links.append(Link(f"{fallback.kind} (measured)", math.inf, max(0.0, float(np.mean(lat))), send_s, True))
+            links.append(Link(f"{fallback.kind} (measured)", math.inf, max(0.0, float(np.mean(lat))), send_s, mode))
         else:
-            links.append(Link(fallback.kind, fallback.bandwidth_Bps, fallback.latency_s, send_s, True))
+            links.append(Link(fallback.kind, fallback.bandwidth_Bps, fallback.latency_s, send_s, mode))
     return LinkModel(tuple(links[:-1]), links[-1])
 
 

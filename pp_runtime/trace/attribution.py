@@ -28,8 +28,10 @@ with ``a`` = window start), after its previous compute event ``[a - d_prev, a)``
   counted as hop too (the events do not record arrivals).
 
 The reported parts per stage: ``fill_drain`` (exactly bubbles.py's fill + drain), ``imbalance``, ``hop`` and
-``rest``, summing to ``idle = wall - busy``. Compute-time noise between micro-batches shows up as imbalance (the
-events cannot tell a slower micro-batch from a slower core); ``rest`` holds what no upstream work explains.
+``rest``, summing to ``idle = wall - busy``; ``hop_per_mb_ms`` is the hop over the micro-batches the stage
+computed (``num_microbatches``; the pipeline's: over all stages' micro-batches), what one hop costs.
+Compute-time noise between micro-batches shows up as imbalance (the events cannot tell a slower micro-batch
+from a slower core); ``rest`` holds what no upstream work explains.
 Beside the parts, ``idle_in_plan/send/wait`` say how much idle overlapped this stage's PLAN, SEND and WAIT events.
 """
 
@@ -176,7 +178,7 @@ def attribute_idle(events: dict[int, np.ndarray]) -> dict:
             timelines[s].add(start, end, label)
     out = {"stages": {}}
     total = dict.fromkeys(("idle_ns", *(f"{p}_ns" for p in PARTS), "idle_in_plan_ns", "idle_in_send_ns",
-                           "idle_in_wait_ns"), 0)
+                           "idle_in_wait_ns", "num_microbatches"), 0)
     for s in stages:
         fig = _stage_figures(timelines[s], np.asarray(events[s]).reshape(-1, 6), lo, hi)
         out["stages"][str(s)] = fig
@@ -184,6 +186,12 @@ def attribute_idle(events: dict[int, np.ndarray]) -> dict:
             total[k] += fig[k]
     out["pipeline"] = _with_fractions(total)
     return out
+
+
+def _per_micro_batch(fig: dict) -> dict:
+    """The hop in ms per micro-batch the stage(s) computed: what one hop costs, whatever the run's length."""
+    fig["hop_per_mb_ms"] = fig["hop_ns"] / fig["num_microbatches"] / 1e6 if fig["num_microbatches"] else 0.0
+    return fig
 
 
 def _stage_figures(tl: _Timeline, ev: np.ndarray, lo: int, hi: int) -> dict:
@@ -207,7 +215,7 @@ def _stage_figures(tl: _Timeline, ev: np.ndarray, lo: int, hi: int) -> dict:
             parts["fill_drain"] += end - start
         else:
             parts[{_IMB: "imbalance", _HOP: "hop", _REST: "rest", _FILL: "rest"}[label]] += end - start
-    fig = {"idle_ns": idle, **{f"{p}_ns": v for p, v in parts.items()}}
+    fig = {"idle_ns": idle, **{f"{p}_ns": v for p, v in parts.items()}, "num_microbatches": len(tl.by_mb)}
     for kind, name in ((EventKind.PLAN, "plan"), (EventKind.SEND, "send"), (EventKind.WAIT, "wait")):
         rows = ev[ev[:, 0] == kind]
         fig[f"idle_in_{name}_ns"] = _overlap_ns(rows[:, 1], rows[:, 2], idle_starts, idle_ends, lo, hi)
@@ -237,16 +245,18 @@ def _with_fractions(fig: dict) -> dict:
         fig[f"{p}_s"] = fig[f"{p}_ns"] / _NS
         fig[f"{p}_fraction"] = fig[f"{p}_ns"] / idle if idle else 0.0
     fig["idle_s"] = idle / _NS
-    return fig
+    return _per_micro_batch(fig)
 
 
 def format_attribution_table(attribution: dict) -> str:
     """Aligned text: per stage, idle ms and each part in ms with its share of the idle time."""
-    header = ["stage", "idle ms", *(f"{p} ms" for p in PARTS), "in plan ms", "in send ms", "in wait ms"]
+    header = ["stage", "idle ms", *(f"{p} ms" for p in PARTS), "hop ms/mb", "in plan ms", "in send ms",
+              "in wait ms"]
     rows = []
     for stage, f in [*attribution["stages"].items(), ("all", attribution["pipeline"])]:
         rows.append([stage, f"{f['idle_ns'] / 1e6:.3f}",
                      *(f"{f[f'{p}_ns'] / 1e6:.3f} ({f[f'{p}_fraction']:.0%})" for p in PARTS),
+                     f"{f.get('hop_per_mb_ms', 0.0):.3f}",
                      *(f"{f[f'idle_in_{k}_ns'] / 1e6:.3f}" for k in ("plan", "send", "wait"))])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["idle time by cause (pp_runtime/trace/attribution.py)",

@@ -4,7 +4,10 @@ setup(
     name="pp-runtime",
     version="0.1.0",
     description="Pipeline-parallel LLM inference with SARATHI-style chunked prefills and a bubble tracer",
-    packages=find_packages(include=["pp_runtime*", "stages*", "launch*", "scripts*"]),
+    # conf/ (the Hydra YAML tree) is the package `conf`, its YAML files package data: every entry point finds
+    # it by module (pkg://conf), installed or editable, from any directory.
+    packages=find_packages(include=["pp_runtime*", "stages*", "launch*", "scripts*", "conf"]),
+    package_data={"conf": ["*.yaml", "*/*.yaml"]},
     python_requires=">=3.10",
     # torch is a range, not a pin, so an existing CUDA or CPU build is left alone; the README installs the
     # CPU wheel first on a fresh machine (a bare `torch` requirement would pull a multi-GB CUDA build).

@@ -64,22 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compose(overrides: list[str]):
-    """The job's config from Hydra overrides, composed as launch.run does."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    """The job's config from Hydra overrides, composed as launch.run does (raises ConfigError)."""
+    from pp_runtime.config import compose_config
 
-    from pp_runtime.config import register_configs
-
-    register_configs()
-    conf = str(Path(__file__).resolve().parent.parent / "conf")
-    try:
-        with initialize_config_dir(config_dir=conf, version_base=None):
-            return OmegaConf.to_object(hydra_compose("config", overrides=overrides))
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"cannot compose the config: {exc}") from None
+    return compose_config(overrides)
 
 
 def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: int = 60, sample: int | None = None,

@@ -6,7 +6,9 @@ The YAML files under ``conf/`` only compose and override these. Every field is d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from omegaconf import MISSING
@@ -324,6 +326,106 @@ class Config:
                      self.runtime, self.sim):
             part.validate()
         self.debug.validate(self.pipeline.stages)
+
+
+# The YAML tree ``conf/`` is the importable package ``conf`` (installed with package_data): every entry point finds
+# it by module, from any directory, as a console script or ``python -m``.
+CONFIG_MODULE = "conf"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+# Config groups (``scheduler=orca``); ``tune`` is the group pp-tune writes (``+tune=best``, on a searchpath).
+_GROUPS = ("model", "pipeline", "scheduler", "workload", "cache", "tracer", "runtime", "debug", "sim", "tune")
+
+
+def config_keys() -> list[str]:
+    """Every settable key of the schema, dotted (``scheduler.chunk_size``), in declaration order."""
+    hints = typing.get_type_hints(Config)
+    keys = []
+    for f in fields(Config):
+        if is_dataclass(hints[f.name]):
+            keys += [f"{f.name}.{sub.name}" for sub in fields(hints[f.name])]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def unknown_key_error(key: str, *, where: str) -> ConfigError:
+    """The error for a key the schema lacks, naming the closest valid key (``did you mean scheduler.chunk_size?``)."""
+    keys = config_keys()
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not close:  # a misspelled section: compare the field name alone (chunksize -> scheduler.chunk_size)
+        names = {k.rsplit(".", 1)[-1]: k for k in keys}
+        close = [names[m] for m in difflib.get_close_matches(key.rsplit(".", 1)[-1], list(names), n=1, cutoff=0.75)]
+    hint = f"did you mean {close[0]}?" if close else "the keys are documented in pp_runtime/config.py"
+    return ConfigError(f"{key} is not a config key ({where}); {hint}")
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Refuse an override of a key the schema lacks, with or without Hydra's ``+``, before anything is composed.
+
+    Group selections (``scheduler=orca``, ``+tune=best``), ``hydra.*`` and deletions (``~key``) are Hydra's to
+    check. Raises ``ConfigError`` naming the override and the closest valid key.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise ConfigError(f"cannot parse the overrides: {exc}") from None
+    keys = set(config_keys())
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_delete() or key.split(".")[0] == "hydra" or key in keys or key in _GROUPS:
+            continue
+        raise unknown_key_error(key, where=f"command-line override {o.input_line!r}")
+
+
+def check_composed(dcfg) -> None:
+    """Refuse keys the schema lacks in a composed config (a ``+tune`` file or a YAML file with a typo)."""
+    keys = set(config_keys())
+    for name, value in dcfg.items():
+        if name == "hydra":
+            continue
+        subkeys = [f"{name}.{sub}" for sub in value] if hasattr(value, "items") else [name]
+        for key in subkeys:
+            if key not in keys:
+                raise unknown_key_error(key, where="the composed config (a YAML file or +override)")
+
+
+def compose_config(overrides: list[str]) -> Config:
+    """The job's typed config from Hydra overrides, composed from the ``conf`` package as ``pp-run`` does.
+
+    Raises ``ConfigError`` for an unknown key (naming the closest valid one), a group or value Hydra rejects,
+    or a value of the wrong type. Values are not range-checked here: ``Config.validate`` does that.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    check_overrides(overrides)
+    register_configs()
+    GlobalHydra.instance().clear()  # a previous compose in this process (tests, pp-sweep) must not leak
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+            dcfg = compose("config", overrides=overrides)
+            check_composed(dcfg)
+            return OmegaConf.to_object(dcfg)
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"{exc.full_key} is required here (e.g. model=local needs model.path=DIR); set "
+                          f"{exc.full_key}=...") from None
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"the config does not compose: {_hydra_message(exc)}") from None
+
+
+def _hydra_message(exc: BaseException) -> str:
+    """Hydra's message without its search-path listing, with the cause of a failed override merge."""
+    text = str(exc).split("\nConfig search path:")[0].strip()
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f": {str(cause).splitlines()[0]}"
+    return text
 
 
 def register_configs() -> None:

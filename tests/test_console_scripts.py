@@ -1,0 +1,77 @@
+"""The installed console scripts (pp-run, pp-sim, pp-tune, pp-sweep, pp-report) work from any directory: each runs
+in a subprocess from a temporary directory, with PYTHONPATH on this checkout so that it is this code that runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import make_tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ("pp-run", "pp-sim", "pp-tune", "pp-sweep", "pp-report")
+
+
+def _script(name: str) -> str:
+    path = shutil.which(name) or str(Path(sys.executable).parent / name)
+    if not os.path.exists(path):
+        pytest.skip(f"{name} is not installed (pip install -e .)")
+    return path
+
+
+def _run(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_tiny_model("llama", tmp_path_factory.mktemp("model") / "llama", num_layers=2)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_help_works_from_any_directory(name, tmp_path):
+    res = _run([_script(name), "--help"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "not found" not in res.stderr
+
+
+def test_each_script_runs_a_tiny_job_from_a_temporary_directory(model, tmp_path):
+    job = [f"model.path={model}", "workload=synthetic", "workload.num_requests=3", "workload.prefill_len=8",
+           "workload.max_tokens=2", "runtime.progress=false", "tracer.timeline=false"]
+    run = _run([_script("pp-run"), *job, "scheduler.cost_model_path=null", "hydra.run.dir=run"], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len((tmp_path / "run" / "outputs.jsonl").read_text().splitlines()) == 3
+
+    sim = _run([_script("pp-sim"), *job, "pipeline.stages=2", "sim.planner_time_us=10", "hydra.run.dir=sim"], tmp_path)
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    assert json.loads((tmp_path / "sim" / "metrics.json").read_text())["completed"] == 3
+
+    tune = _run([_script("pp-tune"), "--tbt-slo-ms", "1e9", "--max-sims", "2", "--out", "tune", *job,
+                 "pipeline.stages=2"], tmp_path)
+    assert tune.returncode == 0, tune.stderr[-3000:]
+    assert (tmp_path / "tune" / "tune" / "best.yaml").is_file()
+
+    sweep = _run([_script("pp-sweep"), "--out", "sweep", *job, "pipeline.stages=1", "scheduler=sarathi,orca",
+                  "--dry-run"], tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert "config error" not in sweep.stdout and sweep.stdout.count("nproc=1") == 2
+
+    report = _run([_script("pp-report"), "run", "sim", "--out", "cmp"], tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert any((tmp_path / "cmp").iterdir())
+
+
+@pytest.mark.parametrize("name", ["pp-run", "pp-sim"])
+@pytest.mark.parametrize("override", ["scheduler.chunksize=64", "+scheduler.chunksize=64"])
+def test_an_unknown_key_is_bad_input_naming_the_closest_key(name, override, tmp_path):
+    res = _run([_script(name), override], tmp_path)
+    assert res.returncode == 2
+    assert "did you mean scheduler.chunk_size?" in res.stderr
+    assert len(res.stderr.strip().splitlines()) <= 3 and "Traceback" not in res.stderr

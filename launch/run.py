@@ -195,15 +195,20 @@ def precheck_overrides(argv: list[str]) -> None:
 @record
 def main() -> None:
     """Entry point of every rank (``torchrun -m launch.run`` / ``pp-run``); exits with the codes above."""
-    message = refuse_multirun(sys.argv[1:])
-    if message:
-        exit_bad_input(message)
-    precheck_overrides(sys.argv[1:])
-    sys.argv += rank_overrides(sys.argv[1:], dict(os.environ))
     try:
+        message = refuse_multirun(sys.argv[1:])
+        if message:
+            exit_bad_input(message)
+        precheck_overrides(sys.argv[1:])
+        sys.argv += rank_overrides(sys.argv[1:], dict(os.environ))
         _app()
     except SystemExit as exc:
-        if exc.code == 1 and not _composed:  # an unknown key, a value of the wrong type: Hydra printed why
+        # Python resets its signal handlers to the default while it shuts down (about a second, with torch): the
+        # SIGTERM torchrun sends once any rank exits would then kill this one, -15 in its summary instead of this
+        # rank's own code. Ignored signals stay ignored.
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)
+        if exc.code == 1 and not _composed:  # Hydra rejected a flag or a hydra.* override and printed why
             sys.exit(EXIT_BAD_INPUT)
         raise
 

@@ -155,8 +155,14 @@ class WorkloadConfig:
 
     def validate(self) -> None:
         _check(self.kind in WORKLOADS, "workload.kind", self.kind, f"use one of {', '.join(WORKLOADS)}")
-        if self.kind in ("jsonl", "trace"):
-            _check(bool(self.path), "workload.path", self.path, f"workload={self.kind} needs a file path")
+        if self.kind == "jsonl":
+            _check(bool(self.path), "workload.path", self.path, "workload=jsonl needs a request file: set "
+                   "workload.path=requests.jsonl (one JSON request per line, see README.md)")
+        if self.kind == "trace":
+            _check(bool(self.path), "workload.path", self.path, "workload=trace needs a CSV trace of request "
+                   "lengths: set workload.path=FILE.csv (columns num_prefill_tokens, num_decode_tokens, optional "
+                   "arrived_at; e.g. splitwise_conv.csv from https://github.com/microsoft/vidur/tree/main/data/"
+                   "processed_traces)")
         _check(self.num_requests >= 1, "workload.num_requests", self.num_requests, "must be >= 1")
         _check(self.length_scale > 0, "workload.length_scale", self.length_scale, "must be > 0")
         _check(self.arrival in ARRIVALS, "workload.arrival", self.arrival, f"use one of {', '.join(ARRIVALS)}")

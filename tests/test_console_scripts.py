@@ -75,3 +75,18 @@ def test_an_unknown_key_is_bad_input_naming_the_closest_key(name, override, tmp_
     assert res.returncode == 2
     assert "did you mean scheduler.chunk_size?" in res.stderr
     assert len(res.stderr.strip().splitlines()) <= 3 and "Traceback" not in res.stderr
+
+
+def test_bad_input_under_torchrun_is_one_short_block_and_every_rank_exits_2(model, tmp_path):
+    (tmp_path / "requests.jsonl").write_text('{"id": "a", "prompt_token_ids": [5, 6], "max_tokens": 2}\n'
+                                             '{"id": "b", "prompt_token_ids": [5, 6], "max_tokens": 0}\n')
+    res = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "launch.run",
+                f"model.path={model}", "workload=jsonl", "workload.path=requests.jsonl", "hydra.run.dir=run"],
+               tmp_path)
+    assert res.returncode != 0
+    # torchrun's agent prints its own traceback around the summary, but no frame of the job's.
+    assert "launch/" not in res.stderr and "pp_runtime/" not in res.stderr, res.stderr
+    assert res.stderr.count("error: bad input") <= 2
+    assert res.stderr.count("exitcode  : 2") == 2 and "-15" not in res.stderr, res.stderr
+    # torchrun's summary shows the block: the file, the line, the field to change.
+    assert "bad input (exit 2): requests.jsonl:2: request 'b': 'max_tokens'=0 must be >= 1" in res.stderr

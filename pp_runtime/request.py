@@ -34,7 +34,12 @@ class Request:
     params: SamplingParams = SamplingParams()
     # Seconds after the job starts at which the request arrives (0: offline, all at once).
     arrival_s: float = 0.0
+    # Text shown with the answer: the prompt, or a chat's last message.
     prompt: str | None = None
+    # For a line of an OpenAI Batch API file: its endpoint ("/v1/chat/completions" or "/v1/completions") and the
+    # body's "model"; its outputs.jsonl line then takes that API's output shape (pp_runtime.rundir.outputs_file).
+    api_url: str | None = None
+    api_model: str | None = None
 
     def __repr__(self) -> str:
         return f"Request({self.id!r}, prompt={len(self.prompt_token_ids)} tok, max_tokens={self.params.max_tokens})"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 from pp_runtime.planner import make_planner
 from pp_runtime.rundir.metrics import compute_metrics, request_record
-from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, check_ids, describe_ids_problem, scan_outputs
+from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, check_ids, describe_ids_problem, output_line, scan_outputs
 from pp_runtime.rundir.run_state import begin_attempt, end_attempt
 from stages.engine import Engine
 
@@ -33,6 +35,7 @@ def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=No
                            num_slots=cfg.pipeline.depth, max_model_len=plan.max_model_len, eos_token_ids=eos_ids,
                            cost_model=cost_model)
     tok = plan.tokenizer
+    model_name = os.path.basename(os.path.normpath(plan.model_dir))  # Batch API lines without a body "model"
     progress = _progress(len(todo), cfg.runtime.progress)
     finished = 0
     faults.on_requests_finished(finished)
@@ -40,7 +43,8 @@ def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=No
         def on_finish(seq):
             nonlocal finished
             text = tok.decode(seq.output_token_ids, skip_special_tokens=True) if tok is not None else None
-            outputs.write(json.dumps(request_record(seq, text)) + "\n")  # one write: a kill tears at most this line
+            line = output_line(request_record(seq, text), seq.request, model=model_name, created=int(time.time()))
+            outputs.write(json.dumps(line) + "\n")  # one write: a kill tears at most this line
             outputs.flush()
             if seq.error:
                 log.error("%s", seq.error)

@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from pp_runtime.model.source import eos_token_ids
 from pp_runtime.planner import make_planner
+from pp_runtime.request import with_run_seed
 from pp_runtime.rundir.metrics import compute_metrics, request_record
 from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, check_ids, describe_ids_problem, output_line, scan_outputs
 from pp_runtime.rundir.run_state import begin_attempt, end_attempt
@@ -28,9 +30,9 @@ def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=No
     out_dir = Path(cfg.output_dir)
     begin_attempt(out_dir, plan.resume)  # a torn last line goes, or the old file moves aside
     done = plan.resume.done
-    todo = [r for r in plan.requests if r.id not in done]
-    eos = plan.hf_config.eos_token_id
-    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    seed = plan.resume.state["sampling_seed"]
+    todo = [with_run_seed(r, seed) for r in plan.requests if r.id not in done]
+    eos_ids = eos_token_ids(plan.hf_config, plan.model_dir)
     planner = make_planner(cfg.scheduler, num_blocks=plan.num_blocks, block_size=cfg.cache.block_size,
                            num_slots=cfg.pipeline.depth, max_model_len=plan.max_model_len, eos_token_ids=eos_ids,
                            cost_model=cost_model)
@@ -66,7 +68,7 @@ def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=No
     # No request lost: read the file back and hold every input id against it.
     scan = scan_outputs(out_dir / OUTPUTS_FILE)
     check = check_ids([r.id for r in plan.requests], scan.ids)
-    metrics.update(attempt=plan.resume.state["attempt"], resumed=len(plan.requests) - len(todo),
+    metrics.update(attempt=plan.resume.state["attempt"], sampling_seed=seed, resumed=len(plan.requests) - len(todo),
                    unfinished=sum(s.finish_reason is None for s in planner.seqs),
                    totals=dict(scan.totals, input_requests=len(plan.requests)), ids_check=check)
     stopped = None

@@ -49,6 +49,7 @@ def prepare_sim(cfg: Config, *, run_cost_model=None) -> SimJob:
 
     from pp_runtime.model.cache_size import num_blocks_for_budget
     from pp_runtime.model.partition import check_layout, head_cost_layers, partition_layers, sampled_share
+    from pp_runtime.model.source import eos_token_ids, model_dir
     from pp_runtime.workloads import load_workload
 
     if cfg.pipeline.stages is None:
@@ -74,8 +75,7 @@ def prepare_sim(cfg: Config, *, run_cost_model=None) -> SimJob:
     num_blocks = cfg.cache.num_blocks or num_blocks_for_budget(
         cfg.cache.memory_gib, max_layers_per_stage=max(len(r) for r in ranges), block_size=cfg.cache.block_size,
         hf_config=hf_config, dtype=dtype)
-    eos = getattr(hf_config, "eos_token_id", None)
-    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    eos_ids = eos_token_ids(hf_config, None if cfg.sim.model_shape is not None else model_dir(cfg.model.path))
     time_model = build_time_model(cfg, hf_config=hf_config, layer_ranges=ranges, run_cost_model=run_cost_model)
     links = LinkModel.from_config(cfg.sim, cfg.pipeline.stages, cpu=cpu)
     return SimJob(cfg, hf_config, tokenizer, max_model_len, ranges, num_blocks, requests, time_model, links,

@@ -27,7 +27,9 @@ setup(
     extras_require={
         # Triton runs our attention kernel on the CPU under TRITON_INTERPRET=1, which is how CI checks it. A range,
         # not a pin, so the triton a CUDA torch build ships with is left alone (tested here: 3.9.0 on the CPU).
-        "test": ["pytest>=8", "hypothesis>=6.100", "triton>=3.2,<3.10; platform_system == 'Linux'"],
+        # pytest-xdist: pytest.ini runs the suite on one worker per core.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100",
+                 "triton>=3.2,<3.10; platform_system == 'Linux'"],
         "flash": ["flash-attn>=2.6"],
     },
     entry_points={

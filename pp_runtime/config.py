@@ -207,6 +207,10 @@ class RuntimeConfig:
     drain_timeout_s: float = 10.0
     # Replay decode-only micro-batches from CUDA graphs (CUDA with the triton or flash backend only; else ignored).
     cuda_graphs: bool = True
+    # Reuse the cost model an earlier run profiled for the same model, split, device, dtype, backend, threads and
+    # shapes (~/.cache/pp-runtime/cost_models; PP_RUNTIME_CACHE or PP_RUNTIME_COST_CACHE move it), so a second run
+    # starts without profiling; false: profile at every start. (pp_runtime/model/cost_cache.py)
+    cost_model_cache: bool = True
 
     def validate(self) -> None:
         _check(self.timeout_s > 0, "runtime.timeout_s", self.timeout_s, "must be > 0")

@@ -27,11 +27,12 @@ def cache_dir() -> Path:
 
 def cost_model_key(*, model_dir: str, layers_per_stage: list[int], device: str, dtype: str, backend: str,
                    threads: int, token_budget: int, max_context_len: int) -> dict:
-    """What a profiled cost model depends on. ``device``: its kind and name (``cuda:NVIDIA H100``, ``cpu:<model>``)."""
+    """What a profiled cost model depends on. ``model_dir``: a model folder (or a shape preset's name); ``device``:
+    its kind and name (``cuda:NVIDIA H100``, ``cpu:<model>``)."""
     import torch
 
     config = Path(model_dir) / "config.json"
-    return {"model_dir": str(Path(model_dir).resolve()),
+    return {"model_dir": str(Path(model_dir).resolve()) if config.exists() else model_dir,
             "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.exists() else None,
             "layers_per_stage": list(layers_per_stage), "device": device, "dtype": dtype, "backend": backend,
             "threads": threads, "token_budget": token_budget, "max_context_len": max_context_len,
@@ -54,7 +55,8 @@ def device_name(device) -> str:
     return f"cpu:{model}"
 
 
-def _path(key: dict) -> Path:
+def entry_path(key: dict) -> Path:
+    """The cache file of ``key`` (a JSON-able dict)."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return cache_dir() / f"{digest}.json"
 
@@ -63,7 +65,7 @@ def load_cached(key: dict):
     """The cached CostModel for ``key``, or None (no entry, or an unreadable one: it is profiled again)."""
     from pp_runtime.planner.cost_model import CostModel, CostModelError
 
-    path = _path(key)
+    path = entry_path(key)
     if not path.exists():
         return None
     try:
@@ -78,7 +80,7 @@ def load_cached(key: dict):
 def store(key: dict, model) -> Path | None:
     """Write ``model`` (``CostModel.to_json``'s object plus ``key``) atomically; returns the path, or None if the
     cache is not writable (the job goes on)."""
-    path = _path(key)
+    path = entry_path(key)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

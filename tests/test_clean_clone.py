@@ -54,7 +54,7 @@ def test_readme_commands_work_on_a_clean_clone(tmp_path):
 
     model = make_tiny_model("llama", tmp_path / "model", num_layers=2)
     job = [f"model.path={model}", "workload=synthetic", "workload.num_requests=3", "workload.prefill_len=8",
-           "workload.max_tokens=2", "runtime.progress=false", "tracer.timeline=false"]
+           "workload.max_tokens=2", "runtime.progress=false", "tracer.timeline=false", "scheduler=fcfs"]
     # torchrun is torch.distributed.run; the virtualenv sees torch but has no torchrun script of its own.
     run = _run([str(bin_dir / "python"), "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "launch.run", *job,
                 f"hydra.run.dir={tmp_path / 'run'}"], clone)

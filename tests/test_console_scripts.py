@@ -44,7 +44,7 @@ def test_help_works_from_any_directory(name, tmp_path):
 
 def test_each_script_runs_a_tiny_job_from_a_temporary_directory(model, tmp_path):
     job = [f"model.path={model}", "workload=synthetic", "workload.num_requests=3", "workload.prefill_len=8",
-           "workload.max_tokens=2", "runtime.progress=false", "tracer.timeline=false"]
+           "workload.max_tokens=2", "runtime.progress=false", "tracer.timeline=false", "scheduler=fcfs"]
     run = _run([_script("pp-run"), *job, "scheduler.cost_model_path=null", "hydra.run.dir=run"], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert len((tmp_path / "run" / "outputs.jsonl").read_text().splitlines()) == 3

@@ -90,3 +90,22 @@ def test_bad_input_under_torchrun_is_one_short_block_and_every_rank_exits_2(mode
     assert res.stderr.count("exitcode  : 2") == 2 and "-15" not in res.stderr, res.stderr
     # torchrun's summary shows the block: the file, the line, the field to change.
     assert "bad input (exit 2): requests.jsonl:2: request 'b': 'max_tokens'=0 must be >= 1" in res.stderr
+
+
+@pytest.mark.parametrize("bad, code", [(True, 2), (False, 75)])
+def test_a_signal_before_the_job_starts_still_reports_bad_input(model, tmp_path, monkeypatch, bad, code):
+    """torchrun's SIGTERM (another rank exited) reaching a rank while it starts: bad input still exits 2, as on
+    the rank that exited first; otherwise the rank stops before the ranks meet (75), running nothing."""
+    import signal
+
+    import launch.run
+    from pp_runtime.config import compose_config
+
+    monkeypatch.setattr(launch.run, "_early_signals", [signal.SIGTERM])
+    cfg = compose_config([f"model.path={model}", "pipeline.stages=1", f"output_dir={tmp_path}", "workload=synthetic",
+                          "workload.num_requests=2", "workload.prefill_len=8",
+                          *(["pipeline.layers_per_stage=[5]"] if bad else [])])  # the model has 2 layers
+    with pytest.raises(SystemExit) as exc:
+        launch.run.run_or_exit(cfg)
+    assert exc.value.code == code
+    assert not (tmp_path / "outputs.jsonl").exists()

@@ -205,9 +205,11 @@ def main() -> None:
     except SystemExit as exc:
         # Python resets its signal handlers to the default while it shuts down (about a second, with torch): the
         # SIGTERM torchrun sends once any rank exits would then kill this one, -15 in its summary instead of this
-        # rank's own code. Ignored signals stay ignored.
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, signal.SIG_IGN)
+        # rank's own code. Ignored signals stay ignored. (Only under torchrun: an ignored signal is inherited by
+        # every process started later, which a caller in the same process, a test, would not expect.)
+        if "TORCHELASTIC_RUN_ID" in os.environ:
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(sig, signal.SIG_IGN)
         if exc.code == 1 and not _composed:  # Hydra rejected a flag or a hydra.* override and printed why
             sys.exit(EXIT_BAD_INPUT)
         raise

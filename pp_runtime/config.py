@@ -385,21 +385,9 @@ def check_overrides(overrides: list[str]) -> None:
     keys = set(config_keys())
     for o in parsed:
         key = o.key_or_group
-        if o.is_delete() or key.split(".")[0] == "hydra" or key in keys or key in _GROUPS:
+        if o.is_delete() or key.replace("/", ".").split(".")[0] == "hydra" or key in keys or key in _GROUPS:
             continue
         raise unknown_key_error(key, where=f"command-line override {o.input_line!r}")
-
-
-def check_composed(dcfg) -> None:
-    """Refuse keys the schema lacks in a composed config (a ``+tune`` file or a YAML file with a typo)."""
-    keys = set(config_keys())
-    for name, value in dcfg.items():
-        if name == "hydra":
-            continue
-        subkeys = [f"{name}.{sub}" for sub in value] if hasattr(value, "items") else [name]
-        for key in subkeys:
-            if key not in keys:
-                raise unknown_key_error(key, where="the composed config (a YAML file or +override)")
 
 
 def compose_config(overrides: list[str]) -> Config:
@@ -419,9 +407,7 @@ def compose_config(overrides: list[str]) -> Config:
     GlobalHydra.instance().clear()  # a previous compose in this process (tests, pp-sweep) must not leak
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
-            dcfg = compose("config", overrides=overrides)
-            check_composed(dcfg)
-            return OmegaConf.to_object(dcfg)
+            return OmegaConf.to_object(compose("config", overrides=overrides))
     except MissingMandatoryValue as exc:
         raise ConfigError(f"{exc.full_key} is required here (e.g. model=local needs model.path=DIR); set "
                           f"{exc.full_key}=...") from None

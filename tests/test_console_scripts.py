@@ -109,3 +109,19 @@ def test_a_signal_before_the_job_starts_still_reports_bad_input(model, tmp_path,
         launch.run.run_or_exit(cfg)
     assert exc.value.code == code
     assert not (tmp_path / "outputs.jsonl").exists()
+
+
+def test_main_in_process_leaves_signal_handlers_alone(monkeypatch, capsys):
+    """Ignoring torchrun's late SIGTERM on the way out is for torchrun's ranks only: ignored signals are inherited
+    by every process started later (a batch shell could no longer trap USR1)."""
+    import signal
+
+    import launch.run
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    monkeypatch.setattr(sys, "argv", ["pp-run", "scheduler.chunksize=64"])
+    with pytest.raises(SystemExit) as exc:
+        launch.run.main()
+    assert exc.value.code == 2 and "did you mean scheduler.chunk_size?" in capsys.readouterr().err
+    assert {s: signal.getsignal(s) for s in before} == before

@@ -49,8 +49,7 @@ def test_usr1_to_the_batch_shell_drains_every_rank_and_requeues_the_job(tmp_path
     overrides = [f"model.path={model}", "workload=synthetic", "workload.num_requests=40", "workload.prefill_len=8",
                  "scheduler=fcfs", "scheduler.token_budget=8", "cache.num_blocks=64", "cache.block_size=4",
                  "device=cpu", "tracer.enabled=false", "runtime.progress=false"]
-    # Slow enough that the signal lands mid-run even when parallel test workers load the machine.
-    shell = _slurm(tmp_path, run_dir, [*overrides, "debug.stage_delay_ms=150"])
+    shell = _slurm(tmp_path, run_dir, [*overrides, "debug.stage_delay_ms=40"])
     outputs = run_dir / "outputs.jsonl"
     deadline = time.monotonic() + 120
     while not (outputs.exists() and outputs.read_bytes().count(b"\n") >= 2) and time.monotonic() < deadline:

@@ -111,6 +111,7 @@ def test_a_signal_before_the_job_starts_still_reports_bad_input(model, tmp_path,
     assert not (tmp_path / "outputs.jsonl").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Unable to enable fault handler")
 def test_main_in_process_leaves_signal_handlers_alone(monkeypatch, capsys):
     """Ignoring torchrun's late SIGTERM on the way out is for torchrun's ranks only: ignored signals are inherited
     by every process started later (a batch shell could no longer trap USR1)."""

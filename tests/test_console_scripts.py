@@ -126,3 +126,17 @@ def test_main_in_process_leaves_signal_handlers_alone(monkeypatch, capsys):
         launch.run.main()
     assert exc.value.code == 2 and "did you mean scheduler.chunk_size?" in capsys.readouterr().err
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_every_config_file_installs_as_package_data():
+    """A YAML file that setup.py's package_data misses would be absent from an installed (non-editable) package."""
+    import ast
+    import fnmatch
+
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    data = next(ast.literal_eval(k.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                for k in node.keywords if k.arg == "package_data")
+    files = [p.relative_to(ROOT / "conf").as_posix() for p in (ROOT / "conf").rglob("*.yaml")]
+    assert files and all(any(fnmatch.fnmatch(f, pat) and f.count("/") == pat.count("/") for pat in data["conf"])
+                         for f in files), (files, data)
+    assert (ROOT / "conf" / "__init__.py").is_file()

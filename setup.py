@@ -4,7 +4,10 @@ setup(
     name="pp-runtime",
     version="0.1.0",
     description="Pipeline-parallel LLM inference with SARATHI-style chunked prefills and a bubble tracer",
-    packages=find_packages(include=["pp_runtime*", "stages*", "launch*", "scripts*"]),
+    # conf/ (the Hydra YAML tree) is the package `conf`, its YAML files package data: every entry point finds
+    # it by module (pkg://conf), installed or editable, from any directory.
+    packages=find_packages(include=["pp_runtime*", "stages*", "launch*", "scripts*", "conf"]),
+    package_data={"conf": ["*.yaml", "*/*.yaml"]},
     python_requires=">=3.10",
     # torch is a range, not a pin, so an existing CUDA or CPU build is left alone; the README installs the
     # CPU wheel first on a fresh machine (a bare `torch` requirement would pull a multi-GB CUDA build).
@@ -24,7 +27,9 @@ setup(
     extras_require={
         # Triton runs our attention kernel on the CPU under TRITON_INTERPRET=1, which is how CI checks it. A range,
         # not a pin, so the triton a CUDA torch build ships with is left alone (tested here: 3.9.0 on the CPU).
-        "test": ["pytest>=8", "hypothesis>=6.100", "triton>=3.2,<3.10; platform_system == 'Linux'"],
+        # pytest-xdist: pytest.ini runs the suite on one worker per core.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100",
+                 "triton>=3.2,<3.10; platform_system == 'Linux'"],
         "flash": ["flash-attn>=2.6"],
     },
     entry_points={

@@ -14,21 +14,39 @@ rank with its traceback.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import sys
-import time
-from pathlib import Path
+import signal
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
-from torch.distributed.elastic.multiprocessing.errors import record
+# Under torchrun, the agent sends SIGTERM to every rank as soon as one exits. A rank still importing would die of
+# it (-15 in torchrun's summary) instead of reaching the bad input that stopped the first rank and exiting 2 as
+# well: note the signal from the very start (run_or_exit decides what it means).
+_early_signals: list[int] = []
+if "TORCHELASTIC_RUN_ID" in os.environ:
+    for _sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(_sig, lambda signum, frame: _early_signals.append(signum))
 
-from pp_runtime.config import Config, ConfigError, register_configs
-from pp_runtime.request import RequestError
-from stages.preemption import EXIT_PREEMPTED, Preempted, StopSignal
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from torch.distributed.elastic.multiprocessing.errors import record  # noqa: E402
+
+from pp_runtime.config import (  # noqa: E402
+    CONFIG_PATH,
+    Config,
+    ConfigError,
+    check_overrides,
+    compose_config,
+    register_configs,
+)
+from pp_runtime.request import RequestError  # noqa: E402
+from stages.preemption import EXIT_PREEMPTED, Preempted, StopSignal  # noqa: E402
 
 log = logging.getLogger("pp_runtime")
 register_configs()
@@ -63,7 +81,7 @@ def rank_overrides(argv: list[str], env: dict) -> list[str]:
     return extra
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base=None)
+@hydra.main(config_path=CONFIG_PATH, config_name="config", version_base=None)
 def _app(dcfg: DictConfig) -> None:
     cfg: Config = OmegaConf.to_object(dcfg)
     cfg.output_dir = HydraConfig.get().runtime.output_dir
@@ -79,8 +97,12 @@ def run_or_exit(cfg: Config) -> None:
     rank = int(os.environ.get("RANK", 0))
     # Held around run_job's own handlers: a SIGTERM that torchrun sends once another rank has exited must not
     # cut this rank's error report short.
-    with StopSignal():
+    with StopSignal() as early:
         try:
+            if _early_signals:
+                early.signum = _early_signals[0]
+            if early.signum is not None:
+                _stop_before_start(cfg, early.name)
             run_job(cfg)
         except Preempted as exc:
             log.warning("stage %d: %s", rank, exc)
@@ -89,15 +111,40 @@ def run_or_exit(cfg: Config) -> None:
             sys.exit(EXIT_PREEMPTED)
         except (ConfigError, RequestError, FileNotFoundError) as exc:
             log.error("stage %d: %s", rank, exc)
-            print(f"error: {exc}", file=sys.stderr)
-            _record_error(exc)
-            sys.exit(EXIT_BAD_INPUT)
+            exit_bad_input(exc)
         except Exception as exc:
             log.exception("stage %d failed", rank)
             text = str(exc)
             print(f"error: {text}" if text.startswith("stage ") else f"error on stage {rank}: {text}", file=sys.stderr)
             _record_error(exc, consequence=text.startswith(f"stage {rank}: aborting"))
             sys.exit(EXIT_FAILED)
+
+
+def _stop_before_start(cfg: Config, signame: str) -> None:
+    """A signal came before this rank's job started: torchrun stopping the job because another rank exited, or
+    a scheduler's preemption. Bad input fails here exactly as on the rank that exited first (exit 2, and
+    torchrun's summary shows it on every rank); otherwise the job stops before the ranks meet (exit 75)."""
+    from launch.job import prepare
+
+    prepare(cfg)
+    raise Preempted(f"received {signame} before the ranks met; nothing ran (rerun to start)")
+
+
+def exit_bad_input(exc: BaseException | str) -> None:
+    """Print bad input as one short block, put it into torchrun's error file (whose summary shows it; the file
+    keeps the traceback under ``extraInfo.traceback``) and exit 2. Call inside the ``except`` block."""
+    text = str(exc).strip()
+    print("error: bad input, nothing ran (exit 2)\n  " + text.replace("\n", "\n  "), file=sys.stderr)
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        # No py_callstack: torchrun's summary shows the message instead of a traceback.
+        data = {"message": {"message": f"bad input (exit 2): {text}",
+                            "extraInfo": {"timestamp": str(int(time.time())), "traceback": traceback.format_exc()}}}
+        try:
+            Path(path).write_text(json.dumps(data))
+        except OSError as err:
+            log.warning("could not write torchrun's error file: %s", err)
+    sys.exit(EXIT_BAD_INPUT)
 
 
 def _record_error(exc: BaseException, *, consequence: bool = False) -> None:
@@ -131,18 +178,39 @@ def refuse_multirun(argv: list[str]) -> str | None:
             "pp-sweep -m " + " ".join(a for a in argv if a not in _MULTIRUN))
 
 
+def precheck_overrides(argv: list[str]) -> None:
+    """Compose the config from ``argv`` once before Hydra's app does, so that an unknown key (with or without
+    ``+``, named with the closest valid key), a missing group or a value of the wrong type is a bad-input block
+    and exit 2 rather than Hydra's report. With Hydra flags (``--help``, ``--cfg job``...) only the keys are
+    checked and Hydra does the rest."""
+    try:
+        if any(a.startswith("-") for a in argv):
+            check_overrides([a for a in argv if "=" in a and not a.startswith("-")])
+        else:
+            compose_config(argv)
+    except ConfigError as exc:
+        exit_bad_input(exc)
+
+
 @record
 def main() -> None:
     """Entry point of every rank (``torchrun -m launch.run`` / ``pp-run``); exits with the codes above."""
-    message = refuse_multirun(sys.argv[1:])
-    if message:
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    sys.argv += rank_overrides(sys.argv[1:], dict(os.environ))
     try:
+        message = refuse_multirun(sys.argv[1:])
+        if message:
+            exit_bad_input(message)
+        precheck_overrides(sys.argv[1:])
+        sys.argv += rank_overrides(sys.argv[1:], dict(os.environ))
         _app()
     except SystemExit as exc:
-        if exc.code == 1 and not _composed:  # an unknown key, a value of the wrong type: Hydra printed why
+        # Python resets its signal handlers to the default while it shuts down (about a second, with torch): the
+        # SIGTERM torchrun sends once any rank exits would then kill this one, -15 in its summary instead of this
+        # rank's own code. Ignored signals stay ignored. (Only under torchrun: an ignored signal is inherited by
+        # every process started later, which a caller in the same process, a test, would not expect.)
+        if "TORCHELASTIC_RUN_ID" in os.environ:
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(sig, signal.SIG_IGN)
+        if exc.code == 1 and not _composed:  # Hydra rejected a flag or a hydra.* override and printed why
             sys.exit(EXIT_BAD_INPUT)
         raise
 

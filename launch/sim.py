@@ -19,7 +19,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pp_runtime.config import Config, ConfigError, register_configs
+from launch.run import exit_bad_input, precheck_overrides
+from pp_runtime.config import CONFIG_PATH, Config, ConfigError, register_configs
 from pp_runtime.request import RequestError
 
 log = logging.getLogger("pp_runtime")
@@ -49,15 +50,14 @@ def simulate_job(cfg: Config) -> dict:
     return json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base=None)
+@hydra.main(config_path=CONFIG_PATH, config_name="config", version_base=None)
 def _app(dcfg: DictConfig) -> None:
     cfg: Config = OmegaConf.to_object(dcfg)
     cfg.output_dir = HydraConfig.get().runtime.output_dir
     try:
         simulate_job(cfg)
     except (ConfigError, RequestError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        exit_bad_input(exc)
 
 
 def replay_main(argv: list[str]) -> int:
@@ -95,6 +95,7 @@ def replay_main(argv: list[str]) -> int:
 def main() -> None:
     if any(a == "--replay" or a.startswith("--replay=") for a in sys.argv[1:]):
         sys.exit(replay_main(sys.argv[1:]))
+    precheck_overrides(sys.argv[1:])
     _app()
 
 

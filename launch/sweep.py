@@ -133,23 +133,15 @@ def expand(overrides: list[str]) -> tuple[list[str], list[str], list[Job]]:
 def _check(job: Job) -> tuple[int, str | None, dict]:
     """(ranks to start, None, the config's fingerprint as run_state.json stores it) when the job's config
     composes and validates, else (1, the error, {})."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from pp_runtime.config import ConfigError, register_configs
+    from pp_runtime.config import ConfigError, compose_config
     from pp_runtime.rundir.run_state import config_hash, file_sha256
 
-    register_configs()
     try:
-        with initialize_config_dir(config_dir=str(_REPO / "conf"), version_base=None):
-            overrides = [o for o in job.overrides if not o.lstrip("+~").startswith("hydra.")]
-            cfg = OmegaConf.to_object(compose("config", overrides=overrides))
+        cfg = compose_config([o for o in job.overrides if not o.lstrip("+~").startswith("hydra.")])
         if cfg.pipeline.stages is None:  # launch.run takes the world size, and we start one rank
             cfg.pipeline.stages = 1
         cfg.validate()
-    except (HydraException, OmegaConfBaseException, ConfigError) as exc:
+    except ConfigError as exc:
         return 1, f"config error: {exc}", {}
     fingerprint = {"config_hash": config_hash(cfg), "request_file_sha256": file_sha256(cfg.workload.path)}
     return cfg.pipeline.stages, None, fingerprint

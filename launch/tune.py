@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     try:
         cfg = compose(args.overrides)
+        if cfg.sim.cost_model == "layer_profile" and not cfg.sim.layer_profile_path:
+            cfg.sim.layer_profile_path = str(profile_job_model(cfg, Path(args.out)))
         result = tune(cfg, tbt_slo_ms=args.tbt_slo_ms, ttft_slo_ms=args.ttft_slo_ms, max_sims=args.max_sims,
                       sample=args.sample, min_gain=args.min_gain)
     except ConfigError as exc:
@@ -64,22 +66,67 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compose(overrides: list[str]):
-    """The job's config from Hydra overrides, composed as launch.run does."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    """The job's config from Hydra overrides, composed as launch.run does (raises ConfigError)."""
+    from pp_runtime.config import compose_config
 
-    from pp_runtime.config import register_configs
+    return compose_config(overrides)
 
-    register_configs()
-    conf = str(Path(__file__).resolve().parent.parent / "conf")
+
+def profile_job_model(cfg, out: Path) -> Path:
+    """A per-layer profile of the job's own model (``model.path``, or ``sim.model_shape``) on this machine's device,
+    written to ``<out>/layer_profile.json``: taken once (``scripts.profile_layers``, a few seconds to a minute),
+    then reused from the cost-model cache (``pp_runtime.model.cost_cache``) for the same model, device, dtype,
+    backend and budget."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig
+
+    from pp_runtime.model import cost_cache
+    from pp_runtime.model.source import model_dir
+    from pp_runtime.sim.layer_profile import LayerProfile, LayerProfileError
+    from scripts.profile_layers import take_profile
+    from stages import attention
+
+    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    dtype = getattr(torch, cfg.dtype) if cfg.dtype != "auto" else (
+        torch.bfloat16 if device.type == "cuda" else torch.float32)
+    max_context_len = min(cfg.model.max_model_len or 2048, 2048)
+    if cfg.sim.model_shape:
+        from pp_runtime.sim.hardware import MODEL_SHAPES
+
+        if cfg.sim.model_shape not in MODEL_SHAPES:
+            raise ConfigError(f"sim.model_shape={cfg.sim.model_shape!r} is not a preset; use one of "
+                              f"{', '.join(MODEL_SHAPES)}, or null for the job's model")
+        name = cfg.sim.model_shape
+        hf_config = MODEL_SHAPES[name].to_hf_config(num_layers=1, max_position_embeddings=max_context_len)
+    else:
+        name = model_dir(cfg.model.path)
+        hf_config = AutoConfig.from_pretrained(name)
+        hf_config.num_hidden_layers = 1
+    budget = 2 * cfg.scheduler.token_budget  # the grid's largest budget: powers of two around the job's
+    backend = attention.choose_backend(cfg.model.attention, device, cfg.cache.block_size)
+    key = {"kind": "layer_profile", **cost_cache.cost_model_key(
+        model_dir=name, layers_per_stage=[1],
+        device=cost_cache.device_name(device), dtype=str(dtype).removeprefix("torch."), backend=backend,
+        threads=torch.get_num_threads(), token_budget=budget, max_context_len=max_context_len)}
+    cached = cost_cache.entry_path(key)
     try:
-        with initialize_config_dir(config_dir=conf, version_base=None):
-            return OmegaConf.to_object(hydra_compose("config", overrides=overrides))
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"cannot compose the config: {exc}") from None
+        if LayerProfile.from_json(cached).meta.get("cache_key") != key:
+            raise LayerProfileError("another key")
+        print(f"pp-tune: layer profile of {name} from the cache ({cached})", file=sys.stderr)
+    except LayerProfileError:
+        print(f"pp-tune: profiling one layer of {name} on the {device.type} (once; then cached)", file=sys.stderr)
+        profile = take_profile(hf_config, device=device, dtype=dtype, token_budget=budget,
+                               max_context_len=max_context_len, repeats=2)
+        profile.meta.update(shape=name, cache_key=key)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        profile.to_json(cached)
+    path = out / "layer_profile.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cached, path)
+    return path
 
 
 def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: int = 60, sample: int | None = None,

@@ -6,7 +6,9 @@ The YAML files under ``conf/`` only compose and override these. Every field is d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from omegaconf import MISSING
@@ -173,8 +175,14 @@ class WorkloadConfig:
 
     def validate(self) -> None:
         _check(self.kind in WORKLOADS, "workload.kind", self.kind, f"use one of {', '.join(WORKLOADS)}")
-        if self.kind in ("jsonl", "trace"):
-            _check(bool(self.path), "workload.path", self.path, f"workload={self.kind} needs a file path")
+        if self.kind == "jsonl":
+            _check(bool(self.path), "workload.path", self.path, "workload=jsonl needs a request file: set "
+                   "workload.path=requests.jsonl (one JSON request per line, see README.md)")
+        if self.kind == "trace":
+            _check(bool(self.path), "workload.path", self.path, "workload=trace needs a CSV trace of request "
+                   "lengths: set workload.path=FILE.csv (columns num_prefill_tokens, num_decode_tokens, optional "
+                   "arrived_at; e.g. splitwise_conv.csv from https://github.com/microsoft/vidur/tree/main/data/"
+                   "processed_traces)")
         _check(self.num_requests >= 1, "workload.num_requests", self.num_requests, "must be >= 1")
         _check(self.length_scale > 0, "workload.length_scale", self.length_scale, "must be > 0")
         _check(self.arrival in ARRIVALS, "workload.arrival", self.arrival, f"use one of {', '.join(ARRIVALS)}")
@@ -219,6 +227,10 @@ class RuntimeConfig:
     drain_timeout_s: float = 10.0
     # Replay decode-only micro-batches from CUDA graphs (CUDA with the triton or flash backend only; else ignored).
     cuda_graphs: bool = True
+    # Reuse the cost model an earlier run profiled for the same model, split, device, dtype, backend, threads and
+    # shapes (~/.cache/pp-runtime/cost_models; PP_RUNTIME_CACHE or PP_RUNTIME_COST_CACHE move it), so a second run
+    # starts without profiling; false: profile at every start. (pp_runtime/model/cost_cache.py)
+    cost_model_cache: bool = True
 
     def validate(self) -> None:
         _check(self.timeout_s > 0, "runtime.timeout_s", self.timeout_s, "must be > 0")
@@ -345,6 +357,92 @@ class Config:
                      self.runtime, self.sim):
             part.validate()
         self.debug.validate(self.pipeline.stages)
+
+
+# The YAML tree ``conf/`` is the importable package ``conf`` (installed with package_data): every entry point finds
+# it by module, from any directory, as a console script or ``python -m``.
+CONFIG_MODULE = "conf"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+# Config groups (``scheduler=orca``); ``tune`` is the group pp-tune writes (``+tune=best``, on a searchpath).
+_GROUPS = ("model", "pipeline", "scheduler", "workload", "cache", "tracer", "runtime", "debug", "sim", "tune")
+
+
+def config_keys() -> list[str]:
+    """Every settable key of the schema, dotted (``scheduler.chunk_size``), in declaration order."""
+    hints = typing.get_type_hints(Config)
+    keys = []
+    for f in fields(Config):
+        if is_dataclass(hints[f.name]):
+            keys += [f"{f.name}.{sub.name}" for sub in fields(hints[f.name])]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def unknown_key_error(key: str, *, where: str) -> ConfigError:
+    """The error for a key the schema lacks, naming the closest valid key (``did you mean scheduler.chunk_size?``)."""
+    keys = config_keys()
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not close:  # a misspelled section: compare the field name alone (chunksize -> scheduler.chunk_size)
+        names = {k.rsplit(".", 1)[-1]: k for k in keys}
+        close = [names[m] for m in difflib.get_close_matches(key.rsplit(".", 1)[-1], list(names), n=1, cutoff=0.75)]
+    hint = f"did you mean {close[0]}?" if close else "the keys are documented in pp_runtime/config.py"
+    return ConfigError(f"{key} is not a config key ({where}); {hint}")
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Refuse an override of a key the schema lacks, with or without Hydra's ``+``, before anything is composed.
+
+    Group selections (``scheduler=orca``, ``+tune=best``), ``hydra.*`` and deletions (``~key``) are Hydra's to
+    check. Raises ``ConfigError`` naming the override and the closest valid key.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise ConfigError(f"cannot parse the overrides: {exc}") from None
+    keys = set(config_keys())
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_delete() or key.replace("/", ".").split(".")[0] == "hydra" or key in keys or key in _GROUPS:
+            continue
+        raise unknown_key_error(key, where=f"command-line override {o.input_line!r}")
+
+
+def compose_config(overrides: list[str]) -> Config:
+    """The job's typed config from Hydra overrides, composed from the ``conf`` package as ``pp-run`` does.
+
+    Raises ``ConfigError`` for an unknown key (naming the closest valid one), a group or value Hydra rejects,
+    or a value of the wrong type. Values are not range-checked here: ``Config.validate`` does that.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    check_overrides(overrides)
+    register_configs()
+    GlobalHydra.instance().clear()  # a previous compose in this process (tests, pp-sweep) must not leak
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+            return OmegaConf.to_object(compose("config", overrides=overrides))
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"{exc.full_key} is required here (e.g. model=local needs model.path=DIR); set "
+                          f"{exc.full_key}=...") from None
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"the config does not compose: {_hydra_message(exc)}") from None
+
+
+def _hydra_message(exc: BaseException) -> str:
+    """Hydra's message without its search-path listing, with the cause of a failed override merge."""
+    text = str(exc).split("\nConfig search path:")[0].strip()
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f": {str(cause).splitlines()[0]}"
+    return text
 
 
 def register_configs() -> None:

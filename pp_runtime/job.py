@@ -17,6 +17,7 @@ import torch
 from pp_runtime.config import Config, ConfigError
 from pp_runtime.model.cache_size import resolve_num_blocks
 from pp_runtime.model.partition import check_layout, head_cost_layers, partition_layers, sampled_share
+from pp_runtime.model.source import eos_token_ids
 from pp_runtime.request import Request
 
 if TYPE_CHECKING:
@@ -63,12 +64,6 @@ class RankJob(Job):
 def context_limit(hf_config) -> int:
     """The longest sequence (tokens) the model's positions support."""
     return getattr(hf_config, "max_position_embeddings", None) or getattr(hf_config, "n_positions", 2048)
-
-
-def eos_token_ids(hf_config) -> list[int]:
-    """The end-of-sequence ids of a Hugging Face config (an int, a list, or none)."""
-    eos = getattr(hf_config, "eos_token_id", None)
-    return [eos] if isinstance(eos, int) else list(eos or [])
 
 
 def resolve_job(cfg: Config, *, hf_config, tokenizer, model_dir: str | None, dtype: torch.dtype,

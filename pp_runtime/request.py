@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -18,6 +20,8 @@ class SamplingParams:
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
+    # Seed of a sampled request's draws; None: drawn from the run's seed (``with_run_seed``), new for every run
+    # directory and kept when it resumes.
     seed: int | None = None
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = ()
@@ -34,7 +38,12 @@ class Request:
     params: SamplingParams = SamplingParams()
     # Seconds after the job starts at which the request arrives (0: offline, all at once).
     arrival_s: float = 0.0
+    # Text shown with the answer: the prompt, or a chat's last message.
     prompt: str | None = None
+    # For a line of an OpenAI Batch API file: its endpoint ("/v1/chat/completions" or "/v1/completions") and the
+    # body's "model"; its outputs.jsonl line then takes that API's output shape (pp_runtime.rundir.outputs_file).
+    api_url: str | None = None
+    api_model: str | None = None
 
     def __repr__(self) -> str:
         return f"Request({self.id!r}, prompt={len(self.prompt_token_ids)} tok, max_tokens={self.params.max_tokens})"
@@ -64,3 +73,14 @@ def validate_request(req: Request, *, max_model_len: int, vocab_size: int) -> No
         raise RequestError(f"request {rid!r}: 'top_k'={p.top_k} must be >= 0 (0 turns it off)")
     if not math.isfinite(req.arrival_s) or req.arrival_s < 0:
         raise RequestError(f"request {rid!r}: 'arrival_s'={req.arrival_s} must be a finite number >= 0")
+
+
+def with_run_seed(req: Request, run_seed: int) -> Request:
+    """``req`` with the seed its draws use: an unseeded sampled request gets one hashed from ``run_seed`` and its
+    id (a 63-bit number, so it reproduces no request seeded by hand and no other run's draws); seeded and greedy
+    requests are returned as they are."""
+    if req.params.seed is not None or req.params.greedy:
+        return req
+    digest = hashlib.sha256(f"{run_seed}:{req.id}".encode()).digest()
+    seed = int.from_bytes(digest[:8], "little") >> 1
+    return dataclasses.replace(req, params=dataclasses.replace(req.params, seed=seed))

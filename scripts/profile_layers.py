@@ -19,7 +19,7 @@ import statistics
 import torch
 
 from pp_runtime.planner.cost_model import profile_points
-from pp_runtime.sim.layer_profile import PARTS, LayerProfile
+from pp_runtime.sim.layer_profile import PARTS, LayerProfile, shape_meta
 from stages import attention
 from stages.executor import StageExecutor
 from stages.kv_cache import KVCache
@@ -83,7 +83,7 @@ def take_profile(hf_config, *, device: torch.device, dtype: torch.dtype, token_b
         # A part's time is its stage's minus the empty stage's (never below 1 ns: fitting weighs by 1/time).
         rows[part] = [[n, len(shape), attn, dec, max(t - b, 1e-9)]
                       for shape, (n, attn, dec), t, b in zip(shapes, work, seconds[part], base)]
-    meta = {"model_type": hf_config.model_type, "hidden_size": hf_config.hidden_size, "device": device.type,
+    meta = {**shape_meta(hf_config), "device": device.type,
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "dtype": str(dtype).removeprefix("torch."), "backend": backend, "token_budget": token_budget,
             "threads": torch.get_num_threads(), "repeats": repeats}

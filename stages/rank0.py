@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 from pp_runtime.planner import make_planner
+from pp_runtime.request import with_run_seed
 from pp_runtime.rundir.metrics import compute_metrics, request_record
-from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, check_ids, describe_ids_problem, scan_outputs
+from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, check_ids, describe_ids_problem, output_line, scan_outputs
 from pp_runtime.rundir.run_state import begin_attempt, end_attempt
 from stages.engine import Engine
 
@@ -26,11 +29,13 @@ def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=No
     out_dir = Path(cfg.output_dir)
     begin_attempt(out_dir, plan.resume)  # a torn last line goes, or the old file moves aside
     done = plan.resume.done
-    todo = [r for r in plan.requests if r.id not in done]
+    seed = plan.resume.state["sampling_seed"]
+    todo = [with_run_seed(r, seed) for r in plan.requests if r.id not in done]
     planner = make_planner(cfg.scheduler, num_blocks=plan.num_blocks, block_size=cfg.cache.block_size,
                            num_slots=cfg.pipeline.depth, max_model_len=plan.max_model_len,
                            eos_token_ids=plan.eos_token_ids, cost_model=cost_model)
     tok = plan.tokenizer
+    model_name = os.path.basename(os.path.normpath(plan.model_dir))  # Batch API lines without a body "model"
     progress = _progress(len(todo), cfg.runtime.progress)
     finished = 0
     faults.on_requests_finished(finished)
@@ -38,7 +43,8 @@ def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=No
         def on_finish(seq):
             nonlocal finished
             text = tok.decode(seq.output_token_ids, skip_special_tokens=True) if tok is not None else None
-            outputs.write(json.dumps(request_record(seq, text)) + "\n")  # one write: a kill tears at most this line
+            line = output_line(request_record(seq, text), seq.request, model=model_name, created=int(time.time()))
+            outputs.write(json.dumps(line) + "\n")  # one write: a kill tears at most this line
             outputs.flush()
             if seq.error:
                 log.error("%s", seq.error)
@@ -60,7 +66,7 @@ def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=No
     # No request lost: read the file back and hold every input id against it.
     scan = scan_outputs(out_dir / OUTPUTS_FILE)
     check = check_ids([r.id for r in plan.requests], scan.ids)
-    metrics.update(attempt=plan.resume.state["attempt"], resumed=len(plan.requests) - len(todo),
+    metrics.update(attempt=plan.resume.state["attempt"], sampling_seed=seed, resumed=len(plan.requests) - len(todo),
                    unfinished=sum(s.finish_reason is None for s in planner.seqs),
                    totals=dict(scan.totals, input_requests=len(plan.requests)), ids_check=check)
     stopped = None

@@ -109,13 +109,32 @@ def _cost_model(plan, executor: StageExecutor, transport: Transport | None):
     cfg, rank, world = plan.cfg, plan.rank, plan.world_size
     if not needs_cost_model(cfg.scheduler):
         return None
+    from pp_runtime.model import cost_cache
     from stages.profiler import profile_stage
 
     budget = cfg.scheduler.token_budget
     # Time the contexts this job can reach, not more: decode attention over long contexts is memory-bound on a
     # CPU and would dominate a fit meant for the job's own shapes.
     longest = max((len(r.prompt_token_ids) + r.params.max_tokens for r in plan.requests), default=budget)
-    rows = profile_stage(rank, executor, token_budget=budget, max_context_len=min(plan.max_model_len, longest),
+    max_context_len = min(plan.max_model_len, longest)
+    key = cost_cache.cost_model_key(
+        model_dir=plan.model_dir, layers_per_stage=[len(r) for r in plan.layer_ranges],
+        device=cost_cache.device_name(plan.device), dtype=str(plan.dtype).removeprefix("torch."),
+        backend=plan.attention_backend, threads=cfg.runtime.threads, token_budget=budget,
+        max_context_len=max_context_len)
+    # Rank 0 decides (other nodes may hold other caches) and tells the others whether to profile.
+    cached = cost_cache.load_cached(key) if rank == 0 and cfg.runtime.cost_model_cache else None
+    hit = [cached is not None]
+    if world > 1:
+        dist.broadcast_object_list(hit, src=0, group=transport.cpu_group)
+    if hit[0]:
+        if rank == 0:
+            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+            cached.to_json(Path(cfg.output_dir) / "cost_model.json")
+            log.info("cost model from the cache (%s; runtime.cost_model_cache=false profiles again): %s",
+                     cost_cache.cache_dir(), cached)
+        return cached
+    rows = profile_stage(rank, executor, token_budget=budget, max_context_len=max_context_len,
                          hidden_size=plan.hf_config.hidden_size, dtype=plan.dtype)
     if world > 1:
         gathered = [None] * world if rank == 0 else None
@@ -126,6 +145,8 @@ def _cost_model(plan, executor: StageExecutor, transport: Transport | None):
     model = CostModel.fit(rows)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     model.to_json(Path(cfg.output_dir) / "cost_model.json")
+    if cfg.runtime.cost_model_cache:
+        cost_cache.store(key, model)
     log.info("cost model fitted from %d timings (reuse with scheduler.cost_model_path=%s/cost_model.json): %s",
              len(rows), cfg.output_dir, model)
     return model

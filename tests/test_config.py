@@ -56,14 +56,18 @@ def test_every_scheduler_group_composes(policy):
     (["workload=default"], "default"),
     (["workload=synthetic"], "synthetic"),
     (["workload=jsonl", "workload.path=requests.jsonl"], "jsonl"),
-    (["workload=trace"], "trace"),
+    (["workload=trace", "workload.path=trace.csv"], "trace"),
 ])
 def test_every_workload_group_composes(overrides, kind):
     cfg = _valid(overrides)
     assert cfg.workload.kind == kind
-    if kind == "trace":  # the trace group points at a real trace, scaled down for a CPU
-        assert cfg.workload.path.endswith(".csv")
+    if kind == "trace":  # the trace group scales a real trace down for a CPU
         assert cfg.workload.length_scale < 1
+
+
+def test_the_trace_group_names_no_file_outside_the_repository():
+    with pytest.raises(ConfigError, match=r"workload.path=FILE.csv.*vidur"):
+        _valid(["workload=trace"])
 
 
 def test_local_model_group_takes_the_path(tmp_path):

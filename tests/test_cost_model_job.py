@@ -41,3 +41,24 @@ def test_cost_model_for_another_stage_count_fails_before_ranks_meet(model, tmp_p
     for o in outcomes:
         assert o.exitcode == 1 and "ConfigError" in o.error and "scheduler.cost_model_path" in o.error, o.error
         assert "PipelineError" not in o.error
+
+
+def test_a_second_run_takes_the_cost_model_from_the_cache(model, tmp_path, monkeypatch):
+    from pp_runtime.model import cost_cache
+
+    monkeypatch.setenv("PP_RUNTIME_COST_CACHE", str(tmp_path / "cache"))
+    run_job_ranks(2, [f"model.path={model}", *WORKLOAD, f"output_dir={tmp_path / 'first'}"])
+    (entry,) = (tmp_path / "cache").glob("*.json")
+    data = json.loads(entry.read_text())
+    assert data["key"]["layers_per_stage"] == [1, 1] and data["key"]["backend"] == "sdpa"
+    # Doctor the entry: the second run's cost_model.json can only hold these numbers if it came from the cache.
+    data["c0"] = [0.125, 0.25]
+    entry.write_text(json.dumps(data))
+    metrics = run_job_ranks(2, [f"model.path={model}", *WORKLOAD, f"output_dir={tmp_path / 'second'}"])
+    assert metrics["completed"] == 4
+    assert CostModel.from_json(tmp_path / "second" / "cost_model.json").c0 == (0.125, 0.25)
+    # Another key (token budget) or the cache turned off: profiled again.
+    for extra, name in ((["scheduler.token_budget=32"], "budget"), (["runtime.cost_model_cache=false"], "off")):
+        run_job_ranks(2, [f"model.path={model}", *WORKLOAD, *extra, f"output_dir={tmp_path / name}"])
+        assert CostModel.from_json(tmp_path / name / "cost_model.json").c0 != (0.125, 0.25)
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2 and cost_cache.cache_dir() == tmp_path / "cache"

@@ -61,7 +61,9 @@ def _exit_and_error_file(monkeypatch, tmp_path, overrides) -> tuple[int, dict]:
 def test_bad_input_exits_2_and_writes_torchruns_error_file(monkeypatch, tmp_path):
     code, message = _exit_and_error_file(monkeypatch, tmp_path, [f"model.path={tmp_path / 'nowhere'}"])
     assert code == 2
-    assert message["message"].startswith("FileNotFoundError") and "model.path" in message["message"]
+    # torchrun's summary shows the message (no py_callstack); the traceback stays in the file.
+    assert message["message"].startswith("bad input (exit 2): model.path=")
+    assert "py_callstack" not in message["extraInfo"] and "Traceback" in message["extraInfo"]["traceback"]
 
 
 def test_a_stage_failure_exits_1_with_its_traceback_in_the_error_file(monkeypatch, tmp_path, model):

@@ -30,3 +30,21 @@ def load_tokenizer(folder: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder)
+
+
+def eos_token_ids(hf_config, folder: str | None) -> list[int]:
+    """The model's end tokens, sorted: ``eos_token_id`` of config.json and of generation_config.json together (an
+    int or a list in either). Hugging Face ``generate`` and vLLM stop on generation_config.json's, where many chat
+    models put their end-of-turn token alone. ``folder`` None (a shape preset): config.json's only."""
+    ids: set[int] = set()
+    sources = [getattr(hf_config, "eos_token_id", None)]
+    if folder is not None and (Path(folder) / "generation_config.json").exists():
+        import json
+
+        try:
+            sources.append(json.loads((Path(folder) / "generation_config.json").read_text()).get("eos_token_id"))
+        except (ValueError, AttributeError) as exc:
+            raise ValueError(f"{folder}/generation_config.json is not a JSON object ({exc}); repair or remove it")
+    for eos in sources:
+        ids.update([eos] if isinstance(eos, int) else (eos or []))
+    return sorted(ids)

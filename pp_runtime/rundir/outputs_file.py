@@ -45,14 +45,43 @@ def scan_outputs(path: str | Path) -> OutputScan:
                 continue
             try:
                 record = json.loads(line)
-                rid = record["id"]
-            except (ValueError, TypeError, KeyError):
-                raise ConfigError(f"{path}:{lineno} is not an outputs record (a JSON object with an 'id'); delete "
-                                  f"or repair that line, or start over with runtime.resume=false") from None
+                rid = record["custom_id"] if "custom_id" in record else record["id"]
+                record = record.get("pp_runtime", record)  # a Batch API line carries pp-runtime's own record
+            except (ValueError, TypeError, KeyError, AttributeError):
+                raise ConfigError(f"{path}:{lineno} is not an outputs record (a JSON object with an 'id' or "
+                                  f"'custom_id'); delete or repair that line, or start over with "
+                                  f"runtime.resume=false") from None
             scan.ids.append(str(rid))
             records.append(record)
     scan.totals = _totals(records)
     return scan
+
+
+def output_line(record: dict, request, *, model: str, created: int) -> dict:
+    """The ``outputs.jsonl`` line of a finished request: pp-runtime's ``record`` (``rundir.metrics.request_record``)
+    as is, or, for a request read from an OpenAI Batch API file (``request.api_url`` set), a line of the Batch
+    API's output file as vLLM's ``run-batch`` writes it: ``id``, ``custom_id``, ``response`` (``status_code``,
+    ``request_id``, ``body``: a chat.completion or text_completion with ``choices`` and ``usage``) and ``error``
+    (a rejected request: status 400, no body, the reason), plus ``pp_runtime`` (the record: token ids, TTFT...),
+    which batch tooling ignores and the resume machinery reads. ``created``: Unix seconds."""
+    if request.api_url is None:
+        return record
+    rid = record["id"]
+    if record["finish_reason"] == "rejected" or record.get("error"):
+        response = {"status_code": 400, "request_id": f"pp-runtime-{rid}", "body": None}
+        error = {"code": record["finish_reason"] or "error", "message": record.get("error") or ""}
+    else:
+        text = record.get("text")
+        chat = request.api_url.endswith("/chat/completions")
+        choice = {"index": 0, **({"message": {"role": "assistant", "content": text}} if chat else {"text": text}),
+                  "logprobs": None, "finish_reason": record["finish_reason"]}
+        completion = len(record["output_token_ids"])
+        body = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{rid}", "object": "chat.completion" if chat else
+                "text_completion", "created": created, "model": request.api_model or model, "choices": [choice],
+                "usage": {"prompt_tokens": record["prompt_tokens"], "completion_tokens": completion,
+                          "total_tokens": record["prompt_tokens"] + completion}}
+        response, error = {"status_code": 200, "request_id": f"pp-runtime-{rid}", "body": body}, None
+    return {"id": f"pp-runtime-{rid}", "custom_id": rid, "response": response, "error": error, "pp_runtime": record}
 
 
 def _totals(records: list[dict]) -> dict:

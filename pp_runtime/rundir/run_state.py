@@ -4,7 +4,8 @@ Rank 0 keeps two files next to ``outputs.jsonl``:
 
 - ``run_state.json``: the config the run was started with (flattened ``key: value``) and its hash, a hash of
   the requests as read (ids, prompt token ids, sampling parameters, arrival times), the request file's
-  sha256, the attempt number and a ``status``: ``running``, ``preempted``, ``incomplete`` or ``complete``.
+  sha256, the attempt number, the run's ``sampling_seed`` and a ``status``: ``running``, ``preempted``,
+  ``incomplete`` or ``complete``.
 - ``INCOMPLETE``: present from the start of an attempt until it ends with every request id in outputs.jsonl
   exactly once; its line says why (started, preempted by a signal, ids check failed). A crash leaves it.
 
@@ -21,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -106,7 +108,10 @@ def plan_resume(cfg: Config, requests) -> ResumePlan:
     fingerprint = config_fingerprint(cfg)
     state = {"config_hash": _digest(fingerprint), "requests_hash": requests_hash(requests),
              "num_requests": len(requests), "request_file_sha256": file_sha256(cfg.workload.path),
-             "config": fingerprint, "attempt": 1, "status": "running"}
+             "config": fingerprint, "attempt": 1, "status": "running",
+             # The seed of unseeded sampled requests (pp_runtime.request.with_run_seed): new for every run, kept
+             # by a resumed one. Drawn on every rank; rank 0's is the one used and written.
+             "sampling_seed": secrets.randbits(63)}
     old = read_state(out_dir)
     outputs = out_dir / OUTPUTS_FILE
     has_lines = outputs.exists() and outputs.stat().st_size > 0
@@ -120,6 +125,7 @@ def plan_resume(cfg: Config, requests) -> ResumePlan:
                           f"or choose another hydra.run.dir")
     scan = scan_outputs(outputs)
     state["attempt"] = (old or {}).get("attempt", 0) + 1
+    state["sampling_seed"] = (old or {}).get("sampling_seed", state["sampling_seed"])
     return ResumePlan(state, frozenset(scan.ids), scan.valid_bytes, scan.torn, changes=changes)
 
 

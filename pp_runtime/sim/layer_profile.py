@@ -26,6 +26,23 @@ from pp_runtime.sim.parts import PartTimes, piece_shape
 PARTS = ("fixed", "layer", "embed", "head")
 
 
+# What a profile records of the shape it timed, and what must match the model it prices.
+SHAPE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+              "vocab_size")
+
+
+def shape_meta(hf_config) -> dict:
+    """The shape fields of ``hf_config`` (GPT-2's names included) that a profile records."""
+    names = {"hidden_size": ("hidden_size", "n_embd"), "intermediate_size": ("intermediate_size", "n_inner"),
+             "num_attention_heads": ("num_attention_heads", "n_head")}
+    meta = {}
+    for key in SHAPE_KEYS:
+        value = next((getattr(hf_config, n) for n in names.get(key, (key,)) if getattr(hf_config, n, None)), None)
+        if value is not None:
+            meta[key] = value
+    return meta
+
+
 class LayerProfileError(ValueError):
     """A layer-profile file is unusable; the message names the file and the key."""
 
@@ -70,6 +87,14 @@ class LayerProfile:
             return c0 + c_tok * count + c_attn * attn + c_dec * dec
 
         return PartTimes(at("fixed", tokens), at("layer", tokens), at("embed", tokens), at("head", samples))
+
+    def shape_mismatch(self, hf_config) -> str | None:
+        """How the profiled shape differs from ``hf_config``'s (``"hidden_size 2048 vs 576, ..."``), or None. Only
+        the fields the profile recorded are compared (older profiles hold model_type and hidden_size)."""
+        want = shape_meta(hf_config)
+        diffs = [f"{k} {self.meta[k]} vs {want[k]}" for k in SHAPE_KEYS
+                 if k in self.meta and k in want and self.meta[k] != want[k]]
+        return ", ".join(diffs) or None
 
     # ---- files -------------------------------------------------------------------------------------------
     def to_json(self, path: str | Path) -> None:

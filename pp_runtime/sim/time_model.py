@@ -24,9 +24,19 @@ def part_source(cfg, *, hf_config) -> PartSource | None:
             raise ConfigError("sim.cost_model=layer_profile needs sim.layer_profile_path (a file written by "
                               "scripts/profile_layers.py)")
         try:
-            return LayerProfile.from_json(path)
+            profile = LayerProfile.from_json(path)
         except LayerProfileError as exc:
             raise ConfigError(f"sim.layer_profile_path={path!r}: {exc}") from None
+        mismatch = profile.shape_mismatch(hf_config)
+        if mismatch:
+            job = f"sim.model_shape={cfg.sim.model_shape}" if cfg.sim.model_shape else \
+                f"model.path={cfg.model.path or 'null (the default SmolLM2-135M-Instruct)'}"
+            raise ConfigError(
+                f"sim.layer_profile_path={path!r} times another model shape than the job's {job} ({mismatch}; "
+                f"profile: {profile.meta.get('shape', 'unnamed')}); profile the job's model (python -m "
+                f"scripts.profile_layers --model-dir DIR --out FILE), or under pp-tune leave sim.layer_profile_path "
+                f"unset to profile it now")
+        return profile
     if kind == "roofline":
         from pp_runtime.sim.hardware import GPUS, MODEL_SHAPES, ModelShape
         from pp_runtime.sim.roofline import RooflineParts

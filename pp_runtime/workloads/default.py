@@ -1,16 +1,16 @@
 """The built-in demo (``workload=default``): a handful of short questions, answered greedily.
 
-Prompts go through the tokenizer's chat template when it has one (as a single user turn with the generation
-prompt), else plain encoding. ``workload.num_requests`` does not apply: the demo is always these prompts.
+Each prompt is a chat of one user turn, through the tokenizer's chat template with the generation prompt (as
+``{"messages": [...]}`` lines of a request file are), else plainly encoded for a model without a template.
+``workload.num_requests`` does not apply: the demo is always these prompts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from pp_runtime.config import ConfigError, WorkloadConfig
 from pp_runtime.request import Request, SamplingParams
 from pp_runtime.workloads.arrivals import arrival_times
+from pp_runtime.workloads.jsonl import chat_token_ids
 
 DEMO_PROMPTS = (
     "What is the capital of France?",
@@ -36,11 +36,5 @@ def load_default(cfg: WorkloadConfig, *, tokenizer=None) -> list[Request]:
 def encode_prompt(tokenizer, text: str) -> tuple[int, ...]:
     """Token ids of ``text`` as a user turn through the chat template, or plainly encoded if there is none."""
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            tokenize=True)
-        # transformers 5 returns a BatchEncoding (return_dict=True by default); older versions a list of ids.
-        if isinstance(ids, Mapping):
-            ids = ids["input_ids"]
-    else:
-        ids = tokenizer(text)["input_ids"]
-    return tuple(int(t) for t in ids)
+        return chat_token_ids(tokenizer, [{"role": "user", "content": text}])
+    return tuple(int(t) for t in tokenizer(text)["input_ids"])

@@ -24,6 +24,10 @@ from pp_runtime.workloads.random_requests import SAMPLE, requests_from_lengths, 
 log = logging.getLogger(__name__)
 
 _PREFILL, _DECODE, _ARRIVED = "num_prefill_tokens", "num_decode_tokens", "arrived_at"
+# Where to get a trace in this format (the repository ships none): the Azure LLM inference traces 2023 as
+# processed by microsoft/vidur (MIT; the data CC-BY 4.0).
+TRACE_SOURCES = ("https://github.com/microsoft/vidur/tree/main/data/processed_traces "
+                 "(splitwise_conv.csv, splitwise_code.csv)")
 
 
 def load_trace(cfg: WorkloadConfig, *, max_model_len: int, vocab_size: int) -> list[Request]:
@@ -52,8 +56,8 @@ def load_trace(cfg: WorkloadConfig, *, max_model_len: int, vocab_size: int) -> l
 def _read(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(prefill lengths, decode lengths, arrival times or None), every row checked."""
     if not os.path.isfile(path):
-        raise ConfigError(f"workload.path={path!r}: no such file; point it at a CSV trace "
-                          f"(e.g. ../shared/data/traces/splitwise_conv.csv)")
+        raise ConfigError(f"workload.path={path!r}: no such file; point it at a CSV trace with columns {_PREFILL}, "
+                          f"{_DECODE} (and {_ARRIVED}), e.g. one from {TRACE_SOURCES}")
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)

@@ -106,7 +106,7 @@ def profile_job_model(cfg, out: Path) -> Path:
         hf_config = AutoConfig.from_pretrained(name)
         hf_config.num_hidden_layers = 1
     budget = 2 * cfg.scheduler.token_budget  # the grid's largest budget: powers of two around the job's
-    backend = attention.choose_backend(cfg.model.attention, device, cfg.cache.block_size)
+    backend = attention.choose_backend(cfg.model.attention, device, cfg.cache.block_size, dtype=dtype)
     key = {"kind": "layer_profile", **cost_cache.cost_model_key(
         model_dir=name, layers_per_stage=[1],
         device=cost_cache.device_name(device), dtype=str(dtype).removeprefix("torch."), backend=backend,

@@ -96,4 +96,4 @@ def resolve_job(cfg: Config, *, hf_config, tokenizer, model_dir: str | None, dty
                                     token_budget=cfg.scheduler.token_budget, dtype=dtype,
                                     device_memory_gib=device_memory_gib)
     return Job(cfg, hf_config, tokenizer, model_dir, dtype, max_model_len, ranges, num_blocks, requests,
-               eos_token_ids(hf_config), device_memory_gib)
+               eos_token_ids(hf_config, model_dir), device_memory_gib)

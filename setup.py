@@ -35,7 +35,7 @@ setup(
     entry_points={
         "console_scripts": [
             "pp-run=launch.run:main",
-            "pp-report=scripts.report:main",
+            "pp-report=launch.report:main",
             "pp-sweep=launch.sweep:main",
             "pp-tune=launch.tune:main",
             "pp-sim=launch.sim:main",

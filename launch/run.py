@@ -90,7 +90,7 @@ def _app(dcfg: DictConfig) -> None:
 
 def run_or_exit(cfg: Config) -> None:
     """Run the job on this rank; on failure log it, write torchrun's error file and exit with the code above."""
-    from launch.job import run_job
+    from launch.rank_job import run_job
 
     global _composed
     _composed = True
@@ -124,9 +124,9 @@ def _stop_before_start(cfg: Config, signame: str) -> None:
     """A signal came before this rank's job started: torchrun stopping the job because another rank exited, or
     a scheduler's preemption. Bad input fails here exactly as on the rank that exited first (exit 2, and
     torchrun's summary shows it on every rank); otherwise the job stops before the ranks meet (exit 75)."""
-    from launch.job import prepare
+    from launch.rank_job import resolve_rank_job
 
-    prepare(cfg)
+    resolve_rank_job(cfg)
     raise Preempted(f"received {signame} before the ranks met; nothing ran (rerun to start)")
 
 

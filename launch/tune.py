@@ -134,14 +134,14 @@ def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: 
     """Search by simulation (``simulate`` defaults to ``pp_runtime.sim.simulate``; tests inject a stand-in)."""
     from pp_runtime.model.partition import choose_split, head_cost_layers, sampled_share
     from pp_runtime.sim.parts import total_parts
-    from pp_runtime.sim.sim_job import prepare_sim
+    from pp_runtime.sim.sim_job import resolve_sim_job
     from pp_runtime.sim.time_model import part_source
 
     if cfg.pipeline.stages is None:
         raise ConfigError("pp-tune needs pipeline.stages=N (the number of stages to tune for)")
     if cfg.sim.planner_time_us is None:
         cfg.sim.planner_time_us = PLANNER_TIME_US
-    job = prepare_sim(cfg)
+    job = resolve_sim_job(cfg)
     requests = job.requests
     if sample is not None and sample < len(requests):
         requests = sorted(random.Random(cfg.workload.seed).sample(requests, sample), key=lambda r: r.arrival_s)
@@ -167,7 +167,7 @@ def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: 
 
 
 def simulate_candidate(job, cand: Candidate, requests, *, simulate) -> dict:
-    """Metrics of one simulated run of ``cand`` on ``requests`` (``job``: a ``prepare_sim`` result)."""
+    """Metrics of one simulated run of ``cand`` on ``requests`` (``job``: a ``resolve_sim_job`` result)."""
     from pp_runtime.model.cache_size import resolve_num_blocks
     from pp_runtime.model.partition import partition_layers
     from pp_runtime.sim.time_model import build_time_model

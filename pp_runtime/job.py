@@ -2,7 +2,7 @@
 
 ``resolve_job`` turns a ``Config`` plus the model's Hugging Face config into a typed ``Job``: the context limit,
 the layer-count check, the requests, the layer split, the KV-cache size and the end-of-sequence ids. The runtime
-(``launch/job.py``) adds what one rank needs (``RankJob``: rank, device, transport, attention backend, cost
+(``launch/rank_job.py``) adds what one rank needs (``RankJob``: rank, device, transport, attention backend, cost
 model, resume plan); the simulator (``pp_runtime/sim/sim_job.py``) adds its time model and links. Everything here
 raises ``ConfigError`` / ``RequestError`` naming the key to change, so bad input fails before ranks meet.
 """
@@ -50,7 +50,7 @@ class Job:
 
 @dataclass
 class RankJob(Job):
-    """A ``Job`` as one rank of the runtime runs it (built by ``launch.job.prepare``)."""
+    """A ``Job`` as one rank of the runtime runs it (built by ``launch.rank_job.prepare``)."""
 
     rank: int = 0
     world_size: int = 1

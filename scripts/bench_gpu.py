@@ -6,7 +6,7 @@ For each architecture preset it builds a random-weight bf16 model on the GPU (``
 ones) and runs one fixed offline workload: 256 requests, prompts of uniform 1..1023 random token ids, outputs
 uniform 1..255, greedy, EOS ignored (a ``workload=jsonl`` file; the model folder has no tokenizer, so none is
 needed). It runs through
-- pp-runtime, one stage, in this process (``launch.job.run_job``; tracer off), and
+- pp-runtime, one stage, in this process (``launch.rank_job.run_job``; tracer off), and
 - Hugging Face ``generate`` with static batches of 64, left padding, cuDNN SDPA off (``scripts.hf_baseline``),
 and prints output and total tokens/s, the wall time against the workload's roofline (``pp_runtime.sim.roofline``:
 prefill FLOPs at the peak plus weights and live KV per decode step at the bandwidth), and the fraction of wall
@@ -154,7 +154,7 @@ def _make_model(hf_config, path: Path, *, seed: int) -> Path:
 
 
 def _run_pipeline(overrides: list[str], out: Path) -> dict:
-    from launch.job import run_job
+    from launch.rank_job import run_job
     from scripts.hf_baseline import compose_config
 
     cfg = compose_config(overrides)  # one stage
@@ -167,15 +167,15 @@ def _run_pipeline(overrides: list[str], out: Path) -> dict:
 
 
 def _run_hf(overrides: list[str], out: Path) -> dict:
-    from launch.job import prepare
+    from launch.rank_job import resolve_rank_job
     from scripts.hf_baseline import compose_config, run_baseline
 
     torch.backends.cuda.enable_cudnn_sdp(False)  # cuDNN builds a plan per new shape: unfair to the baseline
     cfg = compose_config(overrides)
     cfg.output_dir = str(out)
-    plan = prepare(cfg)
+    job = resolve_rank_job(cfg)
     with GpuBusy() as busy:
-        metrics = run_baseline(plan, batch_size=HF_BATCH)
+        metrics = run_baseline(job, batch_size=HF_BATCH)
         end = time.perf_counter()
     free_cuda_memory()
     return _summary(metrics, busy.fraction(end - metrics["duration_s"], end))

@@ -75,14 +75,14 @@ def cpu(args) -> None:
 
 
 def _sim(overrides: list[str], requests: list[dict], tmp: Path):
-    from pp_runtime.sim.sim_job import prepare_sim
+    from pp_runtime.sim.sim_job import resolve_sim_job
     from pp_runtime.trace.bubbles import compute_bubbles
     from tests.jobs import make_config
 
     path = _write(tmp / f"w{abs(hash(tuple(overrides))) % 10**8}.jsonl", requests)
     cfg = make_config(["sim.model_shape=llama-3.1-8b", "sim.cost_model=roofline", "sim.gpu=h100",
                        "sim.planner_time_us=0", "workload=jsonl", f"workload.path={path}", *overrides])
-    res = prepare_sim(cfg).run()
+    res = resolve_sim_job(cfg).run()
     bubbles = compute_bubbles(res.events)
     return res, [b["bubble_fraction"] for b in bubbles["stages"].values()]
 

@@ -20,26 +20,26 @@ STEP_CONTEXT, DECODE_BATCHES, PREFILL_TOKENS = 600, (8, 64, 256), 2048
 
 def step_times(overrides: list[str], costs: Costs, hw: Hardware) -> list[dict]:
     """Median step times of one stage (the whole model, LM head and sampling included), eager and with graphs."""
-    from launch.job import prepare
+    from launch.rank_job import resolve_rank_job
     from scripts.hf_baseline import compose_config
     from stages.kv_cache import KVCache
     from stages.stage_model import build_stage_model
 
     cfg = compose_config(overrides)
-    plan = prepare(cfg)
+    job = resolve_rank_job(cfg)
     bs = cfg.cache.block_size
     per_seq = -(-STEP_CONTEXT // bs)
     num_blocks = max(DECODE_BATCHES) * per_seq + -(-PREFILL_TOKENS // bs)
-    layers = plan.layer_ranges[0]
-    model = build_stage_model(plan.model_dir, plan.hf_config, layers, num_stages=1, stage=0, device=plan.device,
-                              dtype=plan.dtype)
-    cache = KVCache(list(layers), num_blocks=num_blocks, block_size=bs, hf_config=plan.hf_config, dtype=plan.dtype,
-                    device=plan.device, extra_blocks=1)
+    layers = job.layer_ranges[0]
+    model = build_stage_model(job.model_dir, job.hf_config, layers, num_stages=1, stage=0, device=job.device,
+                              dtype=job.dtype)
+    cache = KVCache(list(layers), num_blocks=num_blocks, block_size=bs, hf_config=job.hf_config, dtype=job.dtype,
+                    device=job.device, extra_blocks=1)
     batches = {f"prefill {PREFILL_TOKENS}": _prefill_batch(bs, first_block=max(DECODE_BATCHES) * per_seq)}
     batches.update({f"decode {b} @ ctx {STEP_CONTEXT}": _decode_batch(b, bs) for b in DECODE_BATCHES})
     timed = {}
     for graphs in (False, True):
-        executor = _executor(plan, model, cache, graphs)  # captures its graphs once, here
+        executor = _executor(job, model, cache, graphs)  # captures its graphs once, here
         timed[graphs] = {name: _time(executor, mb) for name, mb in batches.items()}
         del executor
     rows = []
@@ -56,13 +56,13 @@ def step_times(overrides: list[str], costs: Costs, hw: Hardware) -> list[dict]:
     return rows
 
 
-def _executor(plan, model, cache, graphs: bool):
+def _executor(job, model, cache, graphs: bool):
     """The stage executor as stages.runtime builds it, with CUDA graphs on or off."""
     from stages.cuda_graphs import MAX_GRAPH_TOKENS
     from stages.executor import StageExecutor
 
-    return StageExecutor(model, cache, device=plan.device, backend=plan.attention_backend, cuda_graphs=graphs,
-                         max_blocks_per_seq=-(-plan.max_model_len // cache.block_size),
+    return StageExecutor(model, cache, device=job.device, backend=job.attention_backend, cuda_graphs=graphs,
+                         max_blocks_per_seq=-(-job.max_model_len // cache.block_size),
                          graph_max_tokens=min(max(DECODE_BATCHES), MAX_GRAPH_TOKENS))
 
 

@@ -2,7 +2,7 @@
 ``generate`` with static batching, written as the same ``outputs.jsonl`` and ``metrics.json`` as a pipeline job.
 
 The config is composed from ``conf/`` with the same Hydra overrides a pipeline job takes and checked by
-``launch.job.prepare`` (model folder, cache, every request). Pipeline and debug settings do not apply: the
+``launch.rank_job.prepare`` (model folder, cache, every request). Pipeline and debug settings do not apply: the
 baseline is one process on one device (``device``, ``dtype`` and ``runtime.threads`` do apply).
 
 How it runs: requests, in arrival order, go in consecutive batches of ``--batch-size``; a batch starts once its
@@ -50,17 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from launch.job import prepare
+    from launch.rank_job import resolve_rank_job
 
     try:
         cfg = compose_config(args.overrides)
         cfg.output_dir = args.out
         cfg.runtime.resume = False  # the baseline always runs every request (and overwrites outputs.jsonl)
-        plan = prepare(cfg)
+        job = resolve_rank_job(cfg)
     except (ConfigError, RequestError, FileNotFoundError, HydraException, OmegaConfBaseException) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    metrics = run_baseline(plan, batch_size=args.batch_size)
+    metrics = run_baseline(job, batch_size=args.batch_size)
     print(f"{POLICY}: {metrics['completed']}/{metrics['num_requests']} requests, {metrics['total_output_tokens']} "
           f"output tokens in {metrics['duration_s']:.2f}s ({metrics['output_throughput']:.1f} tok/s); "
           f"outputs in {Path(args.out) / 'outputs.jsonl'}")
@@ -83,18 +83,18 @@ def compose_config(overrides: list[str]) -> Config:
     return cfg
 
 
-def run_baseline(plan, *, batch_size: int) -> dict:
-    """Generate every request of ``plan`` in static batches; writes outputs.jsonl and metrics.json, returns metrics."""
+def run_baseline(job, *, batch_size: int) -> dict:
+    """Generate every request of ``job`` in static batches; writes outputs.jsonl and metrics.json, returns metrics."""
     from pp_runtime.rundir.metrics import compute_metrics, request_record
     from pp_runtime.trace.reports import write_json
 
-    out_dir = Path(plan.cfg.output_dir)
+    out_dir = Path(job.cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = _load_model(plan)
-    eos_ids = frozenset(plan.eos_token_ids)
-    tok = plan.tokenizer
+    model = _load_model(job)
+    eos_ids = frozenset(job.eos_token_ids)
+    tok = job.tokenizer
     pad_id = _pad_id(tok, eos_ids)
-    seqs = [Sequence(i, req) for i, req in enumerate(plan.requests)]  # seq ids as the planner numbers them
+    seqs = [Sequence(i, req) for i, req in enumerate(job.requests)]  # seq ids as the planner numbers them
     order = sorted(seqs, key=lambda s: s.request.arrival_s)
     start = time.perf_counter()
     with open(out_dir / "outputs.jsonl", "w") as outputs:
@@ -103,7 +103,7 @@ def run_baseline(plan, *, batch_size: int) -> dict:
             wait = max(s.request.arrival_s for s in batch) - (time.perf_counter() - start)
             if wait > 0:
                 time.sleep(wait)
-            _generate_batch(model, batch, plan=plan, eos_ids=eos_ids, pad_id=pad_id, start=start)
+            _generate_batch(model, batch, job=job, eos_ids=eos_ids, pad_id=pad_id, start=start)
             for seq in batch:
                 text = tok.decode(seq.output_token_ids, skip_special_tokens=True) if tok is not None else None
                 outputs.write(json.dumps(request_record(seq, text)) + "\n")
@@ -111,21 +111,21 @@ def run_baseline(plan, *, batch_size: int) -> dict:
     wall_s = time.perf_counter() - start
     metrics = compute_metrics(seqs, wall_s=wall_s)
     metrics.update({"policy": POLICY, "stages": 1, "batch_size": batch_size, "bubble_fraction": {},
-                    "pipeline_bubble_fraction": None, "config": asdict(plan.cfg)})
+                    "pipeline_bubble_fraction": None, "config": asdict(job.cfg)})
     write_json(out_dir / "metrics.json", metrics, default=str)
     return metrics
 
 
-def _load_model(plan):
+def _load_model(job):
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     # The kernel family the pipeline's stages use (prepare chose it from model.attention and the device).
-    attention = "flash_attention_2" if plan.attention_backend == "flash" else "sdpa"
-    model = AutoModelForCausalLM.from_pretrained(plan.model_dir, dtype=plan.dtype, attn_implementation=attention)
+    attention = "flash_attention_2" if job.attention_backend == "flash" else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=job.dtype, attn_implementation=attention)
     # A fresh generation config: the model's own (sampling defaults, EOS stopping) must not change what is run;
     # stopping and sampling are per request, below.
     model.generation_config = GenerationConfig()
-    return model.to(plan.device).eval()
+    return model.to(job.device).eval()
 
 
 def _pad_id(tokenizer, eos_ids: frozenset[int]) -> int:
@@ -135,7 +135,7 @@ def _pad_id(tokenizer, eos_ids: frozenset[int]) -> int:
 
 
 @torch.inference_mode()
-def _generate_batch(model, batch: list[Sequence], *, plan, eos_ids: frozenset[int], pad_id: int,
+def _generate_batch(model, batch: list[Sequence], *, job, eos_ids: frozenset[int], pad_id: int,
                     start: float) -> None:
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
@@ -145,11 +145,11 @@ def _generate_batch(model, batch: list[Sequence], *, plan, eos_ids: frozenset[in
     for row, seq in enumerate(batch):
         ids[row, width - seq.prompt_len:] = torch.tensor(seq.request.prompt_token_ids)
         mask[row, width - seq.prompt_len:] = 1
-    limits = [min(s.request.params.max_tokens, plan.max_model_len - s.prompt_len) for s in batch]
+    limits = [min(s.request.params.max_tokens, job.max_model_len - s.prompt_len) for s in batch]
     clock = _StepClock(start)
     sampled = any(not s.request.params.greedy for s in batch)
     out = model.generate(
-        input_ids=ids.to(plan.device), attention_mask=mask.to(plan.device), max_new_tokens=max(limits),
+        input_ids=ids.to(job.device), attention_mask=mask.to(job.device), max_new_tokens=max(limits),
         do_sample=False, pad_token_id=pad_id, streamer=clock,
         logits_processor=LogitsProcessorList([_RequestSampling(batch, width)]) if sampled else None,
         stopping_criteria=StoppingCriteriaList([_RequestStop(batch, width, limits, eos_ids)]))

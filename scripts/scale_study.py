@@ -3,9 +3,9 @@
     python scripts/scale_study.py [--num-requests 128] [--prefill-len 1024] [--pd-ratio 32]
                                   [--sarathi-budget 256] [--orca-budget 4096] [--memory-gib 30] [extra overrides]
 
-Each policy is simulated by ``pp-sim``'s machinery (``pp_runtime.sim.sim_job.prepare_sim``: the same planner classes as
-rank 0, ``sim.cost_model=roofline``, ``sim.gpu=a100``, ``sim.model_shape=gpt3-175b``, one GPU per stage, NVLink
-within a node of 8) on a prefill-heavy synthetic mix, all requests arriving at once. Prints throughput, the
+Each policy is simulated by ``pp-sim``'s machinery (``pp_runtime.sim.sim_job.resolve_sim_job``: the same planner
+classes as rank 0, ``sim.cost_model=roofline``, ``sim.gpu=a100``, ``sim.model_shape=gpt3-175b``, one GPU per stage,
+NVLink within a node of 8) on a prefill-heavy synthetic mix, all requests arriving at once. Prints throughput, the
 bubble fractions, the idle time by cause (pp_runtime/trace/attribution.py) and the ratios against the SARATHI paper's
 6.29x fewer bubbles and 1.91x throughput (their metric: median bubble time per request, on TP8 x PP8 = 64 A100s;
 here: idle fraction of the window, one A100 per stage).
@@ -40,12 +40,12 @@ def simulate(overrides: list[str], out_dir: Path) -> tuple[dict, dict]:
     import json
 
     from pp_runtime.sim.output import write_sim_run
-    from pp_runtime.sim.sim_job import prepare_sim
+    from pp_runtime.sim.sim_job import resolve_sim_job
 
     cfg = _config(overrides)
     cfg.output_dir = str(out_dir)
     cfg.tracer.timeline = False
-    job = prepare_sim(cfg)
+    job = resolve_sim_job(cfg)
     result = job.run()
     bubbles = write_sim_run(out_dir, result, cfg, tokenizer=job.tokenizer, info=job.info())
     return json.loads((out_dir / "metrics.json").read_text()), bubbles

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from pp_runtime.job import RankJob
 from pp_runtime.planner import make_planner
 from pp_runtime.request import with_run_seed
 from pp_runtime.rundir.metrics import compute_metrics, request_record
@@ -19,23 +20,23 @@ from stages.engine import Engine
 log = logging.getLogger("pp_runtime")
 
 
-def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=None) -> dict:
+def serve_requests(job: RankJob, executor, transport, tracer, faults, *, cost_model=None, stop=None) -> dict:
     """Serve the requests that outputs.jsonl does not hold yet, appending each as it finishes.
 
     Returns this attempt's metrics (plus totals over the whole file and the ids check), the sequences, and
     ``stopped``: why the job stopped early (a signal), or None when it ran to the end.
     """
-    cfg = plan.cfg
+    cfg = job.cfg
     out_dir = Path(cfg.output_dir)
-    begin_attempt(out_dir, plan.resume)  # a torn last line goes, or the old file moves aside
-    done = plan.resume.done
-    seed = plan.resume.state["sampling_seed"]
-    todo = [with_run_seed(r, seed) for r in plan.requests if r.id not in done]
-    planner = make_planner(cfg.scheduler, num_blocks=plan.num_blocks, block_size=cfg.cache.block_size,
-                           num_slots=cfg.pipeline.depth, max_model_len=plan.max_model_len,
-                           eos_token_ids=plan.eos_token_ids, cost_model=cost_model)
-    tok = plan.tokenizer
-    model_name = os.path.basename(os.path.normpath(plan.model_dir))  # Batch API lines without a body "model"
+    begin_attempt(out_dir, job.resume)  # a torn last line goes, or the old file moves aside
+    done = job.resume.done
+    seed = job.resume.state["sampling_seed"]
+    todo = [with_run_seed(r, seed) for r in job.requests if r.id not in done]
+    planner = make_planner(cfg.scheduler, num_blocks=job.num_blocks, block_size=cfg.cache.block_size,
+                           num_slots=cfg.pipeline.depth, max_model_len=job.max_model_len,
+                           eos_token_ids=job.eos_token_ids, cost_model=cost_model)
+    tok = job.tokenizer
+    model_name = os.path.basename(os.path.normpath(job.model_dir))  # Batch API lines without a body "model"
     progress = _progress(len(todo), cfg.runtime.progress)
     finished = 0
     faults.on_requests_finished(finished)
@@ -62,16 +63,16 @@ def drive(plan, executor, transport, tracer, faults, *, cost_model=None, stop=No
     progress.close()
     metrics = compute_metrics(planner.seqs, wall_s=wall_s, alone=planner.alone_times if cost_model else None)
     metrics["policy"] = cfg.scheduler.policy
-    metrics["stages"] = plan.world_size
+    metrics["stages"] = job.world_size
     # No request lost: read the file back and hold every input id against it.
     scan = scan_outputs(out_dir / OUTPUTS_FILE)
-    check = check_ids([r.id for r in plan.requests], scan.ids)
-    metrics.update(attempt=plan.resume.state["attempt"], sampling_seed=seed, resumed=len(plan.requests) - len(todo),
+    check = check_ids([r.id for r in job.requests], scan.ids)
+    metrics.update(attempt=job.resume.state["attempt"], sampling_seed=seed, resumed=len(job.requests) - len(todo),
                    unfinished=sum(s.finish_reason is None for s in planner.seqs),
-                   totals=dict(scan.totals, input_requests=len(plan.requests)), ids_check=check)
+                   totals=dict(scan.totals, input_requests=len(job.requests)), ids_check=check)
     stopped = None
     if engine.stopped_early:
-        stopped = (f"stopped by {stop.name}: {len(scan.ids)} of {len(plan.requests)} requests are in "
+        stopped = (f"stopped by {stop.name}: {len(scan.ids)} of {len(job.requests)} requests are in "
                    f"{out_dir / OUTPUTS_FILE}; rerun the same command to resume")
     return {"metrics": metrics, "seqs": planner.seqs, "stopped": stopped, "cost_model": cost_model,
             "mb_work": planner.mb_work}
@@ -83,7 +84,7 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="req", desc="requests", disable=not (enabled and sys.stderr.isatty()))
 
 
-def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None:
+def finish_reports(job: RankJob, result: dict, events: dict, clock_errors: dict) -> None:
     """Write bubble reports and metrics.json into the run directory, record the attempt's end, print the summary.
 
     Raises RuntimeError when a job that ran to the end fails the ids check (a request missing or repeated in
@@ -93,7 +94,7 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
 
     from pp_runtime.trace.reports import format_bubble_report, write_json
 
-    cfg = plan.cfg
+    cfg = job.cfg
     out_dir = Path(cfg.output_dir)
     metrics = result["metrics"]
     check = metrics["ids_check"]
@@ -101,7 +102,7 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
     if not result["seqs"] and status == "complete" and (out_dir / "metrics.json").exists():
         print(f"nothing left to do: {metrics['resumed']} request(s) already in {out_dir / OUTPUTS_FILE}; "
               f"metrics.json and the reports are those of the attempt that finished them")
-        return _end_attempt(plan, out_dir, status, result["stopped"], check)
+        return _end_attempt(job, out_dir, status, result["stopped"], check)
     if cfg.tracer.enabled:
         from pp_runtime.trace.reports import bubble_metrics, write_reports
 
@@ -116,24 +117,24 @@ def finish_reports(plan, result: dict, events: dict, clock_errors: dict) -> None
     metrics["config"] = asdict(cfg)
     write_json(out_dir / "metrics.json", metrics, default=str)
     if cfg.workload.kind == "default":
-        print_answers(result["seqs"], plan.tokenizer)
+        print_answers(result["seqs"], job.tokenizer)
     print(f"\n{metrics['completed']}/{metrics['num_requests']} requests, {metrics['total_output_tokens']} output "
           f"tokens in {metrics['duration_s']:.2f}s ({metrics['output_throughput']:.1f} tok/s); "
           f"outputs in {out_dir / 'outputs.jsonl'}")
     if metrics["resumed"] or status != "complete":
         print(f"{status}: {metrics['resumed']} request(s) resumed from earlier attempts; "
-              f"{metrics['totals']['requests']}/{len(plan.requests)} in outputs.jsonl")
+              f"{metrics['totals']['requests']}/{len(job.requests)} in outputs.jsonl")
     if cfg.tracer.enabled:
-        print(format_bubble_report(bubbles, title=f"{cfg.scheduler.policy}, {plan.world_size} stage(s)",
+        print(format_bubble_report(bubbles, title=f"{cfg.scheduler.policy}, {job.world_size} stage(s)",
                                    slowdown=metrics.get("slowdown")))
-        if plan.world_size > 1:
+        if job.world_size > 1:
             print(f"stage clocks aligned to stage 0 within {max(clock_errors.values()) / 1e3:.1f} us "
                   f"(half the best ping-pong round trip); trace in {out_dir / 'trace.json'}")
-    _end_attempt(plan, out_dir, status, result["stopped"], check)
+    _end_attempt(job, out_dir, status, result["stopped"], check)
 
 
-def _end_attempt(plan, out_dir: Path, status: str, stopped: str | None, check: dict) -> None:
-    end_attempt(out_dir, plan.resume, status=status, note=stopped or describe_ids_problem(check))
+def _end_attempt(job, out_dir: Path, status: str, stopped: str | None, check: dict) -> None:
+    end_attempt(out_dir, job.resume, status=status, note=stopped or describe_ids_problem(check))
     if status == "incomplete":
         log.error("ids check failed: %s", describe_ids_problem(check))
         raise RuntimeError(f"outputs.jsonl fails the ids check: {describe_ids_problem(check)} (details in "

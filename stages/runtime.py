@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from pp_runtime.job import RankJob
 from pp_runtime.planner import needs_cost_model
 from pp_runtime.trace.tracer import Tracer
 from stages.cuda_graphs import MAX_GRAPH_TOKENS, graphs_wanted
@@ -20,53 +21,53 @@ from stages.transport import Transport
 log = logging.getLogger("pp_runtime")
 
 
-def run_stage(plan, *, stop=None) -> dict | None:
+def run_stage(job: RankJob, *, stop=None) -> dict | None:
     """Build this rank's stage and run it; rank 0 also plans, writes outputs.jsonl, metrics.json and reports.
 
     ``stop`` (a ``StopSignal``) ends the job early: rank 0 drains and tells the others; then every rank, once
     the reports are written, raises ``Preempted``.
     """
-    cfg, rank, world = plan.cfg, plan.rank, plan.world_size
-    layers = plan.layer_ranges[rank]
-    tracer = Tracer(rank, capacity=cfg.tracer.capacity, enabled=cfg.tracer.enabled, device=plan.device)
-    model = build_stage_model(plan.model_dir, plan.hf_config, layers, num_stages=world, stage=rank,
-                              device=plan.device, dtype=plan.dtype)
-    backend = plan.attention_backend
-    graphs = graphs_wanted(cfg.runtime.cuda_graphs, plan.device, backend)
-    cache = KVCache(list(layers), num_blocks=plan.num_blocks, block_size=cfg.cache.block_size,
-                    hf_config=plan.hf_config, dtype=plan.dtype, device=plan.device, extra_blocks=int(graphs))
-    executor = StageExecutor(model, cache, device=plan.device, backend=backend, cuda_graphs=graphs,
-                             max_blocks_per_seq=-(-plan.max_model_len // cfg.cache.block_size),
+    cfg, rank, world = job.cfg, job.rank, job.world_size
+    layers = job.layer_ranges[rank]
+    tracer = Tracer(rank, capacity=cfg.tracer.capacity, enabled=cfg.tracer.enabled, device=job.device)
+    model = build_stage_model(job.model_dir, job.hf_config, layers, num_stages=world, stage=rank,
+                              device=job.device, dtype=job.dtype)
+    backend = job.attention_backend
+    graphs = graphs_wanted(cfg.runtime.cuda_graphs, job.device, backend)
+    cache = KVCache(list(layers), num_blocks=job.num_blocks, block_size=cfg.cache.block_size,
+                    hf_config=job.hf_config, dtype=job.dtype, device=job.device, extra_blocks=int(graphs))
+    executor = StageExecutor(model, cache, device=job.device, backend=backend, cuda_graphs=graphs,
+                             max_blocks_per_seq=-(-job.max_model_len // cfg.cache.block_size),
                              graph_max_tokens=min(cfg.scheduler.token_budget, MAX_GRAPH_TOKENS))
     log.info("stage %d: layers %d-%d%s%s, %d KV blocks of %d tokens, %s attention%s, %s %s", rank, layers.start,
              layers.stop - 1, " + embeddings" if model.is_first else "", " + LM head" if model.is_last else "",
-             plan.num_blocks, cfg.cache.block_size, backend, ", CUDA graphs" if graphs else "", plan.device,
-             str(plan.dtype).removeprefix("torch."))
+             job.num_blocks, cfg.cache.block_size, backend, ", CUDA graphs" if graphs else "", job.device,
+             str(job.dtype).removeprefix("torch."))
     transport = None
     clock_error_ns = 0
     if world > 1:
         # With NCCL carrying activations, headers, clock sync and gathers need a gloo group of their own; with
         # gloo the default group serves both (CUDA activations then go through pinned host memory).
-        cpu_group = dist.new_group(backend="gloo") if plan.transport == "nccl" else None
+        cpu_group = dist.new_group(backend="gloo") if job.transport == "nccl" else None
         # Plans, the stop message and sampled tokens go over a gloo group of their own (a thread on each stage
         # waits for plans on it): small messages never wait behind an activation on the same connection.
         control_group = dist.new_group(backend="gloo")
-        transport = Transport(rank, world, device=plan.device, hidden_size=plan.hf_config.hidden_size,
-                              dtype=plan.dtype, timeout_s=cfg.runtime.timeout_s, tracer=tracer, cpu_group=cpu_group,
+        transport = Transport(rank, world, device=job.device, hidden_size=job.hf_config.hidden_size,
+                              dtype=job.dtype, timeout_s=cfg.runtime.timeout_s, tracer=tracer, cpu_group=cpu_group,
                               control_group=control_group,
-                              host_staging=plan.transport == "gloo" and plan.device.type == "cuda",
-                              max_rows=_max_rows(plan))
+                              host_staging=job.transport == "gloo" and job.device.type == "cuda",
+                              max_rows=_max_rows(job))
         if cfg.tracer.enabled:
             from stages.clock_sync import estimate_clock_offset
 
             offset, clock_error_ns = estimate_clock_offset(rank, rounds=cfg.tracer.clock_sync_rounds, group=cpu_group)
             tracer.set_clock_offset(offset, clock_error_ns)
-    cost_model = plan.cost_model if plan.cost_model is not None else _cost_model(plan, executor, transport)
+    cost_model = job.cost_model if job.cost_model is not None else _cost_model(job, executor, transport)
     faults = Faults(cfg.debug)
     if rank == 0:
-        from stages.rank0 import drive
+        from stages.rank0 import serve_requests
 
-        result = drive(plan, executor, transport, tracer, faults, cost_model=cost_model, stop=stop)
+        result = serve_requests(job, executor, transport, tracer, faults, cost_model=cost_model, stop=stop)
         stopped = result["stopped"]
     else:
         from stages.worker import serve
@@ -87,26 +88,26 @@ def run_stage(plan, *, stop=None) -> dict | None:
     if rank == 0:
         from stages.rank0 import finish_reports
 
-        finish_reports(plan, result, events, errors)
+        finish_reports(job, result, events, errors)
     if stopped:
         raise Preempted(stopped)
     return result
 
 
-def _max_rows(plan) -> int:
+def _max_rows(job: RankJob) -> int:
     """The most tokens a micro-batch can carry, for activation receives posted before their plan is there: a
     budget's worth beside a whole prompt that runs over it (orca, static). On the CPU only; with host staging a
     pinned buffer that large could be a GiB, so CUDA stages post receives for plans that have arrived."""
-    if plan.device.type != "cpu":
+    if job.device.type != "cpu":
         return 0
-    return plan.cfg.scheduler.token_budget + plan.max_model_len
+    return job.cfg.scheduler.token_budget + job.max_model_len
 
 
-def _cost_model(plan, executor: StageExecutor, transport: Transport | None):
+def _cost_model(job: RankJob, executor: StageExecutor, transport: Transport | None):
     """Rank 0's cost model: the one loaded from scheduler.cost_model_path, or profiled now on every stage."""
     from pp_runtime.planner.cost_model import CostModel
 
-    cfg, rank, world = plan.cfg, plan.rank, plan.world_size
+    cfg, rank, world = job.cfg, job.rank, job.world_size
     if not needs_cost_model(cfg.scheduler):
         return None
     from pp_runtime.model import cost_cache
@@ -115,12 +116,12 @@ def _cost_model(plan, executor: StageExecutor, transport: Transport | None):
     budget = cfg.scheduler.token_budget
     # Time the contexts this job can reach, not more: decode attention over long contexts is memory-bound on a
     # CPU and would dominate a fit meant for the job's own shapes.
-    longest = max((len(r.prompt_token_ids) + r.params.max_tokens for r in plan.requests), default=budget)
-    max_context_len = min(plan.max_model_len, longest)
+    longest = max((len(r.prompt_token_ids) + r.params.max_tokens for r in job.requests), default=budget)
+    max_context_len = min(job.max_model_len, longest)
     key = cost_cache.cost_model_key(
-        model_dir=plan.model_dir, layers_per_stage=[len(r) for r in plan.layer_ranges],
-        device=cost_cache.device_name(plan.device), dtype=str(plan.dtype).removeprefix("torch."),
-        backend=plan.attention_backend, threads=cfg.runtime.threads, token_budget=budget,
+        model_dir=job.model_dir, layers_per_stage=[len(r) for r in job.layer_ranges],
+        device=cost_cache.device_name(job.device), dtype=str(job.dtype).removeprefix("torch."),
+        backend=job.attention_backend, threads=cfg.runtime.threads, token_budget=budget,
         max_context_len=max_context_len)
     # Rank 0 decides (other nodes may hold other caches) and tells the others whether to profile.
     cached = cost_cache.load_cached(key) if rank == 0 and cfg.runtime.cost_model_cache else None
@@ -135,7 +136,7 @@ def _cost_model(plan, executor: StageExecutor, transport: Transport | None):
                      cost_cache.cache_dir(), cached)
         return cached
     rows = profile_stage(rank, executor, token_budget=budget, max_context_len=max_context_len,
-                         hidden_size=plan.hf_config.hidden_size, dtype=plan.dtype)
+                         hidden_size=job.hf_config.hidden_size, dtype=job.dtype)
     if world > 1:
         gathered = [None] * world if rank == 0 else None
         dist.gather_object(rows, gathered, dst=0, group=transport.cpu_group)

@@ -22,7 +22,7 @@ def make_config(overrides: list[str]):
 
 
 def _rank_main(rank: int, world_size: int, overrides: list[str]):
-    from launch.job import run_job
+    from launch.rank_job import run_job
 
     result = run_job(make_config(overrides))
     return None if result is None else result["metrics"]

@@ -1,4 +1,4 @@
-"""Config: every group composes through Hydra; every bad value fails validate() naming its key; launch.job.prepare
+"""Config: every group composes through Hydra; every bad value fails validate() naming its key; launch.rank_job.prepare
 fails fast (before any process group) on a wrong stage count, a missing model folder and too few layers."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from launch.job import prepare
+from launch.rank_job import resolve_rank_job
 from pp_runtime.config import POLICIES, Config, ConfigError
 from tests.jobs import make_config
 from tests.tiny_models import make_tiny_model
 
 _GROUPS = ("model", "pipeline", "scheduler", "workload", "cache", "tracer", "runtime", "debug")
-# Composes from the real conf/ tree; pipeline.stages is otherwise only filled in by prepare() from WORLD_SIZE.
+# Composes from the real conf/ tree; pipeline.stages is otherwise only filled in by resolve_rank_job() from WORLD_SIZE.
 BASE = ["pipeline.stages=2"]
 
 
@@ -157,7 +157,7 @@ def test_fast_merge_matches_hydra_compose():
     assert _with(overrides) == make_config([*BASE, *overrides])
 
 
-# --- launch.job.prepare: everything that can fail on bad input fails before any process group exists ----------
+# --- launch.rank_job.prepare: everything that can fail on bad input fails before any process group exists ----------
 
 @pytest.fixture
 def world(monkeypatch):
@@ -174,7 +174,7 @@ def world(monkeypatch):
 
 @pytest.fixture
 def keep_threads():
-    # prepare() sets torch's thread count from runtime.threads; give the rest of the session its setting back.
+    # resolve_rank_job() sets torch's thread count from runtime.threads; give the rest of the session its setting back.
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
@@ -184,7 +184,7 @@ def test_prepare_rejects_stage_count_that_differs_from_world_size(world, keep_th
     world(1)
     cfg = make_config(["pipeline.stages=2"])
     with pytest.raises(ConfigError, match=r"^pipeline\.stages=2 .*1 rank") as exc:
-        prepare(cfg)
+        resolve_rank_job(cfg)
     assert "--nproc_per_node=2" in str(exc.value)
 
 
@@ -192,27 +192,27 @@ def test_prepare_takes_stage_count_from_world_size(world, keep_threads):
     world(1)
     cfg = make_config(["model.path=/nonexistent"])
     with pytest.raises(FileNotFoundError):
-        prepare(cfg)
+        resolve_rank_job(cfg)
     assert cfg.pipeline.stages == 1
 
 
 def test_prepare_missing_model_folder_names_model_path(world, keep_threads):
     world(1)
     with pytest.raises(FileNotFoundError, match=r"model\.path='/nonexistent'"):
-        prepare(make_config(["pipeline.stages=1", "model=local", "model.path=/nonexistent"]))
+        resolve_rank_job(make_config(["pipeline.stages=1", "model=local", "model.path=/nonexistent"]))
 
 
 def test_prepare_folder_without_config_json_names_model_path(world, keep_threads, tmp_path):
     world(1)
     with pytest.raises(FileNotFoundError, match=r"model\.path=.*config\.json"):
-        prepare(make_config(["pipeline.stages=1", f"model.path={tmp_path}"]))
+        resolve_rank_job(make_config(["pipeline.stages=1", f"model.path={tmp_path}"]))
 
 
 def test_prepare_more_stages_than_layers_fails_before_process_group(world, keep_threads, tmp_path):
     model_dir = make_tiny_model("llama", tmp_path / "m", num_layers=2)
     world(3)
     with pytest.raises(ConfigError, match=r"pipeline\.stages=3 is more than the model's 2 decoder layers"):
-        prepare(make_config(["pipeline.stages=3", f"model.path={model_dir}"]))
+        resolve_rank_job(make_config(["pipeline.stages=3", f"model.path={model_dir}"]))
     assert not dist.is_initialized()
 
 
@@ -220,28 +220,29 @@ def test_prepare_validates_config_before_touching_the_model(world, keep_threads)
     world(2)
     # A bad value fails on its own key even though the model folder does not exist either.
     with pytest.raises(ConfigError, match=r"^scheduler\.token_budget=0"):
-        prepare(make_config(["pipeline.stages=2", "model.path=/nonexistent", "scheduler.token_budget=0"]))
+        resolve_rank_job(make_config(["pipeline.stages=2", "model.path=/nonexistent", "scheduler.token_budget=0"]))
 
 
-def test_prepare_resolves_a_job_plan_on_a_tiny_model(world, keep_threads, tmp_path):
+def test_prepare_resolves_a_rank_job_on_a_tiny_model(world, keep_threads, tmp_path):
     model_dir = make_tiny_model("llama", tmp_path / "m", num_layers=3)
     world(2, rank=1)
-    plan = prepare(make_config([
+    job = resolve_rank_job(make_config([
         "pipeline.stages=2", f"model.path={model_dir}", "device=cpu", "model.max_model_len=64", "cache.num_blocks=7",
         "workload=synthetic", "workload.num_requests=3", "workload.prefill_len=8", "workload.max_tokens=4"]))
-    assert (plan.rank, plan.world_size) == (1, 2)
-    assert plan.device == torch.device("cpu") and plan.dtype == torch.float32
-    assert plan.max_model_len == 64
-    assert [i for r in plan.layer_ranges for i in r] == [0, 1, 2]
-    assert len(plan.layer_ranges) == 2
-    assert plan.num_blocks == 7
-    assert len(plan.requests) == 3
-    assert all(len(r.prompt_token_ids) < 64 for r in plan.requests)
+    assert (job.rank, job.world_size) == (1, 2)
+    assert job.device == torch.device("cpu") and job.dtype == torch.float32
+    assert job.max_model_len == 64
+    assert [i for r in job.layer_ranges for i in r] == [0, 1, 2]
+    assert len(job.layer_ranges) == 2
+    assert job.num_blocks == 7
+    assert len(job.requests) == 3
+    assert all(len(r.prompt_token_ids) < 64 for r in job.requests)
 
 
 def test_prepare_rejects_flash_attention_on_cpu(world, keep_threads, tmp_path):
     model_dir = make_tiny_model("llama", tmp_path / "m", num_layers=2)
     world(1)
     with pytest.raises((ConfigError, ValueError), match=r"model\.attention=flash"):
-        prepare(make_config(["pipeline.stages=1", f"model.path={model_dir}", "device=cpu", "model.attention=flash",
-                             "workload=synthetic", "workload.num_requests=1", "workload.prefill_len=4"]))
+        resolve_rank_job(make_config(["pipeline.stages=1", f"model.path={model_dir}", "device=cpu",
+                                      "model.attention=flash", "workload=synthetic", "workload.num_requests=1",
+                                      "workload.prefill_len=4"]))

@@ -43,7 +43,7 @@ class _FakeStream:
 
 def test_a_rank_sets_its_device_from_local_rank_before_any_cuda_call(tmp_path, monkeypatch):
     import stages.runtime
-    from launch.job import run_job
+    from launch.rank_job import run_job
 
     model = make_tiny_model("llama", tmp_path / "llama", num_layers=2)
     reqs = write_jsonl(tmp_path / "r.jsonl", [{"id": "a", "prompt_token_ids": [3, 4], "max_tokens": 2}])

@@ -30,7 +30,7 @@ def test_an_error_after_another_stage_failed_names_that_stage(monkeypatch):
     """Wherever a dead peer surfaces (a reset connection in isend, not only in a wait), the error names the
     stage that failed first; the first failing stage records itself instead."""
     import stages.transport as comm
-    from launch.job import _blame
+    from launch.rank_job import _blame
 
     reported = []
     monkeypatch.setattr(comm, "report_failure", lambda rank, exc: reported.append(rank))

@@ -20,7 +20,7 @@ from pp_runtime.model.cache_size import (
 from pp_runtime.planner import make_planner
 from pp_runtime.request import Request, SamplingParams
 from pp_runtime.sim.hardware import MODEL_SHAPES
-from pp_runtime.sim.sim_job import prepare_sim
+from pp_runtime.sim.sim_job import resolve_sim_job
 from tests.jobs import make_config
 
 
@@ -31,7 +31,7 @@ def test_presets_carry_their_models_context_length(name, context):
 
 
 def _sim(*overrides):
-    return prepare_sim(make_config(["pipeline.stages=4", "sim.model_shape=llama-3.1-8b", "sim.cost_model=roofline",
+    return resolve_sim_job(make_config(["pipeline.stages=4", "sim.model_shape=llama-3.1-8b", "sim.cost_model=roofline",
                                     "sim.gpu=h100", "workload=synthetic", "workload.num_requests=1",
                                     "workload.prefill_len=32000", "workload.pd_ratio=32000", *overrides]))
 

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from launch.report import main
 from pp_runtime.trace.reports import load_clock_errors, load_events, write_reports
 from pp_runtime.trace.tracer import EventKind
-from scripts.report import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 C, W = EventKind.COMPUTE, EventKind.WAIT

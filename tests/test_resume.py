@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from launch.job import prepare
+from launch.rank_job import resolve_rank_job
 from pp_runtime.config import ConfigError
 from pp_runtime.rundir.outputs_file import check_ids, scan_outputs
 from pp_runtime.rundir.run_state import MARKER_FILE, STATE_FILE, plan_resume
@@ -186,18 +186,18 @@ def test_a_changed_request_file_is_refused_on_every_rank_before_they_meet(model,
     for o in outcomes:
         assert o.exitcode == 1 and "ConfigError" in o.error and "the requests changed" in o.error, o.error
         assert "runtime.resume=false" in o.error and "runtime.resume=force" in o.error
-        assert "init_process_group" not in o.error  # refused in prepare(), before any rank waited
+        assert "init_process_group" not in o.error  # refused in resolve_rank_job(), before any rank waited
 
 
 def test_a_changed_config_is_refused_naming_the_key(model, request_file, tmp_path):
     run_job_ranks(1, _overrides(model, request_file, tmp_path))
     cfg = make_config(["pipeline.stages=1", *_overrides(model, request_file, tmp_path, "scheduler.token_budget=8")])
     with pytest.raises(ConfigError, match=r"scheduler.token_budget: 16 -> 8"):
-        prepare(cfg)
+        resolve_rank_job(cfg)
     # runtime.*, tracer.* and debug.* may change between attempts
     cfg = make_config(["pipeline.stages=1", *_overrides(model, request_file, tmp_path, "runtime.timeout_s=99",
                                                          "tracer.enabled=false", "debug.fail_after=3")])
-    assert len(prepare(cfg).resume.done) == N
+    assert len(resolve_rank_job(cfg).resume.done) == N
 
 
 def test_resume_false_moves_the_old_file_aside_and_force_keeps_it(model, request_file, reference, tmp_path):

@@ -26,7 +26,7 @@ WORKLOAD = ["workload=synthetic", "workload.num_requests=4", "workload.prefill_l
 
 def _recording_rank(rank: int, world_size: int, overrides: list[str]):
     """Run a job; rank 0 also returns every micro-batch its planner launched, in order (this forked process only)."""
-    from launch.job import run_job
+    from launch.rank_job import run_job
     from pp_runtime.planner.sarathi import SarathiPlanner
 
     plans: list[str] = []
@@ -90,8 +90,8 @@ def test_replay_with_measured_times_makes_the_real_runs_micro_batches(real_run, 
 
 
 def test_pp_sim_writes_a_run_that_pp_report_reads_and_replays_to_itself(model, tmp_path, capsys):
+    from launch.report import main as report_main
     from launch.sim import replay_main
-    from scripts.report import main as report_main
 
     out = tmp_path / "sim"
     cmd = [sys.executable, "-m", "launch.sim", "pipeline.stages=2", f"model.path={model}", "scheduler=fcfs", *WORKLOAD,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from launch.job import resolve_transport
+from launch.rank_job import resolve_transport
 from pp_runtime.config import ConfigError, PipelineConfig
 from tests.jobs import run_job_outcomes, run_job_ranks
 from tests.tiny_models import make_tiny_model
@@ -119,7 +119,7 @@ def _pipeline(rank: int, world: int, depth: int, num_requests: int, stop_after: 
     import torch
     import torch.distributed as dist
 
-    from launch.job import _blame
+    from launch.rank_job import _blame
     from pp_runtime.config import SchedulerConfig
     from pp_runtime.planner import make_planner
     from pp_runtime.request import Request, SamplingParams

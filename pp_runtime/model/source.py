@@ -1,6 +1,6 @@
 """Where a job's model comes from: the folder named by ``model.path``, or the embedded default, and its tokenizer.
 
-Used by the job (``launch/job.py``) and the simulator (``pp_runtime/sim/sim_job.py``) alike, before any rank waits
+Used by the job (``launch/rank_job.py``) and the simulator (``pp_runtime/sim/sim_job.py``) alike, before any rank waits
 on another: a missing folder raises FileNotFoundError naming ``model.path``.
 """
 

@@ -19,7 +19,7 @@ from pp_runtime.sim.compare import compare_runs, load_summary, run_summary
 from pp_runtime.sim.links import Link, LinkModel
 from pp_runtime.sim.output import write_sim_run
 from pp_runtime.sim.pipeline import SimResult
-from pp_runtime.sim.sim_job import SimJob, prepare_sim
+from pp_runtime.sim.sim_job import SimJob, resolve_sim_job
 from pp_runtime.trace.tracer import EventKind
 
 
@@ -202,7 +202,7 @@ def _replay_run(run: Path, cfg: Config, cost_model, *, path: str | None, measure
         from pp_runtime.planner.cost_model import CostModel
 
         cost_model = CostModel.default(cfg.pipeline.stages)
-    job = prepare_sim(cfg, run_cost_model=cost_model)
+    job = resolve_sim_job(cfg, run_cost_model=cost_model)
     events = load_events(str(run))
     if measured_times:
         job.time_model = MeasuredTimes(events)

@@ -39,7 +39,7 @@ class SimJob(Job):
                 "links": self.links.describe(), "num_blocks": self.num_blocks}
 
 
-def prepare_sim(cfg: Config, *, run_cost_model=None) -> SimJob:
+def resolve_sim_job(cfg: Config, *, run_cost_model=None) -> SimJob:
     """Resolve ``cfg`` for simulation; ``run_cost_model`` is a real run's CostModel (replay). Raises ConfigError,
     RequestError or FileNotFoundError naming what to change."""
     import torch

@@ -66,7 +66,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
-def prepare(cfg: Config) -> RankJob:
+def resolve_rank_job(cfg: Config) -> RankJob:
     """Resolve and validate everything on this rank; raises ConfigError / RequestError / FileNotFoundError."""
     from transformers import AutoConfig
 
@@ -128,20 +128,20 @@ def run_job(cfg: Config) -> dict | None:
     from stages.preemption import Preempted, StopSignal
 
     with StopSignal() as stop:  # from the start: a signal while loading still ends the job gracefully
-        plan = prepare(cfg)
-        if plan.world_size > 1:
+        job = resolve_rank_job(cfg)
+        if job.world_size > 1:
             # The default group carries the activations: NCCL binds it to this rank's GPU; gloo takes no device.
-            kwargs = {"device_id": plan.device} if plan.transport == "nccl" else {}
-            dist.init_process_group(plan.transport, timeout=timedelta(seconds=cfg.runtime.timeout_s), **kwargs)
+            kwargs = {"device_id": job.device} if job.transport == "nccl" else {}
+            dist.init_process_group(job.transport, timeout=timedelta(seconds=cfg.runtime.timeout_s), **kwargs)
         try:
             from stages.runtime import run_stage
 
-            return run_stage(plan, stop=stop)
+            return run_stage(job, stop=stop)
         except Preempted:
             raise
         except BaseException as exc:
-            if plan.world_size > 1:
-                _blame(plan.rank, exc)
+            if job.world_size > 1:
+                _blame(job.rank, exc)
             raise
         finally:
             if dist.is_initialized():

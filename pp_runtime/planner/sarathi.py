@@ -69,12 +69,17 @@ class SarathiPlanner(Planner):
             fill = Fill(self.limits)
             work: list[tuple[Sequence, int]] = []
             if self._add_decodes(slot, fill, work):
+                self._limit_prefills(fill)
                 self._add_prefills(slot, fill, work)
             if work:
                 self._cursor = (slot + 1) % self.num_slots
                 self._built_slot = slot
                 return work
         return []
+
+    def _limit_prefills(self, fill: Fill) -> None:
+        """Between a micro-batch's decodes and its prefill chunks: a policy's hook to narrow ``fill.limits`` for
+        the prefills (``throttle``); SARATHI fills the budget."""
 
     def _add_decodes(self, slot: int, fill: Fill, work: list[tuple[Sequence, int]]) -> bool:
         """Add a decode token for each ready request of ``slot``; False if the budget or SLO cut them short

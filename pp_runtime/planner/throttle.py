@@ -20,27 +20,14 @@ from dataclasses import replace
 
 from pp_runtime.planner.fill import Fill
 from pp_runtime.planner.sarathi import SarathiPlanner
-from pp_runtime.sequence import Sequence
 
 MIN_PREFILL = 16  # tokens: below this a micro-batch's fixed cost dominates
 KV_FREE = 0.25  # prefill runs at full rate while at least this share of the KV blocks is free
 
 
 class ThrottlePlanner(SarathiPlanner):
-    def _select(self, now: float) -> list[tuple[Sequence, int]]:
-        self.slots.rebalance()
-        for i in range(self.num_slots):
-            slot = (self._cursor + i) % self.num_slots
-            fill = Fill(self.limits)
-            work: list[tuple[Sequence, int]] = []
-            if self._add_decodes(slot, fill, work):
-                fill.limits = replace(self.limits, token_budget=fill.tokens + self.prefill_budget(fill.tokens))
-                self._add_prefills(slot, fill, work)
-            if work:
-                self._cursor = (slot + 1) % self.num_slots
-                self._built_slot = slot
-                return work
-        return []
+    def _limit_prefills(self, fill: Fill) -> None:
+        fill.limits = replace(self.limits, token_budget=fill.tokens + self.prefill_budget(fill.tokens))
 
     def prefill_budget(self, decodes: int) -> int:
         """Prefill tokens for a micro-batch that already holds ``decodes`` decode tokens."""

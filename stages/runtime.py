@@ -8,6 +8,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from pp_runtime.planner import needs_cost_model
+from pp_runtime.planner.budget import budget_bound
 from pp_runtime.trace.tracer import Tracer
 from stages.cuda_graphs import MAX_GRAPH_TOKENS, graphs_wanted
 from stages.executor import StageExecutor
@@ -37,7 +38,7 @@ def run_stage(plan, *, stop=None) -> dict | None:
                     hf_config=plan.hf_config, dtype=plan.dtype, device=plan.device, extra_blocks=int(graphs))
     executor = StageExecutor(model, cache, device=plan.device, backend=backend, cuda_graphs=graphs,
                              max_blocks_per_seq=-(-plan.max_model_len // cfg.cache.block_size),
-                             graph_max_tokens=min(cfg.scheduler.token_budget, MAX_GRAPH_TOKENS))
+                             graph_max_tokens=min(budget_bound(cfg.scheduler), MAX_GRAPH_TOKENS))
     log.info("stage %d: layers %d-%d%s%s, %d KV blocks of %d tokens, %s attention%s, %s %s", rank, layers.start,
              layers.stop - 1, " + embeddings" if model.is_first else "", " + LM head" if model.is_last else "",
              plan.num_blocks, cfg.cache.block_size, backend, ", CUDA graphs" if graphs else "", plan.device,
@@ -99,7 +100,7 @@ def _max_rows(plan) -> int:
     pinned buffer that large could be a GiB, so CUDA stages post receives for plans that have arrived."""
     if plan.device.type != "cpu":
         return 0
-    return plan.cfg.scheduler.token_budget + plan.max_model_len
+    return budget_bound(plan.cfg.scheduler) + plan.max_model_len
 
 
 def _cost_model(plan, executor: StageExecutor, transport: Transport | None):
@@ -112,7 +113,7 @@ def _cost_model(plan, executor: StageExecutor, transport: Transport | None):
     from pp_runtime.model import cost_cache
     from stages.profiler import profile_stage
 
-    budget = cfg.scheduler.token_budget
+    budget = budget_bound(cfg.scheduler)  # auto: its maximum, so the profile covers every budget it may choose
     # Time the contexts this job can reach, not more: decode attention over long contexts is memory-bound on a
     # CPU and would dominate a fit meant for the job's own shapes.
     longest = max((len(r.prompt_token_ids) + r.params.max_tokens for r in plan.requests), default=budget)

@@ -59,6 +59,7 @@ def cpu(args) -> None:
     import torch
 
     from pp_runtime.planner import CostModel
+    from pp_runtime.planner.budget import pick_token_budget
     from pp_runtime.planner.fill import full_budget_time
     from pp_runtime.sim.hardware import MODEL_SHAPES
     from scripts.jobs import machine
@@ -100,7 +101,9 @@ def cpu(args) -> None:
           f"{args.threads} thread(s), {backend} attention; chunk {args.chunk}; profiles of "
           f"profile_points({args.budget}): to {args.max_prefix} tokens ({full_s:.0f}s), to 1024 ({short_s:.0f}s)")
     print(f"cost model (profiled to {args.max_prefix}): {full}")
-    print(f"cost model (profiled to 1024): {short}\n")
+    print(f"cost model (profiled to 1024): {short}")
+    knee, info = pick_token_budget(full, chunk_size=args.chunk)
+    print(f"scheduler.token_budget=auto would take {knee} (per-token us by budget: {info['per_token_us']})\n")
     print(f"| prefix | chunk measured ms | predicted ms (err) | predicted, 1k profile (err) | balanced chunk | "
           f"its measured ms (target {target * 1e3:.0f}) |")
     print("|---:|---:|---:|---:|---:|---:|")

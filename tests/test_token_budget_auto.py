@@ -136,3 +136,16 @@ def test_two_stage_job_with_auto_records_its_budget_and_matches_generate(tmp_pat
     got = read_outputs(out)
     for r in reqs:
         assert got[r["id"]]["output_token_ids"] == reference_generate(model, r["prompt_token_ids"], r["max_tokens"])
+
+
+def test_pp_sim_prints_and_records_the_budget_it_chose(tmp_path, capsys):
+    from launch.sim import simulate_job
+
+    cfg = make_config(["pipeline.stages=2", "sim.model_shape=smollm2-135m", "sim.cost_model=roofline",
+                       "workload=synthetic", "workload.num_requests=3", "workload.prefill_len=64",
+                       "sim.planner_time_us=0", "tracer.timeline=false", f"output_dir={tmp_path}"])
+    metrics = simulate_job(cfg)
+    choice = metrics["token_budget"]
+    assert choice["source"] == "knee" and choice["value"] in candidate_budgets(AUTO_MAX_TOKEN_BUDGET)
+    assert f"scheduler.token_budget=auto -> {choice['value']}" in capsys.readouterr().out
+    assert metrics["config"]["scheduler"]["token_budget"] == "auto"

@@ -32,6 +32,7 @@ def simulate_job(cfg: Config) -> dict:
     import json
     from pathlib import Path
 
+    from pp_runtime.planner.budget import describe
     from pp_runtime.sim.output import write_sim_run
     from pp_runtime.sim.sim_job import resolve_sim_job
     from pp_runtime.trace.reports import format_bubble_report
@@ -47,6 +48,7 @@ def simulate_job(cfg: Config) -> dict:
     print(f"\n{m['completed']}/{m['num_requests']} requests, {m['total_output_tokens']} output tokens in "
           f"{m['duration_s']:.3f}s simulated ({m['output_throughput']:.1f} tok/s, "
           f"{m['total_token_throughput']:.1f} tok/s in+out); run files in {cfg.output_dir}")
+    print(describe(m["token_budget"]))
     return json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
 
 

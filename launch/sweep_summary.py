@@ -53,6 +53,7 @@ def write_summary(out: Path, axes: list[str], results: list[JobResult]) -> str:
 
 # (summary.csv column, summary.md header, metrics.json key, decimals shown)
 _METRICS = (
+    ("token_budget", "budget", "token_budget.value", 0),
     ("output_throughput", "tokens/s", "output_throughput", 1),
     ("ttft_p50_ms", "TTFT p50", "median_ttft_ms", 1),
     ("ttft_p99_ms", "TTFT p99", "p99_ttft_ms", 1),

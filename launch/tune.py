@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from pp_runtime.config import ConfigError
+from pp_runtime.planner.budget import budget_bound
 from pp_runtime.sim.tuning import Candidate, TuneError, TuneResult, candidates, frontier_table, search
 
 PLANNER_TIME_US = 200.0
@@ -105,7 +106,8 @@ def profile_job_model(cfg, out: Path) -> Path:
         name = model_dir(cfg.model.path)
         hf_config = AutoConfig.from_pretrained(name)
         hf_config.num_hidden_layers = 1
-    budget = 2 * cfg.scheduler.token_budget  # the grid's largest budget: powers of two around the job's
+    # The grid's largest budget: powers of two around the job's (auto: around its largest possible value).
+    budget = 2 * budget_bound(cfg.scheduler)
     backend = attention.choose_backend(cfg.model.attention, device, cfg.cache.block_size, dtype=dtype)
     key = {"kind": "layer_profile", **cost_cache.cost_model_key(
         model_dir=name, layers_per_stage=[1],
@@ -133,6 +135,9 @@ def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: 
          min_gain: float = 0.0, simulate=None) -> TuneResult:
     """Search by simulation (``simulate`` defaults to ``pp_runtime.sim.simulate``; tests inject a stand-in)."""
     from pp_runtime.model.partition import choose_split, head_cost_layers, sampled_share
+    from pp_runtime.planner import CostModel, needs_cost_model
+    from pp_runtime.planner.budget import describe, is_auto, resolve_token_budget
+    from pp_runtime.sim import fit_cost_model
     from pp_runtime.sim.parts import total_parts
     from pp_runtime.sim.sim_job import resolve_sim_job
     from pp_runtime.sim.time_model import part_source
@@ -142,6 +147,14 @@ def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: 
     if cfg.sim.planner_time_us is None:
         cfg.sim.planner_time_us = PLANNER_TIME_US
     job = resolve_sim_job(cfg)
+    if is_auto(cfg.scheduler):  # the grid centres on the budget a run would choose: the time model's knee
+        model = None
+        if needs_cost_model(cfg.scheduler):
+            model = job.time_model if isinstance(job.time_model, CostModel) else fit_cost_model(
+                job.time_model, token_budget=budget_bound(cfg.scheduler), max_context_len=job.max_model_len)
+        scheduler, choice = resolve_token_budget(cfg.scheduler, model)
+        print(f"pp-tune: {describe(choice)}", file=sys.stderr)
+        cfg.scheduler.token_budget = scheduler.token_budget
     requests = job.requests
     if sample is not None and sample < len(requests):
         requests = sorted(random.Random(cfg.workload.seed).sample(requests, sample), key=lambda r: r.arrival_s)

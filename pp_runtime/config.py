@@ -88,8 +88,11 @@ class SchedulerConfig:
     # Batching policy: sarathi (chunked prefills + piggybacked decodes), orca, vllm, static, fcfs (simple), or
     # throttle (gLLM's token throttling on top of sarathi).
     policy: str = "sarathi"
-    # Most tokens in one micro-batch (prefill chunk tokens + decode tokens).
-    token_budget: int = 256
+    # Most tokens in one micro-batch (prefill chunk tokens + decode tokens): a number >= 1, or auto: the knee of
+    # the cost model from the start-up profile (the smallest budget whose per-token time is within 5% of the
+    # best, at most 1024, capped by tbt_slo_ms), printed and stored in metrics.json as token_budget; 256 for
+    # policies without a cost model. See pp_runtime/planner/budget.py.
+    token_budget: Any = "auto"
     # Largest prefill chunk of one request in one micro-batch.
     chunk_size: int = 256
     # Most requests running (holding KV cache) at once.
@@ -112,7 +115,9 @@ class SchedulerConfig:
 
     def validate(self) -> None:
         _check(self.policy in POLICIES, "scheduler.policy", self.policy, f"use one of {', '.join(POLICIES)}")
-        _check(self.token_budget >= 1, "scheduler.token_budget", self.token_budget, "must be >= 1")
+        b = self.token_budget
+        _check(b == "auto" or (isinstance(b, int) and not isinstance(b, bool) and b >= 1), "scheduler.token_budget",
+               b, "use an integer >= 1, or auto to choose it from the cost model")
         _check(self.chunk_size >= 1, "scheduler.chunk_size", self.chunk_size, "must be >= 1")
         _check(self.max_num_seqs >= 1, "scheduler.max_num_seqs", self.max_num_seqs, "must be >= 1")
         _check(self.tile >= 0, "scheduler.tile", self.tile, "must be >= 0 (0 turns tiling off)")

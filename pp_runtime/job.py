@@ -18,6 +18,7 @@ from pp_runtime.config import Config, ConfigError
 from pp_runtime.model.cache_size import resolve_num_blocks
 from pp_runtime.model.partition import check_layout, head_cost_layers, partition_layers, sampled_share
 from pp_runtime.model.source import eos_token_ids
+from pp_runtime.planner.budget import budget_bound
 from pp_runtime.request import Request
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def resolve_job(cfg: Config, *, hf_config, tokenizer, model_dir: str | None, dty
                               head_cost=head_cost_layers(hf_config, sampled_share(requests)),
                               layers_per_stage=cfg.pipeline.layers_per_stage)
     num_blocks = resolve_num_blocks(cfg.cache, hf_config=hf_config, layer_ranges=ranges,
-                                    token_budget=cfg.scheduler.token_budget, dtype=dtype,
+                                    token_budget=budget_bound(cfg.scheduler), dtype=dtype,
                                     device_memory_gib=device_memory_gib)
     return Job(cfg, hf_config, tokenizer, model_dir, dtype, max_model_len, ranges, num_blocks, requests,
                eos_token_ids(hf_config, model_dir), device_memory_gib)

@@ -29,7 +29,8 @@ import torch
 from stages import attention
 from stages.inputs import StageInputs
 
-# Largest captured micro-batch (tokens): the runtime captures up to min(scheduler.token_budget, this).
+# Largest captured micro-batch (tokens): the runtime captures up to min(scheduler.token_budget, this); for
+# token_budget=auto, min(planner.budget.AUTO_MAX_TOKEN_BUDGET, this).
 MAX_GRAPH_TOKENS = 2048
 # Largest captured decode batch: more sequences than this rarely decode together, and every bucket costs capture
 # time and pool memory.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pp_runtime.job import RankJob
 from pp_runtime.planner import make_planner
+from pp_runtime.planner.budget import describe, resolve_token_budget
 from pp_runtime.request import with_run_seed
 from pp_runtime.rundir.metrics import compute_metrics, request_record
 from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, check_ids, describe_ids_problem, output_line, scan_outputs
@@ -32,7 +33,10 @@ def serve_requests(job: RankJob, executor, transport, tracer, faults, *, cost_mo
     done = job.resume.done
     seed = job.resume.state["sampling_seed"]
     todo = [with_run_seed(r, seed) for r in job.requests if r.id not in done]
-    planner = make_planner(cfg.scheduler, num_blocks=job.num_blocks, block_size=cfg.cache.block_size,
+    # scheduler.token_budget=auto becomes a number here, once; the other stages sized their buffers for its bound.
+    scheduler, budget_choice = resolve_token_budget(cfg.scheduler, cost_model)
+    log.info("%s", describe(budget_choice))
+    planner = make_planner(scheduler, num_blocks=job.num_blocks, block_size=cfg.cache.block_size,
                            num_slots=cfg.pipeline.depth, max_model_len=job.max_model_len,
                            eos_token_ids=job.eos_token_ids, cost_model=cost_model)
     tok = job.tokenizer
@@ -64,6 +68,7 @@ def serve_requests(job: RankJob, executor, transport, tracer, faults, *, cost_mo
     metrics = compute_metrics(planner.seqs, wall_s=wall_s, alone=planner.alone_times if cost_model else None)
     metrics["policy"] = cfg.scheduler.policy
     metrics["stages"] = job.world_size
+    metrics["token_budget"] = budget_choice
     # No request lost: read the file back and hold every input id against it.
     scan = scan_outputs(out_dir / OUTPUTS_FILE)
     check = check_ids([r.id for r in job.requests], scan.ids)

@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 from pp_runtime.job import RankJob
 from pp_runtime.planner import needs_cost_model
+from pp_runtime.planner.budget import budget_bound
 from pp_runtime.trace.tracer import Tracer
 from stages.cuda_graphs import MAX_GRAPH_TOKENS, graphs_wanted
 from stages.executor import StageExecutor
@@ -38,7 +39,7 @@ def run_stage(job: RankJob, *, stop=None) -> dict | None:
                     hf_config=job.hf_config, dtype=job.dtype, device=job.device, extra_blocks=int(graphs))
     executor = StageExecutor(model, cache, device=job.device, backend=backend, cuda_graphs=graphs,
                              max_blocks_per_seq=-(-job.max_model_len // cfg.cache.block_size),
-                             graph_max_tokens=min(cfg.scheduler.token_budget, MAX_GRAPH_TOKENS))
+                             graph_max_tokens=min(budget_bound(cfg.scheduler), MAX_GRAPH_TOKENS))
     log.info("stage %d: layers %d-%d%s%s, %d KV blocks of %d tokens, %s attention%s, %s %s", rank, layers.start,
              layers.stop - 1, " + embeddings" if model.is_first else "", " + LM head" if model.is_last else "",
              job.num_blocks, cfg.cache.block_size, backend, ", CUDA graphs" if graphs else "", job.device,
@@ -100,7 +101,7 @@ def _max_rows(job: RankJob) -> int:
     pinned buffer that large could be a GiB, so CUDA stages post receives for plans that have arrived."""
     if job.device.type != "cpu":
         return 0
-    return job.cfg.scheduler.token_budget + job.max_model_len
+    return budget_bound(job.cfg.scheduler) + job.max_model_len
 
 
 def _cost_model(job: RankJob, executor: StageExecutor, transport: Transport | None):
@@ -113,7 +114,7 @@ def _cost_model(job: RankJob, executor: StageExecutor, transport: Transport | No
     from pp_runtime.model import cost_cache
     from stages.profiler import profile_stage
 
-    budget = cfg.scheduler.token_budget
+    budget = budget_bound(cfg.scheduler)  # auto: its maximum, so the profile covers every budget it may choose
     # Time the contexts this job can reach, not more: decode attention over long contexts is memory-bound on a
     # CPU and would dominate a fit meant for the job's own shapes.
     longest = max((len(r.prompt_token_ids) + r.params.max_tokens for r in job.requests), default=budget)

@@ -18,6 +18,7 @@ from pp_runtime.model.cache_size import (
     stage_weight_bytes,
 )
 from pp_runtime.planner import make_planner
+from pp_runtime.planner.budget import budget_bound
 from pp_runtime.request import Request, SamplingParams
 from pp_runtime.sim.hardware import MODEL_SHAPES
 from pp_runtime.sim.sim_job import resolve_sim_job
@@ -52,7 +53,7 @@ def test_the_simulated_gpus_default_cache_is_what_utilization_leaves_after_weigh
     for s, r in enumerate(job.layer_ranges):
         last = s == len(job.layer_ranges) - 1
         left = (usable - stage_weight_bytes(hf, r, first=s == 0, last=last, dtype=dtype)
-                - activation_bytes(hf, cfg.scheduler.token_budget, last=last, dtype=dtype))
+                - activation_bytes(hf, budget_bound(cfg.scheduler), last=last, dtype=dtype))
         per_stage.append(int(left) // bytes_per_block(len(r), cfg.cache.block_size, hf, dtype))
     assert job.num_blocks == min(per_stage)
     # 8 layers of Llama-3.1-8B keep 32 KiB of KV per token: about 2.2 million tokens in the ~68 GiB left.

@@ -80,6 +80,7 @@ def test_two_job_sweep_writes_summary(tmp_path, fixed, capsys):
     for row in rows:
         metrics = json.loads((out / row["job"] / "metrics.json").read_text())
         assert metrics["config"]["scheduler"]["token_budget"] == int(row["scheduler.token_budget"])
+        assert float(row["token_budget"]) == metrics["token_budget"]["value"] == int(row["scheduler.token_budget"])
         assert float(row["output_throughput"]) == pytest.approx(metrics["output_throughput"])
         assert float(row["pipeline_bubble_fraction"]) == pytest.approx(metrics["pipeline_bubble_fraction"])
         assert row["ttft_p50_ms"] and row["tbt_p99_ms"]

@@ -27,6 +27,7 @@ import numpy as np
 from pp_runtime.config import Config, ConfigError
 from pp_runtime.plan import MicroBatch, Piece
 from pp_runtime.planner import CostModel, make_planner, needs_cost_model, profile_points
+from pp_runtime.planner.budget import budget_bound, resolve_token_budget
 from pp_runtime.planner.cost_model import work
 from pp_runtime.planner.loop import VirtualClock, run
 from pp_runtime.request import Request
@@ -70,8 +71,10 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
     links = links or LinkModel.uniform(n)
     if needs_cost_model(cfg.scheduler) and planner_cost_model is None:
         planner_cost_model = time_model if isinstance(time_model, CostModel) else fit_cost_model(
-            time_model, token_budget=cfg.scheduler.token_budget, max_context_len=max_model_len)
-    planner = make_planner(cfg.scheduler, num_blocks=num_blocks, block_size=cfg.cache.block_size,
+            time_model, token_budget=budget_bound(cfg.scheduler), max_context_len=max_model_len)
+    # token_budget=auto: the knee of the planner's cost model, as rank 0 chooses it in a real run.
+    scheduler, budget_choice = resolve_token_budget(cfg.scheduler, planner_cost_model)
+    planner = make_planner(scheduler, num_blocks=num_blocks, block_size=cfg.cache.block_size,
                            num_slots=cfg.pipeline.depth, max_model_len=max_model_len, eos_token_ids=eos_token_ids,
                            cost_model=planner_cost_model)
     for req in requests:
@@ -88,9 +91,9 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
     events = {s: _as_events(r) for s, r in enumerate(clock.rows)}
     # Slowdowns are measured against the cost model the planner balances with, else the time model (fitted).
     alone = planner.cost_model or (time_model if isinstance(time_model, CostModel) else fit_cost_model(
-        time_model, token_budget=cfg.scheduler.token_budget, max_context_len=max_model_len))
+        time_model, token_budget=scheduler.token_budget, max_context_len=max_model_len))
     metrics = compute_metrics(planner.seqs, wall_s=clock.seconds(), alone=lambda s: planner.alone_times(s, alone))
-    metrics.update(policy=cfg.scheduler.policy, stages=n, simulated=True)
+    metrics.update(policy=cfg.scheduler.policy, stages=n, simulated=True, token_budget=budget_choice)
     if planner.cost_model is not None:  # the planner's model against the simulated hardware
         from pp_runtime.planner.cost_model import prediction_error
 

@@ -125,12 +125,12 @@ def sim(args) -> None:
     from pp_runtime.planner.budget import budget_bound, describe, resolve_token_budget
     from pp_runtime.planner.fill import full_budget_time
     from pp_runtime.sim import fit_cost_model
-    from pp_runtime.sim.sim_job import prepare_sim
+    from pp_runtime.sim.sim_job import resolve_sim_job
 
     cfg = compose_config(["pipeline.stages=1", f"sim.model_shape={args.shape}", f"sim.gpu={args.gpu}",
                           "sim.cost_model=roofline", "workload=synthetic", "workload.num_requests=1",
                           f"scheduler.chunk_size={args.chunk}"])
-    job = prepare_sim(cfg)
+    job = resolve_sim_job(cfg)
     tm, ctx = job.time_model, job.max_model_len
     planner_model = fit_cost_model(tm, token_budget=budget_bound(cfg.scheduler), max_context_len=ctx)
     _, choice = resolve_token_budget(cfg.scheduler, planner_model)

@@ -133,3 +133,10 @@ def test_profile_points_work_for_tiny_budgets_and_caches():
         assert shapes and all(1 <= n <= m and n <= ctx <= cap for s in shapes for n, ctx in s), (m, cap)
     with pytest.raises(CostModelError, match="max_tokens >= 1"):
         profile_points(0)
+
+
+def test_max_chunk_with_no_room_left_and_a_zero_token_coefficient_is_zero():
+    # A fit may clamp c_tok to 0; at prefix 0 with the micro-batch exactly at the limit, the closed-form root was 0/0.
+    model = CostModel(c0=[1e-3], c_tok=[0.0], c_attn=[1e-6], c_dec=[0.0])
+    limit = model.stage_times(8, 64)[0]
+    assert model.max_chunk(8, 64, prefix=0, limit_s=limit, cap=32) == 0

@@ -122,7 +122,7 @@ class CostModel:
         best = cap
         for t, b, a in zip(self.stage_times(num_tokens, attn_work, decode_ctx), self.c_tok, self.c_attn):
             room = limit_s - t
-            if room < 0:
+            if room <= 0:  # also room == 0 with c_tok == 0 at prefix 0, where the root below would be 0 / 0
                 return 0
             lin = b + a * prefix
             if a > 0 or lin > 0:

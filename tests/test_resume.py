@@ -286,3 +286,20 @@ def test_sigterm_in_the_middle_of_a_pipelined_chunked_prompt_and_a_rerun_matches
     run_job_ranks(2, overrides)
     assert _ids(out) == ["short", "long"]
     assert _tokens(out)["long"] == reference_generate(model, reqs[1]["prompt_token_ids"], 5)
+
+
+def test_an_attempt_stopped_before_its_first_output_is_resumed_not_restarted(model, request_file, tmp_path):
+    """run_state.json without a line in outputs.jsonl (stopped before any request finished): the next attempt
+    keeps the sampling seed, counts on, and refuses a changed config like any resume."""
+    from pp_runtime.rundir.run_state import begin_attempt, read_state
+
+    cfg = make_config(["pipeline.stages=1", *_overrides(model, request_file, tmp_path)])
+    first = plan_resume(cfg, [])
+    begin_attempt(tmp_path, first)  # what rank 0 writes once the ranks met; then the job stops with no output
+    (tmp_path / "outputs.jsonl").touch()
+    again = plan_resume(cfg, [])
+    assert again.state["attempt"] == 2 and again.state["sampling_seed"] == first.state["sampling_seed"]
+    assert read_state(tmp_path)["sampling_seed"] == first.state["sampling_seed"] and not again.done
+    changed = make_config(["pipeline.stages=1", *_overrides(model, request_file, tmp_path, "scheduler.token_budget=8")])
+    with pytest.raises(ConfigError, match=r"scheduler.token_budget: 16 -> 8"):
+        plan_resume(changed, [])

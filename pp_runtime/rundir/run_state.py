@@ -115,7 +115,9 @@ def plan_resume(cfg: Config, requests) -> ResumePlan:
     old = read_state(out_dir)
     outputs = out_dir / OUTPUTS_FILE
     has_lines = outputs.exists() and outputs.stat().st_size > 0
-    if mode is False or not has_lines:
+    # An earlier attempt that wrote no line yet (stopped or failed before its first request finished) is resumed
+    # too: same checks, same sampling seed, the next attempt number.
+    if mode is False or (not has_lines and old is None):
         return ResumePlan(state, move_aside=has_lines)
     changes = _changes(old, state, cfg) if old is not None else [
         f"{outputs} exists but no {STATE_FILE} says what it was started with"]
@@ -123,9 +125,11 @@ def plan_resume(cfg: Config, requests) -> ResumePlan:
         raise ConfigError(f"run directory {out_dir} cannot be resumed: {'; '.join(changes)}. Set runtime.resume=false "
                           f"to start over (outputs.jsonl is moved aside), runtime.resume=force to continue it anyway, "
                           f"or choose another hydra.run.dir")
-    scan = scan_outputs(outputs)
     state["attempt"] = (old or {}).get("attempt", 0) + 1
     state["sampling_seed"] = (old or {}).get("sampling_seed", state["sampling_seed"])
+    if not has_lines:
+        return ResumePlan(state, changes=changes)
+    scan = scan_outputs(outputs)
     return ResumePlan(state, frozenset(scan.ids), scan.valid_bytes, scan.torn, changes=changes)
 
 

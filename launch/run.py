@@ -110,8 +110,10 @@ def run_or_exit(cfg: Config) -> None:
             _record_error(exc)
             sys.exit(EXIT_PREEMPTED)
         except (ConfigError, RequestError, FileNotFoundError) as exc:
-            log.error("stage %d: %s", rank, exc)
-            exit_bad_input(exc)
+            _log_to_files(logging.ERROR, f"stage {rank}: {exc}")
+            # Every rank checks the same input: one block per node on the console (torchrun's summary and error
+            # files still carry each rank's message).
+            exit_bad_input(exc, show=int(os.environ.get("LOCAL_RANK", 0)) == 0)
         except Exception as exc:
             log.exception("stage %d failed", rank)
             text = str(exc)
@@ -130,11 +132,20 @@ def _stop_before_start(cfg: Config, signame: str) -> None:
     raise Preempted(f"received {signame} before the ranks met; nothing ran (rerun to start)")
 
 
-def exit_bad_input(exc: BaseException | str) -> None:
-    """Print bad input as one short block, put it into torchrun's error file (whose summary shows it; the file
-    keeps the traceback under ``extraInfo.traceback``) and exit 2. Call inside the ``except`` block."""
+def _log_to_files(level: int, message: str) -> None:
+    """Log ``message`` into the rank's log file only (not the console, which shows the bad-input block)."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers + log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def exit_bad_input(exc: BaseException | str, *, show: bool = True) -> None:
+    """Print bad input as one short block (if ``show``), put it into torchrun's error file (whose summary shows
+    it; the file keeps the traceback under ``extraInfo.traceback``) and exit 2. Call inside the ``except`` block."""
     text = str(exc).strip()
-    print("error: bad input, nothing ran (exit 2)\n  " + text.replace("\n", "\n  "), file=sys.stderr)
+    if show:
+        print("error: bad input, nothing ran (exit 2)\n  " + text.replace("\n", "\n  "), file=sys.stderr)
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path:
         # No py_callstack: torchrun's summary shows the message instead of a traceback.

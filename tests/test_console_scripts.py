@@ -86,7 +86,10 @@ def test_bad_input_under_torchrun_is_one_short_block_and_every_rank_exits_2(mode
     assert res.returncode != 0
     # torchrun's agent prints its own traceback around the summary, but no frame of the job's.
     assert "launch/" not in res.stderr and "pp_runtime/" not in res.stderr, res.stderr
-    assert res.stderr.count("error: bad input") <= 2
+    assert res.stderr.count("error: bad input") == 1  # one block on the console, not one per rank
+    assert "[ERROR]" not in res.stderr, res.stderr  # the ranks' log lines go to their rank<N>.log files
+    for rank in (0, 1):
+        assert "'max_tokens'=0" in (tmp_path / "run" / f"rank{rank}.log").read_text()
     assert res.stderr.count("exitcode  : 2") == 2 and "-15" not in res.stderr, res.stderr
     # torchrun's summary shows the block: the file, the line, the field to change.
     assert "bad input (exit 2): requests.jsonl:2: request 'b': 'max_tokens'=0 must be >= 1" in res.stderr

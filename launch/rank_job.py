@@ -78,8 +78,10 @@ def resolve_rank_job(cfg: Config) -> RankJob:
     if cfg.pipeline.stages is None:
         cfg.pipeline.stages = world
     if cfg.pipeline.stages != world:
-        raise ConfigError(f"pipeline.stages={cfg.pipeline.stages} but torchrun started {world} rank(s); "
-                          f"run torchrun --nproc_per_node={cfg.pipeline.stages}, or set pipeline.stages={world}")
+        started = f"torchrun started {world} rank(s)" if "WORLD_SIZE" in os.environ else \
+            "this process runs alone (pp-run or python without torchrun: one stage)"
+        raise ConfigError(f"pipeline.stages={cfg.pipeline.stages} but {started}; run torchrun "
+                          f"--nproc_per_node={cfg.pipeline.stages} -m launch.run ..., or set pipeline.stages={world}")
     cfg.validate()
     torch.set_num_threads(cfg.runtime.threads)
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", rank)))

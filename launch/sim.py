@@ -97,6 +97,10 @@ def replay_main(argv: list[str]) -> int:
 def main() -> None:
     if any(a == "--replay" or a.startswith("--replay=") for a in sys.argv[1:]):
         sys.exit(replay_main(sys.argv[1:]))
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print("pp-sim [overrides]: simulate the job's config on pipeline.stages simulated stages (Hydra's help below)\n"
+              "pp-sim --replay RUN_DIR [--out DIR] [--cost-model PATH] [--measured-times] [--fit-from-events]\n"
+              "       [--planner-time-us US] [--preset-links]: re-simulate a recorded run (pp-sim --replay x --help)\n")
     precheck_overrides(sys.argv[1:])
     _app()
 

@@ -157,7 +157,7 @@ def test_fast_merge_matches_hydra_compose():
     assert _with(overrides) == make_config([*BASE, *overrides])
 
 
-# --- launch.rank_job.prepare: everything that can fail on bad input fails before any process group exists ----------
+# --- launch.rank_job.resolve_rank_job: whatever can fail on bad input fails before any process group exists ---
 
 @pytest.fixture
 def world(monkeypatch):
@@ -186,6 +186,14 @@ def test_prepare_rejects_stage_count_that_differs_from_world_size(world, keep_th
     with pytest.raises(ConfigError, match=r"^pipeline\.stages=2 .*1 rank") as exc:
         resolve_rank_job(cfg)
     assert "--nproc_per_node=2" in str(exc.value)
+
+
+def test_prepare_without_torchrun_says_the_process_runs_alone(monkeypatch, keep_threads):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match=r"^pipeline\.stages=2 but this process runs alone") as exc:
+        resolve_rank_job(make_config(["pipeline.stages=2"]))
+    assert "torchrun --nproc_per_node=2 -m launch.run" in str(exc.value)
 
 
 def test_prepare_takes_stage_count_from_world_size(world, keep_threads):

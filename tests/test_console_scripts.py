@@ -40,6 +40,8 @@ def test_help_works_from_any_directory(name, tmp_path):
     res = _run([_script(name), "--help"], tmp_path)
     assert res.returncode == 0, res.stderr
     assert "not found" not in res.stderr
+    if name == "pp-sim":  # Hydra's help alone would hide the replay mode
+        assert "pp-sim --replay RUN_DIR" in res.stdout
 
 
 def test_each_script_runs_a_tiny_job_from_a_temporary_directory(model, tmp_path):

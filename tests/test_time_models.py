@@ -156,3 +156,11 @@ def test_run_cost_model_of_another_layout_is_refused():
     with pytest.raises(ConfigError, match=r"sim\.cost_model_path"):
         build_time_model(_cfg("profiled"), hf_config=tiny_config("llama"), layer_ranges=[range(0, 2), range(2, 4)],
                          run_cost_model=CostModel.default(3))
+
+
+def test_a_split_roofline_model_reads_as_its_shape_gpu_and_split():
+    from pp_runtime.sim.hardware import MODEL_SHAPES, gpu
+    from pp_runtime.sim.roofline import roofline_model
+
+    text = repr(roofline_model(MODEL_SHAPES["llama-3.1-8b"], gpu("h100"), [10, 22]))
+    assert "llama-3.1-8b" in text and "h100" in text and "[10, 22]" in text and " at 0x" not in text

@@ -53,7 +53,7 @@ class LayerProfile:
 
     coefs: dict[str, tuple[float, float, float, float]]
     meta: dict = field(default_factory=dict)
-    rows: dict[str, list[list[float]]] = field(default_factory=dict, compare=False)
+    rows: dict[str, list[list[float]]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def fit(cls, rows: dict[str, list[list[float]]], meta: dict | None = None) -> LayerProfile:

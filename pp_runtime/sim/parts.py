@@ -70,6 +70,9 @@ class SplitTimeModel:
     def num_stages(self) -> int:
         return len(self.layer_counts)
 
+    def __repr__(self) -> str:
+        return f"SplitTimeModel({self.source!r}, layers per stage {self.layer_counts})"
+
     def predict(self, pieces: Iterable) -> list[float]:
         """Seconds of a micro-batch made of ``pieces`` on each stage."""
         return self.source.part_times(pieces).stage_times(self.layer_counts)

@@ -74,6 +74,9 @@ class RooflineParts:
         self.flops_s = gpu.peak_flops(dtype_bytes)
         self.bytes_s = gpu.bytes_s
 
+    def __repr__(self) -> str:
+        return f"RooflineParts({self.shape.name} on {self.gpu.name}, {self.dtype_bytes}-byte weights and KV)"
+
     def work(self, pieces: Iterable) -> dict[str, Work]:
         """FLOPs and bytes of ``pieces`` per part: ``linear`` and ``attention`` (one layer), ``embed``, ``head``."""
         return part_work(self.shape, pieces, dtype_bytes=self.dtype_bytes)

@@ -32,6 +32,7 @@ def serve_requests(job: RankJob, executor, transport, tracer, faults, *, cost_mo
     begin_attempt(out_dir, job.resume)  # a torn last line goes, or the old file moves aside
     done = job.resume.done
     seed = job.resume.state["sampling_seed"]
+    attempt = job.resume.state["attempt"]
     todo = [with_run_seed(r, seed) for r in job.requests if r.id not in done]
     # scheduler.token_budget=auto becomes a number here, once; the other stages sized their buffers for its bound.
     scheduler, budget_choice = resolve_token_budget(cfg.scheduler, cost_model)
@@ -48,7 +49,8 @@ def serve_requests(job: RankJob, executor, transport, tracer, faults, *, cost_mo
         def on_finish(seq):
             nonlocal finished
             text = tok.decode(seq.output_token_ids, skip_special_tokens=True) if tok is not None else None
-            line = output_line(request_record(seq, text), seq.request, model=model_name, created=int(time.time()))
+            record = dict(request_record(seq, text), attempt=attempt)  # pp-sim --replay tells attempts apart
+            line = output_line(record, seq.request, model=model_name, created=int(time.time()))
             outputs.write(json.dumps(line) + "\n")  # one write: a kill tears at most this line
             outputs.flush()
             if seq.error:
@@ -72,7 +74,7 @@ def serve_requests(job: RankJob, executor, transport, tracer, faults, *, cost_mo
     # No request lost: read the file back and hold every input id against it.
     scan = scan_outputs(out_dir / OUTPUTS_FILE)
     check = check_ids([r.id for r in job.requests], scan.ids)
-    metrics.update(attempt=job.resume.state["attempt"], sampling_seed=seed, resumed=len(job.requests) - len(todo),
+    metrics.update(attempt=attempt, sampling_seed=seed, resumed=len(job.requests) - len(todo),
                    unfinished=sum(s.finish_reason is None for s in planner.seqs),
                    totals=dict(scan.totals, input_requests=len(job.requests)), ids_check=check)
     stopped = None

@@ -14,7 +14,7 @@ from pp_runtime.planner import CostModel
 from pp_runtime.sim.replay import MeasuredTimes, ReplayError, fit_run_cost_model, replay
 from pp_runtime.trace.reports import load_events
 from pp_runtime.trace.tracer import EventKind
-from tests.jobs import make_config
+from tests.jobs import make_config, run_job_outcomes, run_job_ranks
 from tests.multiproc import run_ranks
 from tests.tiny_models import make_tiny_model
 
@@ -87,6 +87,43 @@ def test_replay_with_measured_times_makes_the_real_runs_micro_batches(real_run, 
         compute = sim[s][sim[s][:, 0] == EventKind.COMPUTE]
         durations = (compute[:, 2] - compute[:, 1]) / 1e9
         assert np.allclose(durations, measured.times[:, s], rtol=0, atol=1e-9)
+
+
+def test_replay_of_a_resumed_run_simulates_only_the_last_attempts_requests(model, tmp_path, capsys):
+    """A run stopped by SIGTERM and rerun into the same directory: metrics.json and the events are the second
+    attempt's, so the replay serves exactly the requests that attempt served, with its tokens."""
+    from launch.sim import replay_main
+
+    run = tmp_path / "run"
+    overrides = [f"model.path={model}", "scheduler=sarathi", "workload=synthetic", "workload.num_requests=10",
+                 "workload.prefill_len=12", "workload.pd_ratio=2", "workload.seed=3", "scheduler.token_budget=16",
+                 "cache.num_blocks=64", "cache.block_size=4", "runtime.drain_timeout_s=0", f"output_dir={run}"]
+    run_job_outcomes(2, [*overrides, "debug.signal_after=3"])
+    assert json.loads((run / "metrics.json").read_text())["status"] == "preempted"
+    metrics = run_job_ranks(2, overrides)
+    assert metrics["attempt"] == 2 and 0 < metrics["resumed"] < 10
+    assert metrics["num_requests"] == 10 - metrics["resumed"]
+    lines = [json.loads(line) for line in (run / "outputs.jsonl").open()]
+    assert [r["attempt"] for r in lines] == sorted(r["attempt"] for r in lines)  # each line names its attempt
+
+    result, _ = replay(run, out_dir=tmp_path / "replay", planner_time_us=0)
+    served = {r["id"]: r["output_token_ids"] for r in lines if r["attempt"] == 2}
+    replayed = {r["id"]: r["output_token_ids"] for r in map(json.loads, (tmp_path / "replay" / "outputs.jsonl").open())}
+    assert replayed == served
+    assert result.metrics["num_requests"] == metrics["num_requests"]
+    assert result.metrics["total_output_tokens"] == metrics["total_output_tokens"]
+
+    assert replay_main(["--replay", str(run), "--out", str(tmp_path / "measured"), "--measured-times"]) == 0
+    capsys.readouterr()
+    # A run dir written before lines carried their attempt: the earlier attempts' lines are the first "resumed".
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("metrics.json", "events.npz", "cost_model.json", "bubbles.json"):
+        (old / name).write_bytes((run / name).read_bytes())
+    (old / "outputs.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "attempt"}) + "\n"
+                                               for r in lines))
+    result, _ = replay(old, out_dir=tmp_path / "old_replay", measured_times=True, planner_time_us=0)
+    assert result.metrics["total_output_tokens"] == metrics["total_output_tokens"]
 
 
 def test_pp_sim_writes_a_run_that_pp_report_reads_and_replays_to_itself(model, tmp_path, capsys):

@@ -3,6 +3,8 @@
 The run directory gives the config (metrics.json's "config", else .hydra/config.yaml), the cost model fitted at
 the start of the run (cost_model.json, else the file its scheduler.cost_model_path names) and each request's
 output token ids (outputs.jsonl), which the replay samples so that every request finishes where it did.
+A resumed run directory holds several attempts; its events and metrics.json are the last attempt's, so the
+replay simulates only the requests that attempt served (``attempt_records``).
 """
 
 from __future__ import annotations
@@ -51,12 +53,32 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 
 def recorded_tokens(run_dir: str | Path) -> dict[str, list[int]]:
-    """Request id -> output token ids, from the complete lines of outputs.jsonl."""
-    path = Path(run_dir) / OUTPUTS_FILE
+    """Request id -> output token ids, from the complete lines of outputs.jsonl that the recorded attempt wrote."""
+    return {rec["id"]: rec["output_token_ids"] for rec in attempt_records(run_dir)[1]}
+
+
+def attempt_records(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """outputs.jsonl's complete lines split into (those of attempts before the recorded one, the rest).
+
+    The recorded attempt is the one metrics.json describes (its ``attempt``; ``resumed``: how many requests
+    earlier attempts finished). Lines carry the ``attempt`` that wrote them; in a file written before they did,
+    the earlier attempts' lines are the first ``resumed`` ones (a resume only appends). Raises ReplayError
+    when there is no outputs.jsonl.
+    """
+    run = Path(run_dir)
+    path = run / OUTPUTS_FILE
     if not path.exists():
-        raise ReplayError(f"run dir {str(run_dir)!r} has no {OUTPUTS_FILE}: pass a directory written by pp-run")
+        raise ReplayError(f"run dir {str(run)!r} has no {OUTPUTS_FILE}: pass a directory written by pp-run")
     # A preempted or killed run may end in a torn line: the same reader as a resume, which drops it.
-    return {rec["id"]: rec["output_token_ids"] for rec in scan_outputs(path).records}
+    records = scan_outputs(path).records
+    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+    resumed, attempt = metrics.get("resumed") or 0, metrics.get("attempt") or 1
+    if not resumed:
+        return [], records
+    if any(rec.get("attempt") == attempt for rec in records):
+        earlier = [rec.get("attempt", 0) < attempt for rec in records]  # untagged lines predate the tagged ones
+        return ([rec for rec, e in zip(records, earlier) if e], [rec for rec, e in zip(records, earlier) if not e])
+    return records[:resumed], records[resumed:]
 
 
 def replay_sampler(job: SimJob, tokens: dict[str, list[int]]):
@@ -211,4 +233,9 @@ def _replay_run(run: Path, cfg: Config, cost_model, *, path: str | None, measure
     if job.time_model.num_stages != cfg.pipeline.stages:
         raise ConfigError(f"the cost model of {path!r} has {job.time_model.num_stages} stage(s) but the run had "
                           f"{cfg.pipeline.stages}; pass --cost-model with a file for {cfg.pipeline.stages} stages")
-    return job, job.run(sample=replay_sampler(job, recorded_tokens(run)))
+    # A resumed run: its events and metrics are the last attempt's, which served the requests not done before.
+    earlier, served = attempt_records(run)
+    done = {rec["id"] for rec in earlier}
+    job.requests = [r for r in job.requests if r.id not in done]
+    tokens = {rec["id"]: rec["output_token_ids"] for rec in served}
+    return job, job.run(sample=replay_sampler(job, tokens))

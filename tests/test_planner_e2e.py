@@ -30,7 +30,10 @@ def test_policy_matches_generate_on_two_stages(model, tmp_path, policy):
     out, path = tmp_path / "out", write_jsonl(tmp_path / "reqs.jsonl", reqs)
     run_job_ranks(2, [f"model.path={model}", "workload=jsonl", f"workload.path={path}", f"scheduler={policy}",
                       "scheduler.chunk_size=7", "scheduler.token_budget=24", "cache.num_blocks=16",
-                      "cache.block_size=4", f"output_dir={out}"])
+                      "cache.block_size=4", f"output_dir={out}",
+                      # sarathi's time-balanced fill follows the measured cost model, so whether this small cache
+                      # preempts would depend on the box's speed: token-balanced chunks make the schedule exact.
+                      *(["scheduler.time_balanced=false"] if policy == "sarathi" else [])])
     got = read_outputs(out)
     for r in reqs:
         want = reference_generate(model, r["prompt_token_ids"], r["max_tokens"])

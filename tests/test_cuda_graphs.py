@@ -124,39 +124,14 @@ def test_mixed_fill_adds_one_padding_sequence_and_empty_ones():
     assert buf.view(4, block_size=BLOCK).cu_seqlens_q.tolist() == [0, 1, 2, 3, 4]
 
 
-def test_padded_static_inputs_give_the_same_attention_rows():
+def _padded_attention_matches_eager(mb, *, seed: int, rows: int, seqs: int | None = None) -> None:
+    """Attention over ``mb`` padded into static buffers of ``rows`` tokens (and ``seqs`` sequences) gives the
+    eager rows, and the padding writes only into the scratch block."""
     pytest.importorskip("triton")
-    mb = _decode_batch()
     cfg = SimpleNamespace(num_attention_heads=HQ, num_key_value_heads=HKV, head_dim=D, hidden_size=HQ * D)
     cache = KVCache([0], num_blocks=6, block_size=BLOCK, hf_config=cfg, dtype=torch.float32, device=CPU,
                     extra_blocks=1)
-    gen = torch.Generator().manual_seed(0)
-    cache.k.copy_(torch.randn(cache.k.shape, generator=gen))
-    cache.v.copy_(torch.randn(cache.v.shape, generator=gen))
-    q, k, v = (torch.randn(1, h, 3, D, generator=gen) for h in (HQ, HKV, HKV))
-    module = SimpleNamespace(layer_idx=0)
-    inputs = build_stage_inputs(mb, block_size=BLOCK, device=CPU)
-    eager, _ = paged_attention(module, q, k, v, None, scaling=0.25, pp_attn=prepare("triton", cache, inputs))
-    kept = cache.k[:, :6].clone(), cache.v[:, :6].clone()
-
-    buf = StaticBuffers.allocate(8, table_width=4, hidden_size=HQ * D, dtype=torch.float32, device=CPU)
-    buf.fill(inputs, torch.zeros(3, HQ * D), rows=8, scratch_block=cache.scratch_block, block_size=BLOCK)
-    pad = torch.randn(1, HQ, 5, D, generator=gen), torch.randn(1, HKV, 5, D, generator=gen)
-    qp, kp, vp = torch.cat([q, pad[0]], 2), torch.cat([k, pad[1]], 2), torch.cat([v, pad[1]], 2)
-    padded, _ = paged_attention(module, qp, kp, vp, None, scaling=0.25,
-                                pp_attn=prepare("triton", cache, buf.view(8, block_size=BLOCK)))
-    torch.testing.assert_close(padded[0, :3], eager[0])
-    # Padding wrote only into the scratch block: every real block is as the eager run left it.
-    assert torch.equal(cache.k[:, :6], kept[0]) and torch.equal(cache.v[:, :6], kept[1])
-
-
-def test_mixed_padded_static_inputs_give_the_same_attention_rows():
-    pytest.importorskip("triton")
-    mb = _mixed_batch()
-    cfg = SimpleNamespace(num_attention_heads=HQ, num_key_value_heads=HKV, head_dim=D, hidden_size=HQ * D)
-    cache = KVCache([0], num_blocks=6, block_size=BLOCK, hf_config=cfg, dtype=torch.float32, device=CPU,
-                    extra_blocks=1)
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(seed)
     cache.k.copy_(torch.randn(cache.k.shape, generator=gen))
     cache.v.copy_(torch.randn(cache.v.shape, generator=gen))
     t = mb.num_tokens
@@ -166,15 +141,27 @@ def test_mixed_padded_static_inputs_give_the_same_attention_rows():
     eager, _ = paged_attention(module, q, k, v, None, scaling=0.25, pp_attn=prepare("triton", cache, inputs))
     kept = cache.k[:, :6].clone(), cache.v[:, :6].clone()
 
-    buf = StaticBuffers.allocate(16, seqs=8, table_width=4, hidden_size=HQ * D, dtype=torch.float32, device=CPU)
-    buf.fill(inputs, torch.zeros(t, HQ * D), rows=16, seqs=8, scratch_block=cache.scratch_block, block_size=BLOCK)
-    pad = torch.randn(1, HQ, 16 - t, D, generator=gen), torch.randn(1, HKV, 16 - t, D, generator=gen)
+    by_seqs = {} if seqs is None else {"seqs": seqs}
+    buf = StaticBuffers.allocate(rows, **by_seqs, table_width=4, hidden_size=HQ * D, dtype=torch.float32,
+                                 device=CPU)
+    buf.fill(inputs, torch.zeros(t, HQ * D), rows=rows, **by_seqs, scratch_block=cache.scratch_block,
+             block_size=BLOCK)
+    pad = torch.randn(1, HQ, rows - t, D, generator=gen), torch.randn(1, HKV, rows - t, D, generator=gen)
     qp, kp, vp = torch.cat([q, pad[0]], 2), torch.cat([k, pad[1]], 2), torch.cat([v, pad[1]], 2)
     padded, _ = paged_attention(module, qp, kp, vp, None, scaling=0.25,
-                                pp_attn=prepare("triton", cache, buf.view(16, seqs=8, block_size=BLOCK)))
+                                pp_attn=prepare("triton", cache, buf.view(rows, **by_seqs, block_size=BLOCK)))
     torch.testing.assert_close(padded[0, :t], eager[0])
     assert torch.isfinite(padded).all()
+    # Padding wrote only into the scratch block: every real block is as the eager run left it.
     assert torch.equal(cache.k[:, :6], kept[0]) and torch.equal(cache.v[:, :6], kept[1])
+
+
+def test_padded_static_inputs_give_the_same_attention_rows():
+    _padded_attention_matches_eager(_decode_batch(), seed=0, rows=8)
+
+
+def test_mixed_padded_static_inputs_give_the_same_attention_rows():
+    _padded_attention_matches_eager(_mixed_batch(), seed=1, rows=16, seqs=8)
 
 
 def _generate(ex) -> list[list[int]]:

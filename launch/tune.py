@@ -135,7 +135,7 @@ def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: 
          min_gain: float = 0.0, simulate=None) -> TuneResult:
     """Search by simulation (``simulate`` defaults to ``pp_runtime.sim.simulate``; tests inject a stand-in)."""
     from pp_runtime.model.partition import choose_split, head_cost_layers, sampled_share
-    from pp_runtime.planner import CostModel, needs_cost_model
+    from pp_runtime.planner import needs_cost_model
     from pp_runtime.planner.budget import describe, is_auto, resolve_token_budget
     from pp_runtime.sim import fit_cost_model
     from pp_runtime.sim.parts import total_parts
@@ -150,8 +150,8 @@ def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: 
     if is_auto(cfg.scheduler):  # the grid centres on the budget a run would choose: the time model's knee
         model = None
         if needs_cost_model(cfg.scheduler):
-            model = job.time_model if isinstance(job.time_model, CostModel) else fit_cost_model(
-                job.time_model, token_budget=budget_bound(cfg.scheduler), max_context_len=job.max_model_len)
+            model = fit_cost_model(job.time_model, token_budget=budget_bound(cfg.scheduler),
+                                   max_context_len=job.max_model_len)
         scheduler, choice = resolve_token_budget(cfg.scheduler, model)
         print(f"pp-tune: {describe(choice)}", file=sys.stderr)
         cfg.scheduler.token_budget = scheduler.token_budget
@@ -210,13 +210,13 @@ def apply(cfg, cand: Candidate):
 
 def planned_pieces(job, requests) -> list[tuple]:
     """The micro-batches (their pieces) the job's planner makes of ``requests``, driven in virtual time."""
-    from pp_runtime.planner import CostModel, make_planner
+    from pp_runtime.planner import make_planner
     from pp_runtime.planner.loop import drive
     from pp_runtime.sim import fit_cost_model
 
     cfg = job.cfg
-    model = job.time_model if isinstance(job.time_model, CostModel) else fit_cost_model(
-        job.time_model, token_budget=cfg.scheduler.token_budget, max_context_len=job.max_model_len)
+    model = fit_cost_model(job.time_model, token_budget=cfg.scheduler.token_budget,
+                           max_context_len=job.max_model_len)
     planner = make_planner(cfg.scheduler, num_blocks=job.num_blocks, block_size=cfg.cache.block_size,
                            num_slots=cfg.pipeline.depth, max_model_len=job.max_model_len, cost_model=model)
     for req in requests:

@@ -256,3 +256,11 @@ def test_eager_is_the_default_link_mode():
     from pp_runtime.config import Config
 
     assert not Config().sim.rendezvous and not LinkModel.from_config(Config().sim, 2, cpu=True).hops[0].rendezvous
+
+
+def test_fit_cost_model_returns_a_cost_model_as_it_is():
+    from pp_runtime.planner.cost_model import CostModel
+    from pp_runtime.sim import fit_cost_model
+
+    model = CostModel(c0=[1e-3, 2e-3], c_tok=[1e-5, 1e-5], c_attn=[1e-9, 1e-9], c_dec=[1e-8, 1e-8])
+    assert fit_cost_model(model, token_budget=64, max_context_len=256) is model

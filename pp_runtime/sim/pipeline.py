@@ -70,8 +70,8 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
                           f"pipeline.stages={time_model.num_stages} or give a cost model for {n} stages")
     links = links or LinkModel.uniform(n)
     if needs_cost_model(cfg.scheduler) and planner_cost_model is None:
-        planner_cost_model = time_model if isinstance(time_model, CostModel) else fit_cost_model(
-            time_model, token_budget=budget_bound(cfg.scheduler), max_context_len=max_model_len)
+        planner_cost_model = fit_cost_model(time_model, token_budget=budget_bound(cfg.scheduler),
+                                            max_context_len=max_model_len)
     # token_budget=auto: the knee of the planner's cost model, as rank 0 chooses it in a real run.
     scheduler, budget_choice = resolve_token_budget(cfg.scheduler, planner_cost_model)
     planner = make_planner(scheduler, num_blocks=num_blocks, block_size=cfg.cache.block_size,
@@ -90,8 +90,8 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
     run(planner, clock, on_schedule=launched.append, max_micro_batches=1_000_000)
     events = {s: _as_events(r) for s, r in enumerate(clock.rows)}
     # Slowdowns are measured against the cost model the planner balances with, else the time model (fitted).
-    alone = planner.cost_model or (time_model if isinstance(time_model, CostModel) else fit_cost_model(
-        time_model, token_budget=scheduler.token_budget, max_context_len=max_model_len))
+    alone = planner.cost_model or fit_cost_model(time_model, token_budget=scheduler.token_budget,
+                                                 max_context_len=max_model_len)
     metrics = compute_metrics(planner.seqs, wall_s=clock.seconds(), alone=lambda s: planner.alone_times(s, alone))
     metrics.update(policy=cfg.scheduler.policy, stages=n, simulated=True, token_budget=budget_choice)
     if planner.cost_model is not None:  # the planner's model against the simulated hardware
@@ -192,7 +192,10 @@ def _fixed_token(requests: list[Request], eos_token_ids) -> Callable[[Piece], in
 
 def fit_cost_model(time_model, *, token_budget: int, max_context_len: int) -> CostModel:
     """A CostModel fitted to ``time_model``'s predictions on the shapes the runtime profiles at start-up, so a
-    planner that balances by predicted time sees the simulated hardware as the runtime would have measured it."""
+    planner that balances by predicted time sees the simulated hardware as the runtime would have measured it.
+    A ``time_model`` that is a CostModel already is returned as it is."""
+    if isinstance(time_model, CostModel):
+        return time_model
     rows = []
     for shape in profile_points(token_budget, max_context_len=max_context_len):
         # (num_tokens, context_len) pieces: every time model prices them as sampled pieces, as the profiler runs them.

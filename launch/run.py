@@ -134,10 +134,10 @@ def _stop_before_start(cfg: Config, signame: str) -> None:
 
 def _log_to_files(level: int, message: str) -> None:
     """Log ``message`` into the rank's log file only (not the console, which shows the bad-input block)."""
-    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    entry = log.makeRecord(log.name, level, __file__, 0, message, None, None)  # `record` is torchrun's decorator
     for handler in logging.getLogger().handlers + log.handlers:
         if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+            handler.handle(entry)
 
 
 def exit_bad_input(exc: BaseException | str, *, show: bool = True) -> None:

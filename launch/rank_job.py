@@ -39,6 +39,16 @@ def use_device(device: torch.device) -> None:
         torch.cuda.set_device(device)
 
 
+def device_share_gib(total_gib: float, *, local_rank: int, local_world_size: int, gpu_count: int) -> float:
+    """This rank's share of its GPU's ``total_gib``: ranks on one node take ``cuda:<local_rank % gpu_count>``, so
+    when there are more ranks than GPUs several share one, and each may only size its KV cache from its share
+    (``cache.gpu_memory_utilization`` is then of that share); otherwise the second rank on a GPU runs out of
+    memory."""
+    device = local_rank % gpu_count
+    sharing = sum(1 for r in range(local_world_size) if r % gpu_count == device)
+    return total_gib / max(sharing, 1)
+
+
 def resolve_transport(name: str, *, device_type: str, local_world_size: int, gpu_count: int) -> str:
     """``pipeline.transport`` resolved to "nccl" or "gloo" for this node: ``local_world_size`` ranks on a node
     with ``gpu_count`` visible GPUs. NCCL refuses two ranks on one GPU, so auto picks it only when every rank has
@@ -95,7 +105,12 @@ def resolve_rank_job(cfg: Config) -> RankJob:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     model_dir = resolve_model_dir(cfg.model.path)
-    memory_gib = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
+    memory_gib = None
+    if device.type == "cuda":
+        memory_gib = device_share_gib(torch.cuda.get_device_properties(device).total_memory / 2**30,
+                                      local_rank=int(os.environ.get("LOCAL_RANK", rank)),
+                                      local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+                                      gpu_count=torch.cuda.device_count())
     job = resolve_job(cfg, hf_config=AutoConfig.from_pretrained(model_dir), tokenizer=load_tokenizer(model_dir),
                       model_dir=model_dir, dtype=dtype, device_memory_gib=memory_gib)
     # Every rank checks the run directory (same config? same requests?) so a refusal fails everywhere at once.

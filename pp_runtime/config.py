@@ -140,7 +140,7 @@ class CacheConfig:
     # cache.gpu_memory_utilization leaves after the stage's weights and activations; on the CPU 0.5 GiB.
     memory_gib: float | None = None
     # Share of each GPU's memory the stage may use for weights, activations and KV cache (vLLM's meaning), when
-    # cache.num_blocks and cache.memory_gib are null.
+    # cache.num_blocks and cache.memory_gib are null. Ranks that share one GPU split its memory evenly first.
     gpu_memory_utilization: float = 0.9
 
     def validate(self) -> None:

@@ -1,6 +1,7 @@
 """The cost model's attention term at long prefixes (issue 17): one prefill chunk, measured vs predicted.
 
     python scripts/chunk_cost.py cpu [--max-prefix 8192] [--chunk 256] [--budget 256] [--repeats 2]
+    python scripts/chunk_cost.py gpu [--shape llama-3.1-8b] [--max-prefix 32768] [--chunk 512] [--budget 1024]
     python scripts/chunk_cost.py sim [--shape llama-3.1-8b] [--gpu h100] [--chunk 512] [--budget 1024]
 
 cpu: a random model of SmolLM2-135M's shape (30 layers, hidden 576; ``MODEL_SHAPES['smollm2-135m']``) as one
@@ -11,6 +12,10 @@ long profiles) and one profiled up to 1024 tokens only (extrapolated). Then sing
 at prefixes 0 .. --max-prefix are timed (median of --repeats after a warm-up) against both predictions, and the
 chunk the time-balanced fill would cut at that prefix (``CostModel.max_chunk`` against the full-budget target)
 is timed too: equal-time chunks hold their time if that column stays near the target.
+
+gpu: the same on CUDA (bfloat16, the ``auto`` attention backend: Triton) for a random model of ``--shape`` (all
+its layers by default), with the roofline time model's prediction for the same chunk beside the fitted cost
+model's: what ``pp-sim sim.cost_model=roofline sim.gpu=--gpu`` would assume.
 
 sim: the roofline time model of a GPU preset (``sim.cost_model=roofline``) for one stage of a model shape up to
 its context (128k for Llama-3.1-8B): a ``--chunk`` chunk's time per prefix, the CostModel the simulated planner
@@ -56,6 +61,10 @@ def _random_stage(hf_config, dtype):
 
 
 def cpu(args) -> None:
+    _measure(args, device="cpu", shape="smollm2-135m")
+
+
+def _measure(args, *, device: str, shape: str) -> None:
     import torch
 
     from pp_runtime.planner import CostModel
@@ -66,17 +75,28 @@ def cpu(args) -> None:
     from stages import attention
     from stages.executor import StageExecutor
     from stages.kv_cache import KVCache
-    from stages.profiler import _fake_microbatch, _wait, profile_stage
+    from stages.profiler import _fake_microbatch, _sync, _wait, profile_stage
 
-    torch.set_num_threads(args.threads)
-    dtype, block = torch.float32, 16
-    hf_config = MODEL_SHAPES["smollm2-135m"].to_hf_config(num_layers=args.layers)
-    model = _random_stage(hf_config, dtype)
-    cpu_dev = torch.device("cpu")
-    cache = KVCache(list(range(args.layers)), num_blocks=-(-args.max_prefix // block) + 1, block_size=block,
-                    hf_config=hf_config, dtype=dtype, device=cpu_dev)
-    backend = attention.choose_backend("auto", cpu_dev, block, dtype=dtype)
-    ex = StageExecutor(model, cache, device=cpu_dev, backend=backend)
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(args.threads)
+    dtype, block = (torch.float32, 16) if dev.type == "cpu" else (torch.bfloat16, 16)
+    model_shape = MODEL_SHAPES[shape]
+    layers = args.layers or model_shape.num_layers
+    hf_config = model_shape.to_hf_config(num_layers=layers)
+    with dev:
+        model = _random_stage(hf_config, dtype)
+    cache = KVCache(list(range(layers)), num_blocks=-(-args.max_prefix // block) + 1, block_size=block,
+                    hf_config=hf_config, dtype=dtype, device=dev)
+    backend = attention.choose_backend("auto", dev, block, dtype=dtype)
+    ex = StageExecutor(model, cache, device=dev, backend=backend)
+    roof = None
+    if dev.type == "cuda":  # what pp-sim sim.cost_model=roofline sim.gpu=--gpu assumes for the same chunk
+        from pp_runtime.sim.hardware import gpu
+        from pp_runtime.sim.roofline import roofline_model
+
+        sim_model = roofline_model(model_shape, gpu(args.gpu), [layers])
+        roof = lambda n, prefix: sim_model.predict([(n, prefix + n)])[0]  # noqa: E731
 
     def fit(cap: int) -> tuple[CostModel, float]:
         start = time.perf_counter()
@@ -91,22 +111,25 @@ def cpu(args) -> None:
         for _ in range(args.repeats):
             start = time.perf_counter()
             _wait(ex.execute(mb, None))
+            _sync(dev)
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 
     full, full_s = fit(args.max_prefix)
     short, short_s = fit(min(1024, args.max_prefix))
     target = full_budget_time(full, args.budget, args.chunk)
-    print(f"machine: {machine()}; random SmolLM2-135M shape ({args.layers} layers), one stage, float32, "
-          f"{args.threads} thread(s), {backend} attention; chunk {args.chunk}; profiles of "
+    where = f"{args.threads} thread(s)" if dev.type == "cpu" else torch.cuda.get_device_name()
+    print(f"machine: {machine()}; random {shape} shape ({layers} layers), one stage, {dtype}, "
+          f"{where}, {backend} attention; chunk {args.chunk}; profiles of "
           f"profile_points({args.budget}): to {args.max_prefix} tokens ({full_s:.0f}s), to 1024 ({short_s:.0f}s)")
     print(f"cost model (profiled to {args.max_prefix}): {full}")
     print(f"cost model (profiled to 1024): {short}")
     knee, info = pick_token_budget(full, chunk_size=args.chunk)
     print(f"scheduler.token_budget=auto would take {knee} (per-token us by budget: {info['per_token_us']})\n")
+    roof_col = " roofline ms (err) |" if roof else ""
     print(f"| prefix | chunk measured ms | predicted ms (err) | predicted, 1k profile (err) | balanced chunk | "
-          f"its measured ms (target {target * 1e3:.0f}) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+          f"its measured ms (target {target * 1e3:.1f}) |{roof_col}")
+    print("|---:|---:|---:|---:|---:|---:|" + ("---:|" if roof else ""))
     errs = []
     for prefix in _prefixes(args.max_prefix, args.chunk, 512):
         t = measure(args.chunk, prefix)
@@ -115,8 +138,12 @@ def cpu(args) -> None:
         n_bal = full.max_chunk(0, 0, prefix=prefix, limit_s=target, cap=args.chunk)
         t_bal = measure(n_bal, prefix) if n_bal > 0 else float("nan")
         errs.append(abs(p_full - t) / t)
-        print(f"| {prefix} | {t * 1e3:.0f} | {p_full * 1e3:.0f} ({(p_full - t) / t:+.0%}) | "
-              f"{p_short * 1e3:.0f} ({(p_short - t) / t:+.0%}) | {n_bal} | {t_bal * 1e3:.0f} |", flush=True)
+        extra = ""
+        if roof:
+            r = roof(args.chunk, prefix)
+            extra = f" {r * 1e3:.1f} ({(r - t) / t:+.0%}) |"
+        print(f"| {prefix} | {t * 1e3:.1f} | {p_full * 1e3:.1f} ({(p_full - t) / t:+.0%}) | "
+              f"{p_short * 1e3:.1f} ({(p_short - t) / t:+.0%}) | {n_bal} | {t_bal * 1e3:.1f} |{extra}", flush=True)
     print(f"\n|error| of the full-range model: median {statistics.median(errs):.1%}, max {max(errs):.1%}")
 
 
@@ -161,13 +188,24 @@ def main() -> None:
     c.add_argument("--layers", type=int, default=30)
     c.add_argument("--threads", type=int, default=1)
     c.add_argument("--repeats", type=int, default=2)
+    g = sub.add_parser("gpu")
+    g.add_argument("--shape", default="llama-3.1-8b")
+    g.add_argument("--max-prefix", type=int, default=32768)
+    g.add_argument("--chunk", type=int, default=512)
+    g.add_argument("--budget", type=int, default=1024, help="token budget the start-up profile covers")
+    g.add_argument("--layers", type=int, default=None, help="default: all of the shape's layers")
+    g.add_argument("--repeats", type=int, default=5)
+    g.add_argument("--gpu", default="h100", help="the simulator's GPU preset to compare with (sim.gpu)")
     s = sub.add_parser("sim")
     s.add_argument("--shape", default="llama-3.1-8b")
     s.add_argument("--gpu", default="h100")
     s.add_argument("--chunk", type=int, default=512)
     s.add_argument("--budget", type=int, default=1024)
     args = parser.parse_args()
-    cpu(args) if args.mode == "cpu" else sim(args)
+    if args.mode == "gpu":
+        _measure(args, device="cuda", shape=args.shape)
+    else:
+        cpu(args) if args.mode == "cpu" else sim(args)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ def run_torchrun(nproc: int, overrides: list[str], out_dir: Path, *, timeout_s: 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "launch.run", f"pipeline.stages={nproc}", "runtime.progress=false", "runtime.resume=false", *overrides,
            f"hydra.run.dir={out_dir}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    # This checkout first, then whatever the caller's path had (the GPU image keeps its wheels there).
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:

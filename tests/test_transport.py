@@ -335,3 +335,16 @@ def test_host_staged_sends_are_posted_once_their_copy_has_run_and_in_order(monke
     t._staged.append((third, "c", 2))
     t._drain_staged()  # about to block: the copy is waited for and its send posted
     assert posted == ["a", "b", "c"] and third.synchronized
+
+
+def test_ranks_sharing_a_gpu_size_their_cache_from_their_share():
+    from launch.rank_job import device_share_gib
+
+    # One GPU, two stages (the lent machine's host-staged runs): each rank gets half, not 0.9 of the whole each.
+    assert device_share_gib(140.0, local_rank=0, local_world_size=2, gpu_count=1) == 70.0
+    assert device_share_gib(140.0, local_rank=1, local_world_size=2, gpu_count=1) == 70.0
+    # Three ranks on two GPUs: cuda:0 holds ranks 0 and 2, cuda:1 rank 1 alone.
+    assert device_share_gib(80.0, local_rank=2, local_world_size=3, gpu_count=2) == 40.0
+    assert device_share_gib(80.0, local_rank=1, local_world_size=3, gpu_count=2) == 80.0
+    # One rank per GPU: the whole GPU.
+    assert device_share_gib(80.0, local_rank=3, local_world_size=4, gpu_count=4) == 80.0

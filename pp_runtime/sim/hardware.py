@@ -44,6 +44,9 @@ class GpuSpec:
 GPUS: dict[str, GpuSpec] = {
     "h100": GpuSpec("h100-sxm", bf16_flops=989.4e12, fp32_flops=66.9e12, hbm_bytes_s=3.35e12, memory_gib=80,
                         flops_eff=0.60),
+    # H200 SXM (NVIDIA datasheet): the H100's compute with 141 GB of HBM3e at 4.8 TB/s.
+    "h200": GpuSpec("h200-sxm", bf16_flops=989.4e12, fp32_flops=66.9e12, hbm_bytes_s=4.8e12, memory_gib=141,
+                    flops_eff=0.60),
     "a100": GpuSpec("a100-80gb-sxm", bf16_flops=312e12, fp32_flops=19.5e12, hbm_bytes_s=2.039e12,
                              memory_gib=80),
     "a100-40gb": GpuSpec("a100-40gb-sxm", bf16_flops=312e12, fp32_flops=19.5e12, hbm_bytes_s=1.555e12,

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One prepared session on a lent GPU machine (../shared/gpu/README.md): every GPU check and benchmark this project
+# owes, in order of importance, each under its own time limit and all under one deadline, with every log written
+# to $OUT as it goes (so a part that runs out of time still leaves what it printed).
+#
+#   ../shared/gpu/prepare.sh     # here, once per checkout (EXTRA_WHEELS="pytest-xdist==3.8.0 execnet==2.1.2")
+#   device run, carry [".device"]:  . .device/on-device.sh; bash scripts/gpu_session.sh 560 [PARTS]
+#
+# $1: seconds for the whole session (default 560); PARTS (default all, in this order):
+#   tests   python -m pytest -m gpu (GPU-marked tests: HF equality on 1 and 2 stages, graphs, Triton kernels)
+#   bench1b scripts.bench_gpu on the Llama-3.2-1B shape (pp-runtime vs HF generate vs roofline, GPU busy, steps)
+#   chunk   scripts/chunk_cost.py gpu: prefill chunk time against prefix to 32k, Llama-3.1-8B shape (issue 17)
+#   bench8b scripts.bench_gpu on the Llama-3.1-8B shape, no HF baseline
+#   hops    scripts/bench_attribution.py: 2 stages sharing the GPU over host-staged gloo, hop per micro-batch
+set -uo pipefail
+budget=${1:-560}; shift || true
+parts=${*:-tests bench1b chunk bench8b hops}
+OUT=${OUT:-/tmp/gpu_session}; mkdir -p "$OUT"
+end=$(( $(date +%s) + budget ))
+log="$OUT/session.txt"
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } >>"$log" 2>&1
+
+run_part() {  # name, most seconds, command...
+    local name=$1 most=$2; shift 2
+    local left=$(( end - $(date +%s) - 5 ))
+    (( left < most )) && most=$left
+    if (( most < 20 )); then echo "== $name: skipped, ${left}s left" | tee -a "$log"; return; fi
+    echo "== $name (at most ${most}s): $*" | tee -a "$log"
+    local t0; t0=$(date +%s)
+    timeout -k 5 "$most" "$@" >"$OUT/$name.txt" 2>&1
+    local rc=$?
+    echo "== $name: rc $rc after $(( $(date +%s) - t0 ))s" | tee -a "$log"
+    tail -n 4 "$OUT/$name.txt" | sed 's/^/   /' | tee -a "$log"
+}
+
+make_model() {  # shape, layers, dir: a random-weight bf16 model of a simulator preset's shape
+    python3 - "$@" <<'EOF'
+import sys, torch
+from transformers import AutoModelForCausalLM
+from pp_runtime.sim.hardware import MODEL_SHAPES
+cfg = MODEL_SHAPES[sys.argv[1]].to_hf_config(num_layers=int(sys.argv[2]), max_position_embeddings=8192)
+cfg.bos_token_id, cfg.eos_token_id = 1, 2
+torch.manual_seed(0)
+with torch.device("cuda"):
+    AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(sys.argv[3])
+EOF
+}
+
+for part in $parts; do
+    case $part in
+    tests) run_part tests 150 python3 -m pytest -q -m gpu -p xdist -n 4 -o addopts= tests ;;
+    bench1b) run_part bench1b 180 python3 -m scripts.bench_gpu --presets llama-3.2-1b --out /tmp/bench
+             cp /tmp/bench/bench_gpu.json "$OUT/bench1b.json" 2>/dev/null ;;
+    chunk) run_part chunk 80 python3 scripts/chunk_cost.py gpu --shape llama-3.1-8b --max-prefix 32768 --chunk 512 \
+               --budget 1024 --gpu h200 ;;
+    bench8b) run_part bench8b 160 python3 -m scripts.bench_gpu --presets llama-3.1-8b --skip-hf --out /tmp/bench8
+             cp /tmp/bench8/bench_gpu.json "$OUT/bench8b.json" 2>/dev/null ;;
+    hops) make_model llama-3.2-1b 16 /tmp/m1b >>"$log" 2>&1
+          run_part hops 100 python3 scripts/bench_attribution.py --stages 2 --workloads prefill,decode \
+              --policies sarathi,orca --repeats 1 --num-requests 64 --token-budget 512 \
+              model.path=/tmp/m1b device=cuda dtype=bfloat16 pipeline.transport=gloo ;;
+    *) echo "unknown part $part" | tee -a "$log" ;;
+    esac
+done
+date -u >>"$log"

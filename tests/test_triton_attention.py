@@ -155,13 +155,35 @@ def _splits_used(batch, **kwargs) -> int:
 
 def test_split_count_rule():
     rule = triton_paged.split_count
-    # Only decode-only micro-batches with long contexts, and only while programs leave SMs idle.
-    assert rule(max_q=1, max_context=4096, programs=8, sm_count=132) == 16
-    assert rule(max_q=1, max_context=1024, programs=8, sm_count=132) == 4  # at least 256 keys per split
-    assert rule(max_q=1, max_context=4096, programs=512, sm_count=132) == 1  # the GPU is full already
-    assert rule(max_q=1, max_context=1023, programs=1, sm_count=132) == 1
-    assert rule(max_q=2, max_context=8192, programs=1, sm_count=132) == 1
-    assert rule(max_q=1, max_context=None, programs=1, sm_count=132) == 1
+    # Only long contexts, and only while the working programs leave SMs idle.
+    assert rule(max_context=4096, programs=8, sm_count=132) == 16
+    assert rule(max_context=1024, programs=8, sm_count=132) == 4  # at least 256 keys per split
+    assert rule(max_context=4096, programs=512, sm_count=132) == 1  # the GPU is full already
+    assert rule(max_context=1023, programs=1, sm_count=132) == 1
+    assert rule(max_context=None, programs=1, sm_count=132) == 1
+    assert rule(max_context=32768, programs=24, sm_count=132) == 11  # a short chunk behind a long prefix
+
+
+def test_active_programs_count_query_tiles_not_the_padded_grid():
+    count = triton_paged.active_programs
+    # Decodes: one tile per sequence, whatever the grid's spare programs.
+    assert count(num_tokens=8, num_seqs=8, max_q=1, block_q=4, hkv=8) == 64
+    # One 40-token chunk (Llama-3.1-8B on a GPU: 16 query rows per tile of 64 for a group of 4): 3 tiles x 8.
+    assert count(num_tokens=40, num_seqs=1, max_q=40, block_q=16, hkv=8) == 24
+    # A chunk and decodes: bounded by the grid, not by num_seqs x the longest's tiles.
+    assert count(num_tokens=512 + 30, num_seqs=31, max_q=512, block_q=16, hkv=8) == 8 * (542 // 16 + 31)
+    # A long prefill chunk fills the GPU: no split.
+    programs = count(num_tokens=2048, num_seqs=1, max_q=2048, block_q=16, hkv=8)
+    assert triton_paged.split_count(max_context=32768, programs=programs, sm_count=132) == 1
+
+
+def test_a_short_chunk_behind_a_long_prefix_is_split_and_exact():
+    # Few query tiles over thousands of keys: the rule splits them (prefill as well as decodes), merge exact.
+    batch = make_batch([(2980, 20), (40, 1)], hkv=1, group=2, head_dim=16, block_size=16, spare_blocks=1)
+    batch["max_context"] = 3000
+    assert _splits_used(batch) > 1
+    check(batch, scale=0.25)
+    check(batch, scale=0.25, window=700)
 
 
 def test_split_kv_long_decodes_match_dense():

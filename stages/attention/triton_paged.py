@@ -22,11 +22,15 @@ eager call before capture). Tiles on a GPU (``_tiles``): BLOCK_M = 16 rows when 
 (decode-only batches: the decode-specialised tile) or for fp32, else 64; BLOCK_N = 64 keys (32 for fp32 or
 head_dim > 128). The interpreter uses 16 x 16 tiles.
 
-Verified: results under ``TRITON_INTERPRET=1`` on the CPU only (tests/test_triton_attention.py, against a dense
-float64 reference, including the GPU tile shapes); compiled to a cubin for sm_90 without a GPU (same file), and
-ptxas reported no register spills for the GPU tiles at head_dim 64/128 (256: bf16 64 x 32). This kernel has NEVER
-RUN on a GPU in the session that wrote it: its results there, its speed and the tile choices are unmeasured, and
-a split-KV variant for long-context decodes with few sequences is not written.
+Split-KV (flash-decoding): when the programs above would leave SMs idle while each walks a long context (few
+decodes at long contexts, or a short prefill chunk behind a long prefix), each program's keys are split over
+``num_splits`` programs (grid axis 2) that write unnormalised partials, merged by a second launch (``split_count``).
+
+Verified: results under ``TRITON_INTERPRET=1`` on the CPU (tests/test_triton_attention.py, against a dense
+float64 reference, including the GPU tile shapes, split or not); compiled to a cubin for sm_90 without a GPU (same
+file), ptxas reporting no register spills for the GPU tiles at head_dim 64/128 (256: bf16 64 x 32). On an H200
+(2026-11-30) the GPU-marked tests passed (greedy fp32 equality with Hugging Face on 1 and 2 stages, graphs on and
+off) and the chunk times per prefix are in docs/BENCHMARKS.md; the tile choices are still not tuned.
 """
 
 from __future__ import annotations
@@ -197,23 +201,32 @@ def _jit(fn, ints: tuple[str, ...], pointers: tuple[str, ...]):
 _KERNEL = _jit(_kernel_fn, _INTS, _POINTERS)
 _COMBINE = _jit(_combine_fn, _COMBINE_INTS, _COMBINE_POINTERS)
 
-# Split-KV (flash-decoding) for decode-only micro-batches: when few (sequence, KV head) programs would each walk a
-# long context alone, their keys are split over several programs and the partials merged by a second launch.
-# Thresholds chosen by reasoning, never timed on a GPU: contexts from SPLIT_MIN_CONTEXT keys, splits of at least
-# SPLIT_MIN_KEYS keys, enough programs to give every SM two, at most MAX_SPLITS.
+# Split-KV (flash-decoding): when few (query tile, KV head) programs would each walk a long context alone -- a few
+# decodes, or a short prefill chunk behind a long prefix -- their keys are split over several programs and the
+# partials merged by a second launch. Thresholds chosen by reasoning: contexts from SPLIT_MIN_CONTEXT keys, splits
+# of at least SPLIT_MIN_KEYS keys, enough programs to give every SM two, at most MAX_SPLITS. On an H200 a 40-token
+# chunk at a 32k prefix (Llama-3.1-8B shape, 8 KV heads: about 24 programs) took 42 ms unsplit against 24 ms for
+# a 512-token chunk at prefix 0 (docs/BENCHMARKS.md, issue 17 on the GPU).
 SPLIT_MIN_CONTEXT = 1024
 SPLIT_MIN_KEYS = 256
 MAX_SPLITS = 16
 
 
-def split_count(*, max_q: int, max_context: int | None, programs: int, sm_count: int) -> int:
-    """How many key splits a launch uses: 1 unless every query is a decode (``max_q == 1``) with contexts of at
-    least SPLIT_MIN_CONTEXT keys and ``programs`` (sequences x KV heads) leave SMs idle. Host ints only, so the
-    choice never reads the device and a CUDA graph of a bucket always captures the same launch grid."""
-    if max_q != 1 or max_context is None or max_context < SPLIT_MIN_CONTEXT:
+def split_count(*, max_context: int | None, programs: int, sm_count: int) -> int:
+    """How many key splits a launch uses: 1 unless contexts reach SPLIT_MIN_CONTEXT keys and ``programs`` (the
+    working (query tile, KV head) programs, ``active_programs``) leave SMs idle. Host ints only, so the choice
+    never reads the device and a CUDA graph of a bucket always captures the same launch grid."""
+    if max_context is None or max_context < SPLIT_MIN_CONTEXT:
         return 1
     fill = -(-2 * sm_count // max(programs, 1))
     return max(1, min(fill, max_context // SPLIT_MIN_KEYS, MAX_SPLITS))
+
+
+def active_programs(*, num_tokens: int, num_seqs: int, max_q: int, block_q: int, hkv: int) -> int:
+    """An upper bound, from host ints, of the programs of a launch that have queries: every sequence has at most
+    ``ceil(max_q / block_q)`` query tiles, and the grid at most ``num_tokens // block_q + num_seqs`` of them.
+    A decode-only micro-batch: ``num_seqs x hkv``."""
+    return hkv * min(num_tokens // block_q + num_seqs, num_seqs * -(-max_q // block_q))
 
 
 @functools.lru_cache(maxsize=None)
@@ -326,8 +339,8 @@ def _launches(q, k_cache, v_cache, out, *, cu_seqlens_q, context_lens, block_tab
     block_m, block_n, num_warps = _tiles(q.device, max_q, group_pad, d_pad, k_cache.dtype)
     block_q = block_m // group_pad
     if num_splits is None:
-        num_splits = split_count(max_q=max_q, max_context=max_context, programs=num_seqs * hkv,
-                                 sm_count=_sm_count(q.device))
+        programs = active_programs(num_tokens=t, num_seqs=num_seqs, max_q=max_q, block_q=block_q, hkv=hkv)
+        num_splits = split_count(max_context=max_context, programs=programs, sm_count=_sm_count(q.device))
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"paged_attention: num_splits={num_splits} must be in 1..{MAX_SPLITS}")
     split = num_splits > 1

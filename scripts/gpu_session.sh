@@ -12,6 +12,7 @@
 #   chunk   scripts/chunk_cost.py gpu: prefill chunk time against prefix to 32k, Llama-3.1-8B shape (issue 17)
 #   bench8b scripts.bench_gpu on the Llama-3.1-8B shape, no HF baseline
 #   hops    scripts/bench_attribution.py: 2 stages sharing the GPU over host-staged gloo, hop per micro-batch
+#   profile scripts.gpu_profile_step: the kernels of one step per shape (Llama-3.2-1B shape, eager)
 set -uo pipefail
 budget=${1:-560}; shift || true
 parts=${*:-tests bench1b chunk bench8b hops}
@@ -64,6 +65,7 @@ for part in $parts; do
           run_part hops 70 python3 scripts/bench_attribution.py --stages 2 --workloads prefill,decode \
               --policies sarathi,orca --repeats 1 --num-requests 64 --token-budget 512 \
               model.path=/tmp/m1b device=cuda dtype=bfloat16 pipeline.transport=gloo ;;
+    profile) run_part profile 90 python3 -m scripts.gpu_profile_step --preset llama-3.2-1b ;;
     *) echo "unknown part $part" | tee -a "$log" ;;
     esac
 done

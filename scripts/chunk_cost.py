@@ -13,7 +13,8 @@ at prefixes 0 .. --max-prefix are timed (median of --repeats after a warm-up) ag
 chunk the time-balanced fill would cut at that prefix (``CostModel.max_chunk`` against the full-budget target)
 is timed too: equal-time chunks hold their time if that column stays near the target.
 
-gpu: the same on CUDA (bfloat16, the ``auto`` attention backend: Triton) for a random model of ``--shape`` (all
+gpu: the same on CUDA (bfloat16, the ``auto`` attention backend: Triton, CUDA graphs as the runtime captures
+them unless ``--eager``) for a random model of ``--shape`` (all
 its layers by default), with the roofline time model's prediction for the same chunk beside the fitted cost
 model's: what ``pp-sim sim.cost_model=roofline sim.gpu=--gpu`` would assume.
 
@@ -73,6 +74,7 @@ def _measure(args, *, device: str, shape: str) -> None:
     from pp_runtime.sim.hardware import MODEL_SHAPES
     from scripts.jobs import machine
     from stages import attention
+    from stages.cuda_graphs import MAX_GRAPH_TOKENS
     from stages.executor import StageExecutor
     from stages.kv_cache import KVCache
     from stages.profiler import _fake_microbatch, _sync, _wait, profile_stage
@@ -86,10 +88,13 @@ def _measure(args, *, device: str, shape: str) -> None:
     hf_config = model_shape.to_hf_config(num_layers=layers)
     with dev:
         model = _random_stage(hf_config, dtype)
-    cache = KVCache(list(range(layers)), num_blocks=-(-args.max_prefix // block) + 1, block_size=block,
-                    hf_config=hf_config, dtype=dtype, device=dev)
+    graphs = dev.type == "cuda" and not args.eager  # as the runtime runs a stage: micro-batches replayed from graphs
+    num_blocks = -(-args.max_prefix // block) + 1
+    cache = KVCache(list(range(layers)), num_blocks=num_blocks, block_size=block, hf_config=hf_config, dtype=dtype,
+                    device=dev, extra_blocks=1 if graphs else 0)
     backend = attention.choose_backend("auto", dev, block, dtype=dtype)
-    ex = StageExecutor(model, cache, device=dev, backend=backend)
+    ex = StageExecutor(model, cache, device=dev, backend=backend, cuda_graphs=graphs, max_blocks_per_seq=num_blocks,
+                       graph_max_tokens=min(args.budget, MAX_GRAPH_TOKENS))
     roof = None
     if dev.type == "cuda":  # what pp-sim sim.cost_model=roofline sim.gpu=--gpu assumes for the same chunk
         from pp_runtime.sim.hardware import gpu
@@ -118,7 +123,8 @@ def _measure(args, *, device: str, shape: str) -> None:
     full, full_s = fit(args.max_prefix)
     short, short_s = fit(min(1024, args.max_prefix))
     target = full_budget_time(full, args.budget, args.chunk)
-    where = f"{args.threads} thread(s)" if dev.type == "cpu" else torch.cuda.get_device_name()
+    where = f"{args.threads} thread(s)" if dev.type == "cpu" else \
+        f"{torch.cuda.get_device_name()}, {'CUDA graphs' if graphs else 'eager'}"
     print(f"machine: {machine()}; random {shape} shape ({layers} layers), one stage, {dtype}, "
           f"{where}, {backend} attention; chunk {args.chunk}; profiles of "
           f"profile_points({args.budget}): to {args.max_prefix} tokens ({full_s:.0f}s), to 1024 ({short_s:.0f}s)")
@@ -195,6 +201,8 @@ def main() -> None:
     g.add_argument("--budget", type=int, default=1024, help="token budget the start-up profile covers")
     g.add_argument("--layers", type=int, default=None, help="default: all of the shape's layers")
     g.add_argument("--repeats", type=int, default=5)
+    g.add_argument("--eager", action="store_true", help="no CUDA graphs (the runtime replays micro-batches of up "
+                   "to min(--budget, 2048) tokens from graphs)")
     g.add_argument("--gpu", default="h100", help="the simulator's GPU preset to compare with (sim.gpu)")
     s = sub.add_parser("sim")
     s.add_argument("--shape", default="llama-3.1-8b")

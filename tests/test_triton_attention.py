@@ -159,6 +159,8 @@ def test_split_count_rule():
     assert rule(max_context=4096, programs=8, sm_count=132) == 16
     assert rule(max_context=1024, programs=8, sm_count=132) == 4  # at least 256 keys per split
     assert rule(max_context=4096, programs=512, sm_count=132) == 1  # the GPU is full already
+    assert rule(max_context=32768, programs=256, sm_count=132) == 1  # one wave or more: a merge costs more
+    assert rule(max_context=32768, programs=131, sm_count=132) == 3
     assert rule(max_context=1023, programs=1, sm_count=132) == 1
     assert rule(max_context=None, programs=1, sm_count=132) == 1
     assert rule(max_context=32768, programs=24, sm_count=132) == 11  # a short chunk behind a long prefix
@@ -179,7 +181,7 @@ def test_active_programs_count_query_tiles_not_the_padded_grid():
 
 def test_a_short_chunk_behind_a_long_prefix_is_split_and_exact():
     # Few query tiles over thousands of keys: the rule splits them (prefill as well as decodes), merge exact.
-    batch = make_batch([(2980, 20), (40, 1)], hkv=1, group=2, head_dim=16, block_size=16, spare_blocks=1)
+    batch = make_batch([(2988, 12), (40, 1)], hkv=1, group=2, head_dim=16, block_size=16, spare_blocks=1)
     batch["max_context"] = 3000
     assert _splits_used(batch) > 1
     check(batch, scale=0.25)

@@ -126,7 +126,7 @@ def _fair_row(label, ttft: dict[str, float], alone: dict[str, float], m: dict) -
     s = m.get("slowdown") or {}
     jain = s.get("jain_ttft")
     return (f"| {label} | {p50 * 1e3:.1f} | {p50 / alone['short']:.2f}x | {ttft['long'] * 1e3:.1f} | "
-            f"{ttft['long'] / alone['long']:.2f}x | {'' if jain is None else f'{jain:.3f}'} | "
+            f"{ttft['long'] / alone['long']:.3f}x | {'' if jain is None else f'{jain:.3f}'} | "
             f"{m['total_token_throughput']:.0f} |")
 
 

@@ -116,6 +116,14 @@ def _mix(long_len: int = 4000, short_len: int = 64, num_short: int = 16) -> list
     return reqs
 
 
+def _short_decodes(seqs) -> tuple[float, float, float]:
+    """(largest, median) gap between consecutive tokens and the end-to-end latency p50 of the short requests."""
+    shorts = [q for q in seqs if q.request.id != "long"]
+    gaps = sorted(b - a for q in shorts for a, b in zip(q.token_times_s, q.token_times_s[1:]))
+    e2e = sorted(q.finish_s - q.request.arrival_s for q in shorts)
+    return gaps[-1], gaps[len(gaps) // 2], e2e[len(e2e) // 2]
+
+
 def _p50_short(ttft: dict[str, float]) -> float:
     shorts = sorted(v for k, v in ttft.items() if k != "long")
     return shorts[len(shorts) // 2]
@@ -138,6 +146,7 @@ def fairness(args) -> None:
     print("\npp-sim, Llama-3.1-8B shape, roofline H100, cache.memory_gib=20: 1 x 4000 + 16 x 64 tokens at t=0, "
           "16 output tokens each\n")
     print(header)
+    decodes = {}
     for s in (1, 2):
         common = [f"pipeline.stages={s}", "cache.memory_gib=20", "scheduler.chunk_size=512",
                   "scheduler.token_budget=512"]
@@ -148,11 +157,16 @@ def fairness(args) -> None:
             res, _ = _sim([*common, f"scheduler.prefill_order={order}"], mix, tmp)
             ttft = {q.request.id: q.first_token_s - q.request.arrival_s for q in res.seqs}
             print(_fair_row(f"{s} stage(s), {order}", ttft, alone, res.metrics))
+            decodes[f"{s} stage(s), {order}"] = _short_decodes(res.seqs)
         batch = [{**r, "id": f"{r['id']}-{k}"} for k in range(4) for r in mix]
         tput = {o: _sim([*common, f"scheduler.prefill_order={o}"], batch, tmp)[0].metrics["total_token_throughput"]
                 for o in ("fcfs", "fair")}
         print(f"| {s} stage(s), offline batch of {len(batch)} (4 x the mix) | | | | | | fair / fcfs throughput "
               f"{tput['fair'] / tput['fcfs']:.3f} |")
+    print("\nThe short requests' decodes in the mix: largest and median gap between tokens, end-to-end latency p50\n")
+    print("| run | short TBT max ms | short TBT p50 ms | short e2e p50 ms |\n|---|---|---|---|")
+    for label, (tbt_max, tbt_p50, e2e_p50) in decodes.items():
+        print(f"| {label} | {tbt_max * 1e3:.1f} | {tbt_p50 * 1e3:.1f} | {e2e_p50 * 1e3:.1f} |")
     if not args.cpu:
         return
     out = Path(args.out or tmp)

@@ -99,7 +99,8 @@ def test_prefill_context_term_fits_measured_gpu_chunks_better():
 
     assert four.c_ctx == (0.0,) and five.c_ctx[0] > 0
     e4, e5 = errors(four), errors(five)
-    assert max(e5) < 0.12 < 0.3 < max(e4)  # the short deep chunks: -30% and worse without the term
+    # Without the term the 40-token chunk at 32k is priced at 61% of its time (its KV read is not in c_attn * n * ctx).
+    assert max(e5) < 0.12 < 0.3 < max(e4)
     assert np.mean(e5) < np.mean(e4)
 
 

@@ -155,9 +155,10 @@ class Harness:
 
 
     def _deferred_behind_a_late_prompt(self, mb: MicroBatch, missing: list) -> bool:
-        """Fair order without a TBT SLO: the decodes of requests younger than a prompt whose chunk the micro-batch
-        carries may wait, if the micro-batch is full (token budget, or balancing target)."""
-        if self.cfg.prefill_order != "fair" or self.cfg.tbt_slo_ms is not None:
+        """Deadline order without a TBT SLO: the decodes of requests younger than a prompt whose chunk the
+        micro-batch carries may wait, if the micro-batch is full (token budget, or balancing target). No other
+        order ever holds a decode back."""
+        if self.cfg.prefill_order != "deadline" or self.cfg.tbt_slo_ms is not None:
             return False
 
         def age(s):
@@ -295,24 +296,27 @@ def test_fair_sharing_never_starves_the_long_request(long_len, short_len, num_sl
 
 
 @pytest.mark.parametrize("num_slots", [1, 2])
-def test_an_aged_prompt_goes_before_the_decodes_of_requests_that_overtook_it(num_slots):
+def test_deadline_order_puts_an_aged_prompt_before_the_decodes_of_requests_that_overtook_it(num_slots):
     # One 112-token prompt and 8 of 8 tokens at t=0, 10 outputs each, 16 tokens per micro-batch. The short prompts
-    # go first (64 tokens: more than the long one's AGING share, 28), which ages the long one; from then on their
-    # decodes wait behind its chunks instead of taking half of every micro-batch.
+    # go first (64 tokens: more than the long one's AGING share, 28), which ages the long one; from then on, under
+    # prefill_order=deadline, their decodes wait behind its chunks instead of taking half of every micro-batch.
     dt, budget = 1e-3, 16
     requests = [Request("long", tuple(range(1, 113)), SamplingParams(max_tokens=10, ignore_eos=True))]
     requests += [Request(f"s{i}", (3 + i,) * 8, SamplingParams(max_tokens=10, ignore_eos=True)) for i in range(8)]
     kw = dict(seed=0, num_blocks=10_000, block_size=4, num_slots=num_slots, token_budget=budget, chunk_size=budget,
               time_balanced=False)
-    planner, h = run("sarathi", requests, **kw)  # the harness checks that only such decodes wait
+    planner, h = run("sarathi", requests, **kw, prefill_order="deadline")  # the harness: only such decodes wait
     long, shorts = planner.seqs[0], planner.seqs[1:]
     alone = 112 // budget * dt
     assert max(s.first_token_s for s in shorts) <= 64 // budget * dt + num_slots * dt  # they still go first
     assert long.first_token_s <= (1 + 64 / 112) * alone + num_slots * dt + 1e-9  # it pays their prefill only
     assert [len(s.output_token_ids) for s in planner.seqs] == [10] * 9
-    # A TBT SLO keeps its promise: no decode waits, so the long prompt shares every micro-batch with them.
+    # fair (the default) is stall-free: the harness accepts no waiting decode, and the long prompt shares every
+    # micro-batch with them; so does deadline with a TBT SLO, which keeps its promise.
+    fair, _ = run("sarathi", requests, **kw)
+    assert fair.seqs[0].first_token_s > (1 + 64 / 112) * alone + 3 * dt
     model = CostModel((1e-3,), (0.0,), (0.0,), (0.0,))  # every micro-batch 1 ms
-    slo, _ = run("sarathi", requests, **kw, cost_model=model, tbt_slo_ms=1.5)
+    slo, _ = run("sarathi", requests, **kw, cost_model=model, tbt_slo_ms=1.5, prefill_order="deadline")
     assert slo.seqs[0].first_token_s > (1 + 64 / 112) * alone + 3 * dt
 
 

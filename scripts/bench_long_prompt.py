@@ -10,9 +10,9 @@ pipelining (the default). sim: Llama-3.1-8B shape on simulated H100s: one 4k / 3
 and several chunk sizes, TTFT, every stage's bubble and the strong-scaling efficiency TTFT(1) / (S x TTFT(S)),
 next to SGLang's 82.8%. fairness: one 4000-token prompt and 16 of 64 tokens (all at t=0), fcfs vs fair vs
 deadline prefill order, 1 and 2 stages: the short prompts' TTFT p50 against theirs without the long prompt, the
-long TTFT against its own alone, Jain's index over the TTFT slowdowns (cost model), and throughput; plus an offline batch (the
-same mix, 4 times) where fair must cost no throughput against FCFS; and the short requests' decodes (largest
-and median gap between tokens, end-to-end p50), which deadline order holds back once.
+long TTFT against its own alone, Jain's index over the TTFT slowdowns (cost model), and throughput; plus an
+offline batch (the same mix, 4 times) where fair must cost no throughput against FCFS; and the short requests'
+decodes (largest and median gap between tokens, end-to-end p50), which deadline order holds back once.
 Prints markdown tables.
 """
 

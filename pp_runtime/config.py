@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import MISSING
 
 POLICIES = ("sarathi", "orca", "vllm", "static", "fcfs", "throttle")
+PREFILL_ORDERS = ("fair", "deadline", "fcfs")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 WORKLOADS = ("default", "jsonl", "trace", "synthetic")
@@ -108,9 +109,11 @@ class SchedulerConfig:
     # sarathi: most prefill chunks of one request in flight at once (chunk pipelining); None: pipeline.depth,
     # 1: a chunk waits until the previous one has crossed the whole pipeline.
     max_chunks_in_flight: int | None = None
-    # sarathi: which prefills fill a micro-batch's budget first. fair: the request whose slowdown so far is
-    # highest ((work served since it arrived + its prefill left) / its prefill, in tokens; ties: least left), so
-    # short prompts are not stuck behind a long one and a long one still ages to the front. fcfs: arrival order.
+    # sarathi: which prefills fill a micro-batch's budget first. fair: the least prefill left first, so short
+    # prompts are not stuck behind a long one, with aging (a request that waited while others were served a quarter
+    # of its tokens goes first, by deadline) so a long one still finishes; decodes are never held back
+    # (stall-free). deadline: fair, and the decodes of requests that overtook an aged prompt also wait behind its
+    # chunks (their TBT pays once, its TTFT gains; ignored with tbt_slo_ms). fcfs: arrival order.
     prefill_order: str = "fair"
 
     def validate(self) -> None:
@@ -121,8 +124,8 @@ class SchedulerConfig:
         _check(self.chunk_size >= 1, "scheduler.chunk_size", self.chunk_size, "must be >= 1")
         _check(self.max_num_seqs >= 1, "scheduler.max_num_seqs", self.max_num_seqs, "must be >= 1")
         _check(self.tile >= 0, "scheduler.tile", self.tile, "must be >= 0 (0 turns tiling off)")
-        _check(self.prefill_order in ("fair", "fcfs"), "scheduler.prefill_order", self.prefill_order,
-               "use fair or fcfs")
+        _check(self.prefill_order in PREFILL_ORDERS, "scheduler.prefill_order", self.prefill_order,
+               f"use one of {', '.join(PREFILL_ORDERS)}")
         if self.max_chunks_in_flight is not None:
             _check(self.max_chunks_in_flight >= 1, "scheduler.max_chunks_in_flight", self.max_chunks_in_flight,
                    "must be >= 1, or null for the pipeline depth")

@@ -8,10 +8,11 @@ cpu: a random Llama of about SmolLM2's size (hidden 512, 8 layers), one prompt, 
 2 stages with one chunk in flight (scheduler.max_chunks_in_flight=1, the old behaviour) and 2 stages with chunk
 pipelining (the default). sim: Llama-3.1-8B shape on simulated H100s: one 4k / 32k / 128k prompt on 1-8 stages
 and several chunk sizes, TTFT, every stage's bubble and the strong-scaling efficiency TTFT(1) / (S x TTFT(S)),
-next to SGLang's 82.8%. fairness: one 4000-token prompt and 16 of 64 tokens (all at t=0), fair vs fcfs prefill
-order, 1 and 2 stages: the short prompts' TTFT p50 against theirs without the long prompt, the long TTFT against
-its own alone, Jain's index over the TTFT slowdowns (cost model), and throughput; plus an offline batch (the
-same mix, 4 times) where fair must cost no throughput against FCFS.
+next to SGLang's 82.8%. fairness: one 4000-token prompt and 16 of 64 tokens (all at t=0), fcfs vs fair vs
+deadline prefill order, 1 and 2 stages: the short prompts' TTFT p50 against theirs without the long prompt, the
+long TTFT against its own alone, Jain's index over the TTFT slowdowns (cost model), and throughput; plus an
+offline batch (the same mix, 4 times) where fair must cost no throughput against FCFS; and the short requests'
+decodes (largest and median gap between tokens, end-to-end p50), which deadline order holds back once.
 Prints markdown tables.
 """
 
@@ -116,6 +117,14 @@ def _mix(long_len: int = 4000, short_len: int = 64, num_short: int = 16) -> list
     return reqs
 
 
+def _short_decodes(seqs) -> tuple[float, float, float]:
+    """(largest, median) gap between consecutive tokens and the end-to-end latency p50 of the short requests."""
+    shorts = [q for q in seqs if q.request.id != "long"]
+    gaps = sorted(b - a for q in shorts for a, b in zip(q.token_times_s, q.token_times_s[1:]))
+    e2e = sorted(q.finish_s - q.request.arrival_s for q in shorts)
+    return gaps[-1], gaps[len(gaps) // 2], e2e[len(e2e) // 2]
+
+
 def _p50_short(ttft: dict[str, float]) -> float:
     shorts = sorted(v for k, v in ttft.items() if k != "long")
     return shorts[len(shorts) // 2]
@@ -126,7 +135,7 @@ def _fair_row(label, ttft: dict[str, float], alone: dict[str, float], m: dict) -
     s = m.get("slowdown") or {}
     jain = s.get("jain_ttft")
     return (f"| {label} | {p50 * 1e3:.1f} | {p50 / alone['short']:.2f}x | {ttft['long'] * 1e3:.1f} | "
-            f"{ttft['long'] / alone['long']:.2f}x | {'' if jain is None else f'{jain:.3f}'} | "
+            f"{ttft['long'] / alone['long']:.3f}x | {'' if jain is None else f'{jain:.3f}'} | "
             f"{m['total_token_throughput']:.0f} |")
 
 
@@ -138,21 +147,27 @@ def fairness(args) -> None:
     print("\npp-sim, Llama-3.1-8B shape, roofline H100, cache.memory_gib=20: 1 x 4000 + 16 x 64 tokens at t=0, "
           "16 output tokens each\n")
     print(header)
+    decodes = {}
     for s in (1, 2):
         common = [f"pipeline.stages={s}", "cache.memory_gib=20", "scheduler.chunk_size=512",
                   "scheduler.token_budget=512"]
         shorts = _sim(common, mix[1:], tmp)[0]
         alone = {"long": _sim(common, mix[:1], tmp)[0].seqs[0].first_token_s,
                  "short": _p50_short({q.request.id: q.first_token_s for q in shorts.seqs})}
-        for order in ("fcfs", "fair"):
+        for order in ("fcfs", "fair", "deadline"):
             res, _ = _sim([*common, f"scheduler.prefill_order={order}"], mix, tmp)
             ttft = {q.request.id: q.first_token_s - q.request.arrival_s for q in res.seqs}
             print(_fair_row(f"{s} stage(s), {order}", ttft, alone, res.metrics))
+            decodes[f"{s} stage(s), {order}"] = _short_decodes(res.seqs)
         batch = [{**r, "id": f"{r['id']}-{k}"} for k in range(4) for r in mix]
         tput = {o: _sim([*common, f"scheduler.prefill_order={o}"], batch, tmp)[0].metrics["total_token_throughput"]
-                for o in ("fcfs", "fair")}
+                for o in ("fcfs", "fair", "deadline")}
         print(f"| {s} stage(s), offline batch of {len(batch)} (4 x the mix) | | | | | | fair / fcfs throughput "
-              f"{tput['fair'] / tput['fcfs']:.3f} |")
+              f"{tput['fair'] / tput['fcfs']:.3f}, deadline / fcfs {tput['deadline'] / tput['fcfs']:.3f} |")
+    print("\nThe short requests' decodes in the mix: largest and median gap between tokens, end-to-end latency p50\n")
+    print("| run | short TBT max ms | short TBT p50 ms | short e2e p50 ms |\n|---|---|---|---|")
+    for label, (tbt_max, tbt_p50, e2e_p50) in decodes.items():
+        print(f"| {label} | {tbt_max * 1e3:.1f} | {tbt_p50 * 1e3:.1f} | {e2e_p50 * 1e3:.1f} |")
     if not args.cpu:
         return
     out = Path(args.out or tmp)
@@ -168,7 +183,7 @@ def fairness(args) -> None:
             run_dir = out / f"{s}_{name}"
             run_torchrun(s, [*common, f"workload.path={_write(out / f'{name}.jsonl', reqs)}"], run_dir)
             alone[name] = _p50_short(_ttfts(run_dir)) if name == "short" else _ttfts(run_dir)["long"]
-        for order in ("fcfs", "fair"):
+        for order in ("fcfs", "fair", "deadline"):
             run_dir = out / f"{s}_{order}"
             m = run_torchrun(s, [*common, f"workload.path={_write(out / 'mix.jsonl', mix)}",
                                  f"scheduler.prefill_order={order}"], run_dir)

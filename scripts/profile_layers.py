@@ -75,7 +75,7 @@ def take_profile(hf_config, *, device: torch.device, dtype: torch.dtype, token_b
         executor = StageExecutor(model, cache, device=device, backend=backend)
         runs = [profile_stage(0, executor, token_budget=token_budget, max_context_len=max_context_len,
                               hidden_size=hf_config.hidden_size, dtype=dtype) for _ in range(repeats)]
-        seconds[part] = [statistics.median(r[i][4] for r in runs) for i in range(len(shapes))]
+        seconds[part] = [statistics.median(r[i][-1] for r in runs) for i in range(len(shapes))]
         work = [row[1:4] for row in runs[0]]
     rows: dict[str, list[list[float]]] = {}
     for part in PARTS:

@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 from pp_runtime.planner.cost_model import CostModel, CostModelError, profile_points, work
 
 TRUE = CostModel(c0=(3e-3, 2e-3, 4e-3), c_tok=(1e-4, 8e-5, 2e-4), c_attn=(2e-8, 2e-8, 3e-8),
-                 c_dec=(3e-7, 2e-7, 5e-7))
+                 c_dec=(3e-7, 2e-7, 5e-7), c_ctx=(4e-6, 3e-6, 5e-6))
 
 
-def rows_for(model: CostModel, shapes) -> list[tuple[int, int, int, int, float]]:
-    """What the runtime hands to fit: (stage, num_tokens, attn_work, decode_ctx, seconds) per shape and stage."""
+def rows_for(model: CostModel, shapes) -> list[tuple[int, int, int, int, int, float]]:
+    """What the runtime hands to fit: (stage, num_tokens, attn_work, decode_ctx, prefill_ctx, seconds) per shape
+    and stage."""
     rows = []
     for shape in shapes:
         for stage, t in enumerate(model.predict(shape)):
@@ -28,21 +29,23 @@ def test_predict_follows_the_formula_per_stage():
     pieces = [(10, 10), (1, 300), (4, 54)]  # fresh chunk, decode, later chunk
     attn = 10 * 10 + 4 * 54  # prefill pairs
     dec = 300  # cached tokens the decode reads
-    expect = [TRUE.c0[s] + TRUE.c_tok[s] * 15 + TRUE.c_attn[s] * attn + TRUE.c_dec[s] * dec for s in range(3)]
+    pre = 10 + 54  # context tokens the prefill chunks read
+    expect = [TRUE.c0[s] + TRUE.c_tok[s] * 15 + TRUE.c_attn[s] * attn + TRUE.c_dec[s] * dec + TRUE.c_ctx[s] * pre
+              for s in range(3)]
     assert TRUE.predict(pieces) == pytest.approx(expect)
     assert TRUE.predict_max(pieces) == pytest.approx(max(expect))
 
 
 def test_fit_recovers_known_coefficients_from_exact_samples():
     fitted = CostModel.fit(rows_for(TRUE, profile_points(256)))
-    for key in ("c0", "c_tok", "c_attn", "c_dec"):
+    for key in ("c0", "c_tok", "c_attn", "c_dec", "c_ctx"):
         assert np.allclose(getattr(fitted, key), getattr(TRUE, key), rtol=1e-6, atol=1e-12), key
 
 
 def test_fit_keeps_coefficients_non_negative_and_refits_the_rest():
     # Timings that fall slightly with attention work: plain least squares would give c_attn < 0.
     shapes = profile_points(64)
-    rows = [(0, n, a, d, 1e-3 + 2e-5 * n + 1e-7 * d - 1e-12 * a) for n, a, d in (work(s) for s in shapes)]
+    rows = [(0, n, a, d, 1e-3 + 2e-5 * n + 1e-7 * d - 1e-12 * a) for n, a, d, _ in (work(s) for s in shapes)]
     fitted = CostModel.fit(rows)
     assert fitted.c_attn == (0.0,)
     assert fitted.c_tok[0] > 0 and fitted.c0[0] > 0 and fitted.c_dec[0] > 0
@@ -62,6 +65,43 @@ def test_json_round_trip(tmp_path):
     TRUE.to_json(path)
     assert CostModel.from_json(path) == TRUE
     assert CostModel.from_json(str(path)).num_stages == 3
+
+
+def test_four_term_files_and_rows_still_work(tmp_path):
+    # A file (or cost-model cache entry) written before c_ctx existed loads with c_ctx = 0; rows without
+    # prefill_ctx fit the four-term form.
+    path = tmp_path / "old.json"
+    path.write_text('{"c0": [1e-3], "c_tok": [1e-4], "c_attn": [2e-8], "c_dec": [3e-7]}')
+    old = CostModel.from_json(path)
+    assert old.c_ctx == (0.0,) and old == CostModel((1e-3,), (1e-4,), (2e-8,), (3e-7,))
+    assert old.predict([(8, 100)]) == pytest.approx([1e-3 + 8e-4 + 2e-8 * 800])
+    four = [(stage, n, a, d, t) for stage, n, a, d, _, t in rows_for(TRUE, profile_points(64))]
+    assert CostModel.fit(four).c_ctx == (0.0,) * 3
+
+
+# One H200, random Llama-3.1-8B shape (32 layers, bf16, Triton attention, eager): `scripts/chunk_cost.py gpu
+# --max-prefix 32768 --chunk 512 --budget 1024 --gpu h200` (docs/BENCHMARKS.md, issue 17), as (num_tokens, prefix,
+# measured ms): the 512-token chunks, then the balanced chunks. An eager step is host-bound near 24 ms up to ~2k
+# tokens of prefix, then the KV read of the prefix shows.
+H200_CHUNKS = [(512, 0, 24.1), (512, 512, 24.8), (512, 1024, 24.7), (512, 2048, 24.0), (512, 4096, 26.0),
+               (512, 8192, 28.3), (512, 16384, 37.6), (512, 32256, 55.5), (512, 0, 23.7), (512, 512, 24.9),
+               (512, 1024, 23.8), (412, 2048, 25.7), (261, 4096, 24.6), (147, 8192, 24.4), (78, 16384, 26.3),
+               (40, 32256, 42.1)]
+
+
+def test_prefill_context_term_fits_measured_gpu_chunks_better():
+    rows = [(0, *work([(n, prefix + n)]), ms / 1e3) for n, prefix, ms in H200_CHUNKS]
+    five = CostModel.fit(rows)
+    four = CostModel.fit([r[:4] + r[5:] for r in rows])  # the form before c_ctx
+
+    def errors(model):
+        return [abs(model.predict([(n, prefix + n)])[0] - ms / 1e3) / (ms / 1e3) for n, prefix, ms in H200_CHUNKS]
+
+    assert four.c_ctx == (0.0,) and five.c_ctx[0] > 0
+    e4, e5 = errors(four), errors(five)
+    # Without the term the 40-token chunk at 32k is priced at 61% of its time (its KV read is not in c_attn * n * ctx).
+    assert max(e5) < 0.12 < 0.3 < max(e4)
+    assert np.mean(e5) < np.mean(e4)
 
 
 @pytest.mark.parametrize("text, match", [
@@ -99,13 +139,13 @@ def test_default_is_valid_and_weights_the_end_stages():
 
 @settings(max_examples=200, deadline=None)
 @given(tokens=st.integers(0, 300), attn=st.integers(0, 100_000), dec=st.integers(0, 20_000),
-       prefix=st.integers(0, 5000), limit_ms=st.floats(0.0, 60.0), cap=st.integers(0, 400))
-def test_max_chunk_is_the_largest_chunk_within_the_limit(tokens, attn, dec, prefix, limit_ms, cap):
+       pre=st.integers(0, 5000), prefix=st.integers(0, 5000), limit_ms=st.floats(0.0, 60.0), cap=st.integers(0, 400))
+def test_max_chunk_is_the_largest_chunk_within_the_limit(tokens, attn, dec, pre, prefix, limit_ms, cap):
     limit = limit_ms / 1e3
-    n = TRUE.max_chunk(tokens, attn, prefix=prefix, limit_s=limit, cap=cap, decode_ctx=dec)
+    n = TRUE.max_chunk(tokens, attn, prefix=prefix, limit_s=limit, cap=cap, decode_ctx=dec, prefill_ctx=pre)
 
     def fits(k):
-        return max(TRUE.stage_times(tokens + k, attn + k * (prefix + k), dec)) <= limit
+        return max(TRUE.stage_times(tokens + k, attn + k * (prefix + k), dec, pre + prefix + k)) <= limit
 
     assert 0 <= n <= cap
     assert n == 0 or fits(n)
@@ -123,7 +163,7 @@ def test_profile_points_cover_prefill_long_prefix_and_decode():
     assert all(n <= 256 and n <= ctx <= 2048 for s in shapes for n, ctx in s)
     assert len(shapes) == len({tuple(s) for s in shapes}) <= 24
     x = np.array([[1, *work(s)] for s in shapes], dtype=float)
-    assert np.linalg.matrix_rank(x / x.max(axis=0)) == 4  # the four coefficients are separable
+    assert np.linalg.matrix_rank(x / x.max(axis=0)) == 5  # the five coefficients are separable
     assert profile_points(256, max_context_len=2048) == shapes
 
 
@@ -140,3 +180,17 @@ def test_max_chunk_with_no_room_left_and_a_zero_token_coefficient_is_zero():
     model = CostModel(c0=[1e-3], c_tok=[0.0], c_attn=[1e-6], c_dec=[0.0])
     limit = model.stage_times(8, 64)[0]
     assert model.max_chunk(8, 64, prefix=0, limit_s=limit, cap=32) == 0
+
+
+def test_the_cost_model_cache_key_carries_the_form(monkeypatch, tmp_path):
+    # A cached model of the four-term form is profiled again rather than loaded (it would lack c_ctx).
+    from pp_runtime.model import cost_cache
+    from pp_runtime.planner.cost_model import FORM_VERSION
+
+    monkeypatch.setenv("PP_RUNTIME_COST_CACHE", str(tmp_path))
+    key = cost_cache.cost_model_key(model_dir="llama-3.1-8b", layers_per_stage=[32], device="cpu:x",
+                                    dtype="float32", backend="sdpa", threads=1, token_budget=256, max_context_len=8192)
+    assert key["form"] == FORM_VERSION >= 2
+    old = {k: v for k, v in key.items() if k != "form"}
+    cost_cache.store(old, CostModel((1e-3,), (1e-4,), (0.0,), (0.0,)))
+    assert cost_cache.load_cached(key) is None and cost_cache.load_cached(old) is not None

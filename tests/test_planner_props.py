@@ -10,6 +10,7 @@ while its predecessor is still in flight (chunk pipelining), never before it.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -145,12 +146,30 @@ class Harness:
         assert 0 <= slot < self.p.num_slots
         missing = [s for s in self.p.running if s.slot == slot and not s.in_flight and not s.in_prefill
                    and self.p.blocks.can_allocate(s, 1)]
-        if not missing:
+        if not missing or self._deferred_behind_a_late_prompt(mb, missing):
             return
         slo = self.cfg.tbt_slo_ms
         full = mb.num_tokens >= self.cfg.token_budget or (slo is not None and any(
             self.p.cost_model.predict_max([*mb.pieces, (1, s.num_tokens)]) > slo / 1e3 for s in missing))
         assert full and mb.num_prefill_tokens == 0, f"{mb!r} (slot {slot}) left out ready decodes {missing}"
+
+
+    def _deferred_behind_a_late_prompt(self, mb: MicroBatch, missing: list) -> bool:
+        """Deadline order without a TBT SLO: the decodes of requests younger than a prompt whose chunk the
+        micro-batch carries may wait, if the micro-batch is full (token budget, or balancing target). No other
+        order ever holds a decode back."""
+        if self.cfg.prefill_order != "deadline" or self.cfg.tbt_slo_ms is not None:
+            return False
+
+        def age(s):
+            return s.request.arrival_s, s.seq_id
+
+        chunks = [self.p.seqs[pc.seq_id] for pc in mb.pieces if pc.is_prefill]
+        if not chunks or not all(any(age(m) > age(c) for c in chunks) for m in missing):
+            return False
+        target = self.p.limits.chunk_limit_s
+        return mb.num_tokens >= self.cfg.token_budget or target is not None and any(
+            self.p.cost_model.predict_max([*mb.pieces, (1, m.num_tokens)]) > target for m in missing)
 
 
 def run(policy: str, requests: list[Request], *, seed: int, num_blocks: int, block_size: int, num_slots: int,
@@ -268,10 +287,37 @@ def test_fair_sharing_never_starves_the_long_request(long_len, short_len, num_sl
     planner, _ = run("sarathi", requests, seed=0, num_blocks=10_000, block_size=4, num_slots=num_slots,
                      token_budget=budget, chunk_size=budget, time_balanced=False)
     long, shorts = planner.seqs[0], planner.seqs[1:]
-    # Its prefill ages to the front: done within (AGING + 1) times its time alone, long before the stream ends.
+    # Once aged, requests go by deadline: the work clock at its arrival plus (1 + AGING) times its tokens. Only
+    # work arriving before that deadline goes first, load x (1 + AGING) times its own at most: its prefill is done
+    # within (1 + load x (1 + AGING)) times its time alone, long before the stream ends.
     alone = -(-long_len // budget) * dt
-    assert long.first_token_s - long.request.arrival_s <= (AGING + 1) * alone + (num_slots + 2) * dt
+    assert long.first_token_s - long.request.arrival_s <= (1 + load * (1 + AGING)) * alone + (num_slots + 2) * dt
     assert long.first_token_s < max(s.first_token_s for s in shorts)
+
+
+@pytest.mark.parametrize("num_slots", [1, 2])
+def test_deadline_order_puts_an_aged_prompt_before_the_decodes_of_requests_that_overtook_it(num_slots):
+    # One 112-token prompt and 8 of 8 tokens at t=0, 10 outputs each, 16 tokens per micro-batch. The short prompts
+    # go first (64 tokens: more than the long one's AGING share, 28), which ages the long one; from then on, under
+    # prefill_order=deadline, their decodes wait behind its chunks instead of taking half of every micro-batch.
+    dt, budget = 1e-3, 16
+    requests = [Request("long", tuple(range(1, 113)), SamplingParams(max_tokens=10, ignore_eos=True))]
+    requests += [Request(f"s{i}", (3 + i,) * 8, SamplingParams(max_tokens=10, ignore_eos=True)) for i in range(8)]
+    kw = dict(seed=0, num_blocks=10_000, block_size=4, num_slots=num_slots, token_budget=budget, chunk_size=budget,
+              time_balanced=False)
+    planner, h = run("sarathi", requests, **kw, prefill_order="deadline")  # the harness: only such decodes wait
+    long, shorts = planner.seqs[0], planner.seqs[1:]
+    alone = 112 // budget * dt
+    assert max(s.first_token_s for s in shorts) <= 64 // budget * dt + num_slots * dt  # they still go first
+    assert long.first_token_s <= (1 + 64 / 112) * alone + num_slots * dt + 1e-9  # it pays their prefill only
+    assert [len(s.output_token_ids) for s in planner.seqs] == [10] * 9
+    # fair (the default) is stall-free: the harness accepts no waiting decode, and the long prompt shares every
+    # micro-batch with them; so does deadline with a TBT SLO, which keeps its promise.
+    fair, _ = run("sarathi", requests, **kw)
+    assert fair.seqs[0].first_token_s > (1 + 64 / 112) * alone + 3 * dt
+    model = CostModel((1e-3,), (0.0,), (0.0,), (0.0,))  # every micro-batch 1 ms
+    slo, _ = run("sarathi", requests, **kw, cost_model=model, tbt_slo_ms=1.5, prefill_order="deadline")
+    assert slo.seqs[0].first_token_s > (1 + 64 / 112) * alone + 3 * dt
 
 
 def test_fair_sharing_lets_short_prompts_past_a_long_one_and_fcfs_does_not():

@@ -2,9 +2,10 @@
 
 A job's cost model (``pp_runtime.planner.CostModel``, profiled on every stage at start-up) depends on the model,
 the layer split, the device, the dtype, the attention backend, the intra-op threads and the shapes profiled
-(token budget, longest context); the key is a hash of exactly those (and the torch version), so any change
-profiles again. Files live in ``$PP_RUNTIME_COST_CACHE``, else ``$PP_RUNTIME_CACHE/cost_models``, else
-``~/.cache/pp-runtime/cost_models``, one ``<key>.json`` each holding the key's fields and the coefficients.
+(token budget, longest context); the key is a hash of exactly those (and the torch version and the cost model's
+``FORM_VERSION``), so any change profiles again. Files live in ``$PP_RUNTIME_COST_CACHE``, else
+``$PP_RUNTIME_CACHE/cost_models``, else ``~/.cache/pp-runtime/cost_models``, one ``<key>.json`` each holding the
+key's fields and the coefficients.
 ``runtime.cost_model_cache=false`` turns the cache off for a job.
 """
 
@@ -31,12 +32,14 @@ def cost_model_key(*, model_dir: str, layers_per_stage: list[int], device: str, 
     its kind and name (``cuda:NVIDIA H100``, ``cpu:<model>``)."""
     import torch
 
+    from pp_runtime.planner.cost_model import FORM_VERSION
+
     config = Path(model_dir) / "config.json"
     return {"model_dir": str(Path(model_dir).resolve()) if config.exists() else model_dir,
             "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.exists() else None,
             "layers_per_stage": list(layers_per_stage), "device": device, "dtype": dtype, "backend": backend,
             "threads": threads, "token_budget": token_budget, "max_context_len": max_context_len,
-            "torch": torch.__version__}
+            "torch": torch.__version__, "form": FORM_VERSION}
 
 
 def device_name(device) -> str:

@@ -27,7 +27,7 @@ def alone_times(model: CostModel, cfg: SchedulerConfig, *, num_slots: int, promp
     while start < prompt_len:
         n = min(chunk, prompt_len - start)
         t = back[-depth] if len(back) >= depth else 0.0  # at most `depth` chunks in flight
-        for s, dt in enumerate(model.stage_times(n, n * (start + n))):
+        for s, dt in enumerate(model.stage_times(n, n * (start + n), 0, start + n)):
             t = max(t, free[s]) + dt
             free[s] = t
         back.append(t)

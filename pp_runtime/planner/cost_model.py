@@ -1,16 +1,22 @@
 """Predicted seconds of a micro-batch on each pipeline stage, fitted from timings of synthetic shapes.
 
-Per stage ``s``: ``t_s = c0[s] + c_tok[s] * num_tokens + c_attn[s] * attn_work + c_dec[s] * decode_ctx``, where
-``attn_work`` is the sum over the micro-batch's prefill pieces of ``num_tokens * context_len`` and ``decode_ctx``
-the sum of its decode tokens' context lengths: linear layers cost per token, prefill attention per (token,
-cached token) pair, so a chunk deep into a long prompt costs more than a fresh one of the same size, and decode
+Per stage ``s``: ``t_s = c0[s] + c_tok[s] * num_tokens + c_attn[s] * attn_work + c_dec[s] * decode_ctx
++ c_ctx[s] * prefill_ctx``, where ``attn_work`` is the sum over the micro-batch's prefill pieces of
+``num_tokens * context_len``, ``decode_ctx`` the sum of its decode tokens' context lengths and ``prefill_ctx`` the
+sum of its prefill pieces' context lengths: linear layers cost per token, prefill attention per (token, cached
+token) pair, so a chunk deep into a long prompt costs more than a fresh one of the same size, and decode
 attention per cached token read. The two attention terms are apart because they differ in kind: prefill
 attention is compute-bound, decode attention reads the whole cached context for one query (memory-bound; on
-a CPU several times dearer per pair).
+a CPU several times dearer per pair). ``c_ctx`` is what a prefill chunk pays per cached token whatever its own
+size: reading (on the CPU, with the sdpa backend, gathering and copying) the prefix's KV in every layer. Without
+it a model fitted over fresh and deep chunks underpredicts a chunk deep into a long prompt (-11..-24% past a 4k
+prefix on the CPU, docs/BENCHMARKS.md) and overpredicts mid prefixes on a GPU, and the time-balanced fill's
+small late chunks run long.
 Stage 0 carries the embeddings and the last stage the LM head, hence separate coefficients per stage.
 
 A piece is a ``plan.Piece`` or a ``(num_tokens, context_len)`` pair. The runtime times each shape of
 ``profile_points`` on every stage and hands the rows to ``CostModel.fit``; this module only does the maths.
+A file or cached model of the four-term form (no ``c_ctx``) still loads, with ``c_ctx`` = 0.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-_KEYS = ("c0", "c_tok", "c_attn", "c_dec")
+_KEYS = ("c0", "c_tok", "c_attn", "c_dec", "c_ctx")
+# Bumped when the form changes, so a cost-model cache entry of an older form is profiled again.
+FORM_VERSION = 2
 _FIX = "set scheduler.cost_model_path to a file written by CostModel.to_json, or to null to profile at start-up"
 
 
-def prediction_error(model: CostModel, work_by_mb: dict[int, tuple[int, int, int]], events: dict) -> dict:
+def prediction_error(model: CostModel, work_by_mb: dict[int, tuple[int, int, int, int]], events: dict) -> dict:
     """How far ``model`` was from the measured compute time of each (micro-batch, stage): the median and p90 of
     ``|predicted - measured| / measured``.
 
@@ -53,10 +61,11 @@ class CostModelError(ValueError):
     """A cost-model file or sample set is unusable; the message names the file, key or stage to fix."""
 
 
-def work(pieces: Iterable) -> tuple[int, int, int]:
-    """``(num_tokens, attn_work, decode_ctx)`` of a micro-batch: its tokens, the sum of num_tokens * context_len
-    over prefill pieces, and the sum of context_len over decode pieces (a ``(1, ctx)`` tuple is a decode)."""
-    tokens = attn = dec = 0
+def work(pieces: Iterable) -> tuple[int, int, int, int]:
+    """``(num_tokens, attn_work, decode_ctx, prefill_ctx)`` of a micro-batch: its tokens, the sum of
+    num_tokens * context_len over prefill pieces, the sum of context_len over decode pieces (a ``(1, ctx)`` tuple
+    is a decode) and the sum of context_len over prefill pieces."""
+    tokens = attn = dec = pre = 0
     for p in pieces:
         if isinstance(p, tuple):
             (n, ctx), decode = p, p[0] == 1
@@ -67,25 +76,30 @@ def work(pieces: Iterable) -> tuple[int, int, int]:
             dec += ctx
         else:
             attn += n * ctx
-    return tokens, attn, dec
+            pre += ctx
+    return tokens, attn, dec, pre
 
 
 @dataclass(frozen=True)
 class CostModel:
     """Per-stage coefficients in seconds: fixed, per token, per prefill (token x context) pair, per decode
-    context token."""
+    context token, per prefill context token (``c_ctx``: optional, zeros when left out)."""
 
     c0: tuple[float, ...]
     c_tok: tuple[float, ...]
     c_attn: tuple[float, ...]
     c_dec: tuple[float, ...]
+    c_ctx: tuple[float, ...] = ()
 
     def __post_init__(self):
+        if not len(self.c_ctx):  # the four-term form
+            object.__setattr__(self, "c_ctx", (0.0,) * len(self.c0))
         for key in _KEYS:
             object.__setattr__(self, key, tuple(float(v) for v in getattr(self, key)))
-        if not len(self.c0) == len(self.c_tok) == len(self.c_attn) == len(self.c_dec) >= 1:
-            raise CostModelError(f"cost model needs one c0, c_tok, c_attn and c_dec per stage, got "
-                                 f"{len(self.c0)}, {len(self.c_tok)}, {len(self.c_attn)} and {len(self.c_dec)}")
+        if not len(self.c0) == len(self.c_tok) == len(self.c_attn) == len(self.c_dec) == len(self.c_ctx) >= 1:
+            raise CostModelError(f"cost model needs one c0, c_tok, c_attn and c_dec per stage (and one c_ctx, if "
+                                 f"given), got {len(self.c0)}, {len(self.c_tok)}, {len(self.c_attn)} and "
+                                 f"{len(self.c_dec)} (c_ctx: {len(self.c_ctx)})")
         for key in _KEYS:
             bad = [v for v in getattr(self, key) if not (math.isfinite(v) and v >= 0)]
             if bad:
@@ -97,11 +111,13 @@ class CostModel:
         return len(self.c0)
 
     # ---- prediction --------------------------------------------------------------------------------------
-    def stage_times(self, num_tokens: int, attn_work: float, decode_ctx: float = 0) -> list[float]:
-        """Seconds on each stage for a micro-batch of ``num_tokens`` tokens, ``attn_work`` prefill pairs and
-        ``decode_ctx`` cached tokens read by its decodes."""
-        return [a + b * num_tokens + c * attn_work + d * decode_ctx
-                for a, b, c, d in zip(self.c0, self.c_tok, self.c_attn, self.c_dec)]
+    def stage_times(self, num_tokens: int, attn_work: float, decode_ctx: float = 0,
+                    prefill_ctx: float = 0) -> list[float]:
+        """Seconds on each stage for a micro-batch of ``num_tokens`` tokens, ``attn_work`` prefill pairs,
+        ``decode_ctx`` cached tokens read by its decodes and ``prefill_ctx`` context tokens of its prefill pieces
+        (the arguments are ``work(pieces)``)."""
+        return [a + b * num_tokens + c * attn_work + d * decode_ctx + e * prefill_ctx
+                for a, b, c, d, e in zip(self.c0, self.c_tok, self.c_attn, self.c_dec, self.c_ctx)]
 
     def predict(self, pieces: Iterable) -> list[float]:
         """Seconds on each stage for a micro-batch made of ``pieces``."""
@@ -112,30 +128,33 @@ class CostModel:
         return max(self.predict(pieces))
 
     def max_chunk(self, num_tokens: int, attn_work: float, *, prefix: int, limit_s: float, cap: int,
-                  decode_ctx: float = 0) -> int:
+                  decode_ctx: float = 0, prefill_ctx: float = 0) -> int:
         """Most tokens (at most ``cap``) a chunk starting at position ``prefix`` can add to a micro-batch of
-        ``num_tokens`` tokens, ``attn_work`` pairs and ``decode_ctx`` decode reads while every stage stays within
-        ``limit_s`` seconds.
+        ``num_tokens`` tokens, ``attn_work`` pairs, ``decode_ctx`` decode reads and ``prefill_ctx`` prefill
+        context tokens while every stage stays within ``limit_s`` seconds.
 
-        A chunk of n tokens adds ``c_tok * n + c_attn * n * (prefix + n)`` per stage: solved in closed form.
+        A chunk of n tokens adds ``c_tok * n + c_attn * n * (prefix + n) + c_ctx * (prefix + n)`` per stage:
+        solved in closed form.
         """
         best = cap
-        for t, b, a in zip(self.stage_times(num_tokens, attn_work, decode_ctx), self.c_tok, self.c_attn):
-            room = limit_s - t
+        for t, b, a, e in zip(self.stage_times(num_tokens, attn_work, decode_ctx, prefill_ctx), self.c_tok,
+                              self.c_attn, self.c_ctx):
+            room = limit_s - t - e * prefix  # the prefix's KV is read whatever the chunk's size
             if room <= 0:  # also room == 0 with c_tok == 0 at prefix 0, where the root below would be 0 / 0
                 return 0
-            lin = b + a * prefix
+            lin = b + a * prefix + e
             if a > 0 or lin > 0:
                 # Positive root of a n^2 + lin n - room, in the form that does not cancel when a is tiny.
                 n = 2 * room / (lin + math.sqrt(lin * lin + 4 * a * room))
                 best = min(best, int(n) if n < cap else cap)
-        while best > 0 and not self._fits(num_tokens, attn_work, decode_ctx, prefix, best, limit_s):
+        while best > 0 and not self._fits(num_tokens, attn_work, decode_ctx, prefill_ctx, prefix, best, limit_s):
             best -= 1  # float rounding at the boundary
         return max(best, 0)
 
-    def _fits(self, num_tokens: int, attn_work: float, decode_ctx: float, prefix: int, n: int,
+    def _fits(self, num_tokens: int, attn_work: float, decode_ctx: float, prefill_ctx: float, prefix: int, n: int,
               limit_s: float) -> bool:
-        return max(self.stage_times(num_tokens + n, attn_work + n * (prefix + n), decode_ctx)) <= limit_s
+        times = self.stage_times(num_tokens + n, attn_work + n * (prefix + n), decode_ctx, prefill_ctx + prefix + n)
+        return max(times) <= limit_s
 
     # ---- construction ------------------------------------------------------------------------------------
     @classmethod
@@ -156,15 +175,17 @@ class CostModel:
         return cls(tuple(c0), tuple(c_tok), (1.5e-6 / num_stages,) * num_stages, (9e-5 / num_stages,) * num_stages)
 
     @classmethod
-    def fit(cls, samples: Iterable[tuple[int, int, int, float, float]]) -> CostModel:
-        """Least-squares fit from measured rows ``(stage, num_tokens, attn_work, decode_ctx, seconds)``.
+    def fit(cls, samples: Iterable[tuple]) -> CostModel:
+        """Least-squares fit, minimising relative error, from measured rows ``(stage, *work(shape), seconds)``:
+        ``(stage, num_tokens, attn_work, decode_ctx, prefill_ctx, seconds)``. Rows without ``prefill_ctx``
+        (``(stage, num_tokens, attn_work, decode_ctx, seconds)``) fit the four-term form (``c_ctx`` = 0).
 
         Stages are 0 .. max stage seen, each needing at least 4 rows. Coefficients are kept >= 0: one that
         would come out negative is fixed at 0 and the others are refitted without it.
         """
-        rows: dict[int, list[tuple[float, float, float, float]]] = {}
-        for stage, n, attn, dec, secs in samples:
-            rows.setdefault(int(stage), []).append((float(n), float(attn), float(dec), float(secs)))
+        rows: dict[int, list[tuple[float, float, float, float, float]]] = {}
+        for stage, n, attn, dec, *pre, secs in samples:
+            rows.setdefault(int(stage), []).append((float(n), float(attn), float(dec), float(sum(pre)), float(secs)))
         if not rows:
             raise CostModelError("no timing samples to fit; time the shapes of profile_points on every stage")
         coefs = []
@@ -195,6 +216,8 @@ class CostModel:
         values = {}
         for key in _KEYS:
             v = data.get(key)
+            if key == "c_ctx" and v is None:
+                continue  # a file of the four-term form
             if not (isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                        for x in v)):
                 raise CostModelError(f"cost model file {str(path)!r}: key {key!r} must be a non-empty list of "
@@ -207,17 +230,17 @@ class CostModel:
 
 
 def _nonneg_lstsq(rows: np.ndarray) -> list[float]:
-    """Least squares of seconds on [1, num_tokens, attn_work, decode_ctx], coefficients clamped at 0 (active
-    set), minimising relative error so that small micro-batches are fitted as well as large ones."""
-    x = np.column_stack([np.ones(len(rows)), rows[:, 0], rows[:, 1], rows[:, 2]])  # [num_rows, 4]
-    y = rows[:, 3]
+    """Least squares of seconds on [1, num_tokens, attn_work, decode_ctx, prefill_ctx], coefficients clamped at 0
+    (active set), minimising relative error so that small micro-batches are fitted as well as large ones."""
+    x = np.column_stack([np.ones(len(rows)), rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]])  # [num_rows, 5]
+    y = rows[:, 4]
     weight = 1.0 / np.maximum(y, 1e-9)
     x, y = x * weight[:, None], y * weight
     scale = np.abs(x).max(axis=0)
     scale[scale == 0] = 1.0
     xs = x / scale  # columns of similar magnitude: attn_work is ~1e6 times num_tokens
-    active = [0, 1, 2, 3]
-    coef = np.zeros(4)
+    active = [0, 1, 2, 3, 4]
+    coef = np.zeros(5)
     while active:
         sol, *_ = np.linalg.lstsq(xs[:, active], y, rcond=None)
         if sol.min() >= 0:

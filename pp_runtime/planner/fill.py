@@ -49,22 +49,28 @@ def full_budget_time(model: CostModel, token_budget: int, chunk_size: int) -> fl
 
 
 class Fill:
-    """The micro-batch being built, as totals: tokens and attention work (sum of num_tokens * context_len)."""
+    """The micro-batch being built, as totals: tokens, attention work (sum of num_tokens * context_len), decode
+    and prefill context tokens (``cost_model.work``'s terms)."""
 
     def __init__(self, limits: Limits):
         self.limits = limits
         self.tokens = 0
         self.attn = 0  # prefill (token x context) pairs
         self.dec = 0  # cached tokens read by decodes
+        self.pre = 0  # context tokens of the prefill chunks (the KV each reads)
         self.has_prefill = False
 
-    def can_decode(self, context_len: int) -> bool:
-        """Whether a decode token attending to ``context_len`` positions fits the budget and the SLO.
+    def can_decode(self, context_len: int, *, balanced: bool = False) -> bool:
+        """Whether a decode token attending to ``context_len`` positions fits the budget and the SLO (and, if
+        ``balanced``, the balancing target, as a prefill chunk would).
 
         The first token of a micro-batch always fits, so progress never stops.
         """
         lim = self.limits
         if self.tokens >= lim.token_budget:
+            return False
+        if balanced and self.tokens and lim.chunk_limit_s is not None and not self._within(
+                lim.chunk_limit_s, 1, context_len, decode=True):
             return False
         return not self.tokens or lim.slo_s is None or self._within(lim.slo_s, 1, context_len, decode=True)
 
@@ -85,7 +91,7 @@ class Fill:
             return 0
         if lim.chunk_limit_s is not None:
             n = lim.model.max_chunk(self.tokens, self.attn, prefix=prefix, limit_s=lim.chunk_limit_s, cap=n,
-                                    decode_ctx=self.dec)
+                                    decode_ctx=self.dec, prefill_ctx=self.pre)
             if n == 0 and not self.has_prefill and (
                     self.tokens == 0 or lim.slo_s is None or self._within(lim.slo_s, 1, prefix + 1, decode=False)):
                 n = 1
@@ -98,11 +104,13 @@ class Fill:
     def add_chunk(self, prefix: int, n: int) -> None:
         self.tokens += n
         self.attn += n * (prefix + n)
+        self.pre += prefix + n
         self.has_prefill = True
 
     def _within(self, limit_s: float, n: int, context_len: int, *, decode: bool) -> bool:
         if decode:
-            times = self.limits.model.stage_times(self.tokens + n, self.attn, self.dec + n * context_len)
+            times = self.limits.model.stage_times(self.tokens + n, self.attn, self.dec + n * context_len, self.pre)
         else:
-            times = self.limits.model.stage_times(self.tokens + n, self.attn + n * context_len, self.dec)
+            times = self.limits.model.stage_times(self.tokens + n, self.attn + n * context_len, self.dec,
+                                                  self.pre + context_len)
         return max(times) <= limit_s

@@ -5,9 +5,10 @@
                                         [--repeats 2] [--num-requests 32] [extra Hydra overrides ...]
 
 For each workload and policy, runs the job ``--repeats`` times under torchrun and prints per run: total tokens/s,
-per-stage bubble and steady bubble, and the idle by cause (fill/drain, imbalance, hop, rest) as a share of the
-window, plus the mean hop latency per gap and per micro-batch; then the spread over the repeats. Workloads as
-in bench_policies.py.
+the pipeline's bubble (mean stage idle over the whole run) and steady bubble, per-stage steady bubble, and the
+idle by cause (fill/drain, imbalance, hop, rest) as a share of the window, plus the mean hop latency per gap and
+per micro-batch; then the spread over the repeats. Workloads as
+in bench_policies.py (``--workloads long``: issue 14's long-prompt sample on a random Llama 384 x 8).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from scripts.jobs import machine, run_torchrun  # noqa: E402
 def _row(m: dict, b: dict) -> dict:
     wall_ns = b["pipeline"]["wall_s"] * 1e9
     att = b["attribution"]
-    out = {"tok/s": m["total_token_throughput"], "pipeline steady": b["pipeline"]["steady_bubble_fraction"]}
+    out = {"tok/s": m["total_token_throughput"], "pipeline bubble": b["pipeline"]["bubble_fraction"],
+           "pipeline steady": b["pipeline"]["steady_bubble_fraction"]}
     for s, f in att["stages"].items():
         gaps = max(b["stages"][s]["num_bubbles"], 1)
         out[f"s{s} steady"] = b["stages"][s]["steady_bubble_fraction"]

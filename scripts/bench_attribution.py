@@ -6,8 +6,8 @@
 
 For each workload and policy, runs the job ``--repeats`` times under torchrun and prints per run: total tokens/s,
 the pipeline's bubble (mean stage idle over the whole run) and steady bubble, per-stage steady bubble, and the
-idle by cause (fill/drain, imbalance, hop, rest) as a share of the window, plus the mean hop latency per gap and
-per micro-batch; then the spread over the repeats. Workloads as
+idle by cause (fill/drain, imbalance, hop, rank 0's host work, rest) as a share of the window, plus the mean hop
+latency per gap and per micro-batch and the host work per micro-batch; then the spread over the repeats. Workloads as
 in bench_policies.py (``--workloads long``: issue 14's long-prompt sample on a random Llama 384 x 8).
 """
 
@@ -33,10 +33,11 @@ def _row(m: dict, b: dict) -> dict:
     for s, f in att["stages"].items():
         gaps = max(b["stages"][s]["num_bubbles"], 1)
         out[f"s{s} steady"] = b["stages"][s]["steady_bubble_fraction"]
-        for part in ("imbalance", "hop", "rest"):
+        for part in ("imbalance", "hop", "host", "rest"):
             out[f"s{s} {part}"] = f[f"{part}_ns"] / wall_ns
         out[f"s{s} hop ms/gap"] = f["hop_ns"] / gaps / 1e6
         out[f"s{s} hop ms/mb"] = f["hop_ns"] / max(b["stages"][s]["num_microbatches"], 1) / 1e6
+        out[f"s{s} host ms/mb"] = f.get("host_ns", 0) / max(b["stages"][s]["num_microbatches"], 1) / 1e6
     return out
 
 

@@ -3,10 +3,10 @@
 ``planner.loop.run`` keeps up to ``pipeline.depth`` micro-batches in flight, so every stage has work; this clock
 plans on the wall clock, runs stage 0, sends the micro-batch down the pipeline and reads its sampled tokens
 only when the loop folds it back (with one stage the whole model runs in place, and with depth > 1 the next
-micro-batch is launched before this one's tokens are read). Each plan goes to every stage once stage 0's compute
-call returns (on a GPU, while its kernels run), just before the activations. While waiting for an arrival
-(online mode) it sleeps, waking for a stop signal (``StopSignal``). ``Engine.run`` then sends every stage the
-stop message, so every stage ends cleanly.
+micro-batch is launched before this one's tokens are read). Each plan goes to every stage before stage 0
+computes it, so they post their receives meanwhile. While waiting for an arrival (online mode) it sleeps,
+waking for a stop signal (``StopSignal``). ``Engine.run`` then sends every stage the stop message, so every
+stage ends cleanly.
 """
 
 from __future__ import annotations
@@ -46,21 +46,17 @@ class WallClock:
         return mb
 
     def launch(self, mb: MicroBatch):
-        """Compute stage 0, then send the plan to every stage, post the receive of its tokens and send the
-        activations on; returns this rank's own sampled tokens (one stage), else the posted token receive.
-
-        The plan leaves after the compute call: on the CPU the compute is synchronous, and a send before it would
-        sit between the returned tokens and the next compute, rank 0's critical path; after it, the send shares
-        the gap before the next token wait. On a GPU the call returns once the kernels are queued, so the plan
-        still reaches the other stages while stage 0 computes. A stage that has no plan yet has a receive posted
-        as large as any micro-batch (gloo), or posts it when the plan comes (NCCL), before the activations."""
+        """Send the plan ahead to every stage, post the receive of its tokens, compute stage 0 and send the
+        activations on; returns this rank's own sampled tokens (one stage), else the posted token receive."""
+        handle = None
+        if self.transport is not None:
+            self.transport.send_plan(mb)  # the other stages post their receives while stage 0 computes
+            handle = self.transport.post_tokens(mb)
         with self.tracer.span(EventKind.COMPUTE, mb.id, mb.num_prefill_tokens, mb.num_decode_tokens):
             self.faults.on_compute(0)
             out = self.executor.execute(mb)
         if self.transport is None:  # one stage: out holds the sampled tokens, read when the loop needs them
             return out
-        self.transport.send_plan(mb)
-        handle = self.transport.post_tokens(mb)
         self.transport.send_activation(mb.id, out)
         return handle
 

@@ -2,11 +2,11 @@
 
 Three kinds of message, each on its own channel, none waiting for a rendezvous that could have happened earlier:
 
-- **plans**: rank 0 sends each micro-batch's plan (the pickled ``MicroBatch``) to every other stage ahead of
-  its activations (once stage 0's compute call returned: ``stages/engine.py``), over a gloo group for small
-  messages (``control_group``). Each stage has a fixed-size receive (``_INLINE_BYTES``: header and plan)
-  always posted, waited on by a background thread (``_PlanInbox``) that hands plans to the stage in order; a
-  larger plan follows its header as a second message.
+- **plans**: rank 0 sends each micro-batch's plan (the pickled ``MicroBatch``) to every other stage as soon as
+  it is decided, before stage 0 computes it, over a gloo group for small messages (``control_group``). Each
+  stage has a fixed-size receive (``_INLINE_BYTES``: header and plan) always posted, waited on by a background
+  thread (``_PlanInbox``) that hands plans to the stage in order; a larger plan follows its header as a second
+  message.
 - **activations**: stage k-1 sends stage k only the ``[num_tokens, hidden]`` tensor: its size comes from the
   plan, so stage k posts the receive as soon as the plan is there, and before computing the current
   micro-batch it posts the receives of every plan already in (``post_ahead``: double buffers, more with

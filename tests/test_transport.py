@@ -422,39 +422,3 @@ def test_ranks_sharing_a_gpu_size_their_cache_from_their_share():
     assert device_share_gib(80.0, local_rank=1, local_world_size=3, gpu_count=2) == 80.0
     # One rank per GPU: the whole GPU.
     assert device_share_gib(80.0, local_rank=3, local_world_size=4, gpu_count=4) == 80.0
-
-
-def test_rank_0_sends_the_plan_after_its_compute_call_and_before_the_activations():
-    """Nothing between the returned tokens and stage 0's next compute but the fold and the planning: the plan
-    and the token receive go once the compute call returns, then the activations."""
-    import torch
-
-    from pp_runtime.trace.tracer import Tracer
-    from stages.engine import WallClock
-
-    calls = []
-
-    class Transport:
-        def send_plan(self, mb):
-            calls.append(("plan", mb.id))
-
-        def post_tokens(self, mb):
-            calls.append(("post tokens", mb.id))
-            return "handle"
-
-        def send_activation(self, mb_id, tensor):
-            calls.append(("activations", mb_id))
-
-    class Executor:
-        def execute(self, mb):
-            calls.append(("compute", mb.id))
-            return torch.zeros(mb.num_tokens, 3)
-
-    class Faults:
-        def on_compute(self, stage):
-            pass
-
-    tracer = Tracer(0, capacity=16, enabled=False, device=torch.device("cpu"))
-    clock = WallClock(Executor(), Transport(), tracer, faults=Faults(), stop=None)
-    assert clock.launch(_mb(4, 5)) == "handle"
-    assert calls == [("compute", 4), ("plan", 4), ("post tokens", 4), ("activations", 4)]

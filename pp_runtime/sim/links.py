@@ -9,7 +9,7 @@ few bytes: latency only). Which kind of link a hop uses follows from where the s
 When the transfer can start is a property of the runtime, not of the wire. An *eager* hop starts at once and the
 data waits at a busy receiver (the textbook pipeline). A *rendezvous* hop starts only once the receiver is free
 too. pp-runtime's stages post their receives ahead (``stages/transport.py``, issue 14): rank 0 sends every
-micro-batch's plan to every stage ahead of its activations, and a stage posts the next activation receive
+micro-batch's plan to every stage before stage 0 computes it, and a stage posts the next activation receive
 before computing the current micro-batch, so the presets are eager (``sim.rendezvous=false``); set
 ``sim.rendezvous=true`` for a runtime that posts its receives only after computing (pp-runtime before issue 14:
 every hop's latency then lands on the critical path of every micro-batch). The sender's ``send_s`` stands for

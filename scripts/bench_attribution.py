@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--num-requests", type=int, default=32)
     ap.add_argument("--length-scale", type=float, default=0.1)
-    ap.add_argument("--token-budget", type=int, default=128)
+    ap.add_argument("--token-budget", type=lambda v: v if v == "auto" else int(v), default=128,
+                    help="scheduler.token_budget: a number, or auto (the cost model's knee)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("extra", nargs="*", help="more Hydra overrides for every run")
     args = ap.parse_args(argv)

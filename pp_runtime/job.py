@@ -16,7 +16,15 @@ import torch
 
 from pp_runtime.config import Config, ConfigError
 from pp_runtime.model.cache_size import resolve_num_blocks
-from pp_runtime.model.partition import check_layout, head_cost_layers, partition_layers, sampled_share
+from pp_runtime.model.partition import (
+    CPU_FIXED_ROWS,
+    check_layout,
+    head_cost_layers,
+    head_cost_of_mix,
+    partition_layers,
+    planned_rows,
+    sampled_share,
+)
 from pp_runtime.model.source import eos_token_ids
 from pp_runtime.planner.budget import budget_bound
 from pp_runtime.request import Request
@@ -89,12 +97,23 @@ def resolve_job(cfg: Config, *, hf_config, tokenizer, model_dir: str | None, dty
 
     requests = load_workload(cfg.workload, tokenizer=tokenizer, max_model_len=max_model_len,
                              vocab_size=hf_config.vocab_size)
-    # The LM head's weight in the split follows the workload: the more of its tokens are sampled, the dearer.
-    ranges = partition_layers(hf_config.num_hidden_layers, cfg.pipeline.stages,
-                              head_cost=head_cost_layers(hf_config, sampled_share(requests)),
+    head_cost = _head_cost(cfg, hf_config, requests, max_model_len, cpu=device_memory_gib is None)
+    ranges = partition_layers(hf_config.num_hidden_layers, cfg.pipeline.stages, head_cost=head_cost,
                               layers_per_stage=cfg.pipeline.layers_per_stage)
     num_blocks = resolve_num_blocks(cfg.cache, hf_config=hf_config, layer_ranges=ranges,
                                     token_budget=budget_bound(cfg.scheduler), dtype=dtype,
                                     device_memory_gib=device_memory_gib)
     return Job(cfg, hf_config, tokenizer, model_dir, dtype, max_model_len, ranges, num_blocks, requests,
                eos_token_ids(hf_config, model_dir), device_memory_gib)
+
+
+def _head_cost(cfg: Config, hf_config, requests: list[Request], max_model_len: int, *, cpu: bool) -> float:
+    """The LM head's weight in the split, in layer equivalents: priced over the micro-batches the planner makes of
+    the workload, with a fixed part per micro-batch on the CPU; else by the workload's share of sampled tokens."""
+    if cfg.pipeline.stages == 1 or cfg.pipeline.layers_per_stage is not None:
+        return 0.0  # nothing to balance
+    rows = planned_rows(cfg.scheduler, requests, num_slots=cfg.pipeline.depth, max_model_len=max_model_len,
+                        block_size=cfg.cache.block_size)
+    if not rows:
+        return head_cost_layers(hf_config, sampled_share(requests))
+    return head_cost_of_mix(hf_config, rows, fixed_rows=CPU_FIXED_ROWS if cpu else 0.0)

@@ -5,9 +5,10 @@
                                         [--repeats 2] [--num-requests 32] [extra Hydra overrides ...]
 
 For each workload and policy, runs the job ``--repeats`` times under torchrun and prints per run: total tokens/s,
-per-stage bubble and steady bubble, and the idle by cause (fill/drain, imbalance, hop, rest) as a share of the
-window, plus the mean hop latency per gap and per micro-batch; then the spread over the repeats. Workloads as
-in bench_policies.py.
+the pipeline's bubble (mean stage idle over the whole run) and steady bubble, per-stage steady bubble, and the
+idle by cause (fill/drain, imbalance, hop, rank 0's host work, rest) as a share of the window, plus the mean hop
+latency per gap and per micro-batch and the host work per micro-batch; then the spread over the repeats. Workloads as
+in bench_policies.py (``--workloads long``: issue 14's long-prompt sample on a random Llama 384 x 8).
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ from scripts.jobs import machine, run_torchrun  # noqa: E402
 def _row(m: dict, b: dict) -> dict:
     wall_ns = b["pipeline"]["wall_s"] * 1e9
     att = b["attribution"]
-    out = {"tok/s": m["total_token_throughput"], "pipeline steady": b["pipeline"]["steady_bubble_fraction"]}
+    out = {"tok/s": m["total_token_throughput"], "pipeline bubble": b["pipeline"]["bubble_fraction"],
+           "pipeline steady": b["pipeline"]["steady_bubble_fraction"]}
     for s, f in att["stages"].items():
         gaps = max(b["stages"][s]["num_bubbles"], 1)
         out[f"s{s} steady"] = b["stages"][s]["steady_bubble_fraction"]
-        for part in ("imbalance", "hop", "rest"):
+        for part in ("imbalance", "hop", "host", "rest"):
             out[f"s{s} {part}"] = f[f"{part}_ns"] / wall_ns
         out[f"s{s} hop ms/gap"] = f["hop_ns"] / gaps / 1e6
         out[f"s{s} hop ms/mb"] = f["hop_ns"] / max(b["stages"][s]["num_microbatches"], 1) / 1e6
+        out[f"s{s} host ms/mb"] = f.get("host_ns", 0) / max(b["stages"][s]["num_microbatches"], 1) / 1e6
     return out
 
 
@@ -46,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--num-requests", type=int, default=32)
     ap.add_argument("--length-scale", type=float, default=0.1)
-    ap.add_argument("--token-budget", type=int, default=128)
+    ap.add_argument("--token-budget", type=lambda v: v if v == "auto" else int(v), default=128,
+                    help="scheduler.token_budget: a number, or auto (the cost model's knee)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("extra", nargs="*", help="more Hydra overrides for every run")
     args = ap.parse_args(argv)

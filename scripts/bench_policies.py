@@ -7,7 +7,10 @@ throttle is gLLM's token throttling (prefill tokens by pending prefill work and 
 sarathi and orca on the same runs.
 
 Workloads: a sample of a real trace (../shared/data/traces/splitwise_conv.csv, lengths scaled to fit a CPU,
-all arriving at once), a decode-heavy and a prefill-heavy synthetic mix. Reports throughput, TTFT and
+all arriving at once), a decode-heavy and a prefill-heavy synthetic mix on SmolLM2, and issue 14's long-prompt
+sample (``long``: 24 requests, prompts ~640 tokens, outputs ~47, on a random Llama with hidden 384 and 8
+layers, made once under the system's temp dir; no download; ``--num-requests`` and ``--length-scale`` do not
+apply to it). Reports throughput, TTFT and
 time-between-tokens percentiles and per-stage bubble fractions (whole run and steady state) as markdown.
 """
 
@@ -24,10 +27,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts.jobs import ROOT, machine, run_torchrun  # noqa: E402
 
 TRACE = ROOT.parent / "shared" / "data" / "traces" / "splitwise_conv.csv"
+LONG_PROMPT_REQUESTS, LONG_PROMPT_LEN, LONG_OUTPUT_LEN = 24, 640, 47  # issue 14's long-prompt sample
+
+
+def long_prompt_model(root: Path | None = None) -> Path:
+    """A random Llama (hidden 384, 8 layers, SmolLM2's vocabulary size), saved once under ``root``."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    path = (root or Path(tempfile.gettempdir()) / "pp_runtime_bench_models") / "llama-384x8"
+    if not (path / "config.json").exists():
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=49152, hidden_size=384, intermediate_size=1024, num_hidden_layers=8,
+                          num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=4096,
+                          tie_word_embeddings=True)
+        AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(path)
+    return path
 
 
 def workloads(args) -> dict[str, list[str]]:
+    """Hydra overrides per workload name; the long-prompt model is made only when ``args.workloads`` names it."""
     n = args.num_requests
+    long = ["workload=synthetic", f"workload.num_requests={LONG_PROMPT_REQUESTS}",
+            f"workload.prefill_len={LONG_PROMPT_LEN}", f"workload.pd_ratio={LONG_PROMPT_LEN / LONG_OUTPUT_LEN:.4f}"]
+    if "long" in args.workloads.split(","):
+        long.append(f"model.path={long_prompt_model()}")
     return {
         "trace": ["workload=trace", f"workload.path={TRACE}", f"workload.num_requests={n}",
                   f"workload.length_scale={args.length_scale}"],
@@ -35,6 +59,7 @@ def workloads(args) -> dict[str, list[str]]:
                    "workload.pd_ratio=0.5"],
         "prefill": ["workload=synthetic", f"workload.num_requests={n}", "workload.prefill_len=192",
                     "workload.pd_ratio=12"],
+        "long": long,
     }
 
 

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     for policy, (m, b) in runs.items():
         p, att = b["pipeline"], b["attribution"]["pipeline"]
         total = p["wall_s"] * p["num_stages"]
-        causes = ", ".join(f"{att[f'{k}_s'] / total:.1%}" for k in ("fill_drain", "imbalance", "hop", "rest"))
+        causes = ", ".join(f"{att[f'{k}_s'] / total:.1%}" for k in ("fill_drain", "imbalance", "hop", "host", "rest"))
         print(f"| {policy} | {m['total_token_throughput']:.0f} | {m['output_throughput']:.0f} | "
               f"{m['median_itl_ms']:.1f} / {m['p99_itl_ms']:.1f} | {p['bubble_fraction']:.1%} | "
               f"{p['steady_bubble_fraction']:.1%} | {causes} | {b['stages']['0']['num_microbatches']} |")

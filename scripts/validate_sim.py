@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pp_runtime.trace.attribution import PARTS  # noqa: E402
 from scripts.bench_policies import workloads  # noqa: E402
 from scripts.jobs import machine, run_torchrun  # noqa: E402
 
@@ -29,7 +30,7 @@ from scripts.jobs import machine, run_torchrun  # noqa: E402
 def _attribution_line(bubbles: dict) -> str:
     p = bubbles["attribution"]["pipeline"]
     wall = bubbles["pipeline"]["wall_s"] * bubbles["pipeline"]["num_stages"]
-    return ", ".join(f"{part} {p[f'{part}_s'] / wall:.1%}" for part in ("fill_drain", "imbalance", "hop", "rest"))
+    return ", ".join(f"{part} {p.get(f'{part}_s', 0.0) / wall:.1%}" for part in PARTS)
 
 
 def _verdict(rows: list[dict]) -> tuple[str, bool]:

@@ -9,8 +9,8 @@ Three kinds of message, each on its own channel, none waiting for a rendezvous t
   message.
 - **activations**: stage k-1 sends stage k only the ``[num_tokens, hidden]`` tensor: its size comes from the
   plan, so stage k posts the receive as soon as the plan is there, and before computing the current
-  micro-batch it posts the receives of every plan already in (``post_ahead``, gloo: double buffers, more with
-  depth > 2; NCCL enqueues it right after the stage's own send); over gloo, when no plan is in yet, it posts
+  micro-batch it posts the receives of every plan already in (``post_ahead``: double buffers, more with
+  depth > 2; over NCCL too); over gloo, when no plan is in yet, it posts
   one receive as large as any micro-batch (``max_rows``; gloo takes a shorter message into it), so the next
   activations never wait for this stage to finish.
   Over the default group: NCCL GPU to GPU (``pipeline.transport=nccl``), or gloo (the CPU, and
@@ -187,15 +187,13 @@ class Transport:
         and, over gloo, if none has, one receive as large as any micro-batch (gloo takes a shorter message), so
         the next activations can travel while this stage computes.
 
-        Not over NCCL: a receive enqueued before this stage's send of the current micro-batch could hold that
-        send up on a shared NCCL stream until the next input arrives, which may wait for that very send. There
-        the receive is enqueued when the stage asks for the next micro-batch, right after its send, while the
-        GPU still computes (the host runs ahead of it)."""
-        if self._nccl:
-            return
+        Over NCCL only receives of plans already in: a receive must match its send's size, and a plan in means
+        rank 0 has launched that micro-batch, so every stage upstream will send it whatever this stage does next.
+        A receive for a micro-batch not launched yet could, on an NCCL stream shared with this stage's send,
+        hold that send up until an input arrives that waits for the very send."""
         while not self._stopped and self._take_plan(block=False):
             pass
-        if not self._posted and not self._stopped and self.max_rows:
+        if not self._posted and not self._stopped and self.max_rows and not self._nccl:
             self._post_activation(None, self.max_rows)
 
     def flush(self) -> None:

@@ -116,9 +116,39 @@ def test_missing_upstream_microbatch_is_rest_and_plan_overlap_is_reported():
               1: np.array([(0, 100, 150, 0, 0, 0), (0, 180, 260, 9, 0, 0)], dtype=np.int64)}
     a = attribute_idle(events)
     assert a["stages"]["1"]["rest_ns"] == 30  # micro-batch 9 never ran on stage 0
-    # Stage 0 launched micro-batch 1 before any tokens came back: its planning gap is hop.
-    assert a["stages"]["0"]["idle_in_plan_ns"] == 30 and a["stages"]["0"]["hop_ns"] == 30
+    # Stage 0 launched micro-batch 1 before any tokens came back: its planning gap is rank 0's host work.
+    assert a["stages"]["0"]["idle_in_plan_ns"] == 30 and a["stages"]["0"]["host_ns"] == 30
+    assert a["stages"]["0"]["hop_ns"] == 0
     assert_sums(a, events)
+
+
+def test_rank_0_host_work_after_the_token_wait_is_host_and_its_transport_is_hop():
+    """Stage 0's gap before micro-batch 2: the tokens of 0 exist at 250 (stage 1's end); rank 0 waits for them
+    until 260 (hop), folds them 260-270 (no event: host), plans 270-280 (host), sends the plan 280-285 (hop),
+    and starts computing at 290 (host). Stage 1 then waits for micro-batch 2, which started late by those same
+    40 ns: their labels carry over, plus its own 5 ns hop. (Stage 0's other 10 ns of hop: sending micro-batch 0
+    before any token came back, and the 5 ns its gap 205-250 waited on stage 1's late start, stage 1's hop.)"""
+    W, S, P = EventKind.WAIT, EventKind.SEND, EventKind.PLAN
+    events = {0: np.array([(0, 0, 100, 0, 0, 0), (S, 100, 105, 0, 0, 0), (0, 105, 205, 1, 0, 0),
+                           (S, 205, 210, 1, 0, 0), (W, 210, 260, 0, 0, 0), (P, 270, 280, 2, 0, 0),
+                           (S, 280, 285, 2, 0, 0), (0, 290, 390, 2, 0, 0)], dtype=np.int64),
+              1: np.array([(0, 110, 250, 0, 0, 0), (0, 250, 350, 1, 0, 0), (0, 395, 495, 2, 0, 0)],
+                          dtype=np.int64)}
+    a = attribute_idle(events)
+    assert_sums(a, events)
+    s0, s1 = a["stages"]["0"], a["stages"]["1"]
+    assert (s0["imbalance_ns"], s0["hop_ns"], s0["host_ns"], s0["rest_ns"]) == (40, 25, 25, 0)
+    assert (s1["imbalance_ns"], s1["hop_ns"], s1["host_ns"], s1["rest_ns"]) == (0, 20, 25, 0)
+    assert s0["host_per_mb_ms"] == pytest.approx(25 / 3 / 1e6)
+    assert "host ms/mb" in format_attribution_table(a)
+
+
+def test_without_wait_events_only_rank_0_plan_events_are_host():
+    """Events that record no waits (hand-made ones) cannot tell a slow hop from host work: only PLAN is host."""
+    events = {0: np.array([(0, 0, 10, 0, 0, 0), (EventKind.PLAN, 10, 13, 1, 0, 0), (0, 15, 30, 1, 0, 0)],
+                          dtype=np.int64)}
+    a = attribute_idle(events)
+    assert a["stages"]["0"]["host_ns"] == 3 and a["stages"]["0"]["hop_ns"] == 2
 
 
 def test_one_stage_gaps_are_hop():

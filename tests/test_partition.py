@@ -160,3 +160,61 @@ def test_the_split_follows_the_workloads_sampled_share():
     assert len(decode_split[-1]) < len(prefill_split[-1])
     with pytest.raises(ConfigError, match="pipeline.stages=3"):
         check_layout(2, 3)
+
+
+def _job(model_overrides: dict, workload: list[str], policy: str = "sarathi", *, memory_gib=None):
+    import torch
+    from transformers import LlamaConfig
+
+    from pp_runtime.job import resolve_job
+    from tests.jobs import make_config
+
+    cfg = make_config([*workload, f"scheduler={policy}", "scheduler.token_budget=128", "pipeline.stages=2"])
+    cfg.validate()
+    hf = LlamaConfig(vocab_size=49152, max_position_embeddings=4096, **model_overrides)
+    return resolve_job(cfg, hf_config=hf, tokenizer=None, model_dir=None, dtype=torch.float32,
+                       device_memory_gib=memory_gib)
+
+
+SMOLLM2 = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+               num_key_value_heads=3)
+PREFILL_HEAVY = ["workload=synthetic", "workload.num_requests=32", "workload.prefill_len=192", "workload.pd_ratio=12"]
+
+
+def test_the_cpu_split_prices_the_lm_head_over_the_micro_batches_sarathi_makes():
+    """SARATHI's micro-batches of the prefill-heavy mix hold ~64 tokens and sample ~5 rows: the head's fixed part
+    per micro-batch makes it cost ~1.4 layers on SmolLM2, not the 0.6 of the sampled share (measured: ~1.4, so
+    the last stage was the slower with 15/15). Stage 0 takes the extra layer."""
+    from pp_runtime.model.partition import head_cost_layers, sampled_share
+
+    job = _job(SMOLLM2, PREFILL_HEAVY)
+    assert [len(r) for r in job.layer_ranges] == [16, 14]
+    share = head_cost_layers(job.hf_config, sampled_share(job.requests))
+    assert [len(r) for r in partition_layers(30, 2, head_cost=share)] == [15, 15]  # what the share alone gave
+
+
+def test_the_long_prompt_sample_gives_stage_0_five_of_eight_layers_on_the_cpu():
+    long = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=6,
+                num_key_value_heads=2)
+    job = _job(long, ["workload=synthetic", "workload.num_requests=24", "workload.prefill_len=640",
+                      "workload.pd_ratio=13.6"])
+    assert [len(r) for r in job.layer_ranges] == [5, 3]
+
+
+def test_on_a_gpu_the_head_keeps_the_sampled_share_of_the_mix():
+    """No fixed part is measured on a GPU: the mix's share of sampled rows, as before (15/15 here)."""
+    assert [len(r) for r in _job(SMOLLM2, PREFILL_HEAVY, memory_gib=80.0).layer_ranges] == [15, 15]
+
+
+def test_head_cost_of_mix_counts_a_fixed_part_per_micro_batch(monkeypatch):
+    from types import SimpleNamespace
+
+    import pp_runtime.model.partition as part
+
+    hf = SimpleNamespace(vocab_size=100, hidden_size=10)  # head weight 1000
+    monkeypatch.setattr(part, "layer_params", lambda cfg: 500)
+    # Two micro-batches of 10 tokens sampling 1 row each: (1 + 1 + 2 * 4) * 1000 / ((10 + 10 + 2 * 4) * 500)
+    assert part.head_cost_of_mix(hf, [(10, 1), (10, 1)], fixed_rows=4) == pytest.approx(10_000 / 14_000)
+    assert part.head_cost_of_mix(hf, [(10, 1), (10, 1)], fixed_rows=0) == pytest.approx(2_000 / 10_000)
+    with pytest.raises(ValueError, match="at least one micro-batch"):
+        part.head_cost_of_mix(hf, [], fixed_rows=4)

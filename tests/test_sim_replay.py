@@ -29,18 +29,18 @@ def _recording_rank(rank: int, world_size: int, overrides: list[str]):
     from launch.rank_job import run_job
     from pp_runtime.planner.sarathi import SarathiPlanner
 
-    plans: list[str] = []
+    plans: dict[SarathiPlanner, list[str]] = {}  # per planner: the layer split drives one over the workload first
     original = SarathiPlanner.schedule
 
     def schedule(self, now):
         mb = original(self, now)
         if mb is not None:
-            plans.append(repr(mb))
+            plans.setdefault(self, []).append(repr(mb))  # held here, so no later planner reuses its key
         return mb
 
     SarathiPlanner.schedule = schedule
     run_job(make_config(overrides))
-    return plans if rank == 0 else None
+    return list(plans.values())[-1] if rank == 0 else None  # the job's planner, made last
 
 
 @pytest.fixture(scope="module")

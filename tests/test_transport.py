@@ -109,11 +109,13 @@ class _FakeStage:
 
 
 def _pipeline(rank: int, world: int, depth: int, num_requests: int, stop_after: int | None = None,
-              fail: tuple[int, int] | None = None, max_rows: int = 0):
+              fail: tuple[int, int] | None = None, max_rows: int = 0, nccl: bool = False):
     """The real rank-0 engine (planner loop on the wall clock) and stage workers over real gloo transports, with
     fake stages. Returns (launch order, tokens per request, stopped early) on rank 0, the computed order elsewhere.
     ``stop_after``: a stop signal after that many launches (drain_timeout 0). ``fail``: (stage, at) fails.
-    ``max_rows``: > 0 lets a stage post an activation receive before the plan for it has arrived."""
+    ``max_rows``: > 0 lets a stage post an activation receive before the plan for it has arrived. ``nccl``: the
+    transports take their NCCL path (exact-size receives of known plans only, tag 0) over gloo, the stand-in for
+    NCCL without GPUs."""
     import datetime
 
     import torch
@@ -134,6 +136,9 @@ def _pipeline(rank: int, world: int, depth: int, num_requests: int, stop_after: 
         tracer = Tracer(rank, capacity=4096, enabled=True, device=torch.device("cpu"))
         t = Transport(rank, world, device=torch.device("cpu"), hidden_size=3, dtype=torch.float32, timeout_s=30,
                       tracer=tracer, control_group=dist.new_group(backend="gloo"), max_rows=max_rows)
+        if nccl:  # gloo works report completion only once waited on: the stand-in waits where NCCL would poll
+            t._nccl, wait = True, t._wait
+            t._wait = lambda work, what, peer, poll=False: wait(work, what, peer)
         stage.transport = t
         try:
             if rank != 0:
@@ -188,6 +193,75 @@ def test_micro_batches_in_flight_with_plans_sent_ahead_arrive_in_order(world, de
         if max_rows:  # double buffers: the next receive was posted before each micro-batch computed
             assert all(posted[:-1]), posted
     assert all(len(ids) == 3 for ids in tokens.values()), tokens
+
+
+@pytest.mark.parametrize("world,depth", [(2, 3), (3, 5)])
+def test_over_the_nccl_path_plans_ahead_keep_order_without_deadlock(world, depth):
+    """The NCCL path posts the receives of plans already in before computing (``post_ahead``), never one for a
+    plan not yet in: with depth > stages nothing deadlocks and every stage computes in launch order."""
+    from tests.multiproc import run_ranks
+
+    got = run_ranks(_pipeline, world, depth, 6, None, None, 64, True, timeout=120)
+    launched, tokens, stopped = got[0]
+    assert not stopped and len(launched) > depth
+    for s in range(1, world):
+        assert got[s][0] == launched, f"stage {s} computed {got[s][0]}, rank 0 launched {launched}"
+    assert all(len(ids) == 3 for ids in tokens.values()), tokens
+
+
+class _Inbox:
+    """The plan inbox of a stage, holding the plans that have arrived."""
+
+    def __init__(self, plans):
+        import queue
+
+        self.plans = queue.Queue()
+        for mb in plans:
+            self.plans.put(mb)
+
+    def get(self, *, block):
+        return self.plans.get(block=block, timeout=None if block else 0)
+
+
+def _posting_transport(monkeypatch, *, nccl: bool, plans):
+    """A stage-1 transport without a process group: ``dist.irecv`` records (rows, peer, tag) instead."""
+    from collections import deque
+
+    import torch
+
+    import stages.transport as comm
+
+    t = _bare_transport(1, 60)
+    t._nccl, t._stopped, t._posted, t._inbox, t.max_rows = nccl, False, deque(), _Inbox(plans), 64
+    t.prev, t.data_group, t.hidden_size, t.dtype, t.device, t.host_staging = 0, None, 3, torch.float32, \
+        torch.device("cpu"), False
+    posted = []
+    monkeypatch.setattr(comm.dist, "irecv", lambda buf, peer, group=None, tag=0: posted.append(
+        (buf.shape[0], peer, tag)) or object())
+    return t, posted
+
+
+def _mb(i: int, n: int):
+    from pp_runtime.plan import MicroBatch, Piece
+
+    return MicroBatch(i, (Piece(seq_id=i, start=0, token_ids=tuple(range(n)), block_table=(0,), is_prefill=True,
+                                sample=True),))
+
+
+def test_over_nccl_the_next_receives_are_posted_before_the_stage_computes(monkeypatch):
+    """Over NCCL, as over gloo, ``post_ahead`` (called before each compute) posts the receive of every plan
+    already in, in order and of its exact size; with no plan in it posts nothing (an NCCL receive must match its
+    send's size, so the as-large-as-any-micro-batch receive is gloo's alone)."""
+    t, posted = _posting_transport(monkeypatch, nccl=True, plans=[])
+    t.post_ahead()
+    assert posted == []
+    t, posted = _posting_transport(monkeypatch, nccl=True, plans=[_mb(1, 5), _mb(2, 7)])
+    t.post_ahead()
+    assert posted == [(5, 0, 0), (7, 0, 0)]
+    assert [entry[0].id for entry in t._posted] == [1, 2]
+    t, posted = _posting_transport(monkeypatch, nccl=False, plans=[])
+    t.post_ahead()
+    assert posted == [(64, 0, 0)]  # gloo: one receive as large as any micro-batch, its plan still on the way
 
 
 def test_a_stop_mid_flight_drains_what_was_sent_and_ends_every_stage():

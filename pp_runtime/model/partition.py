@@ -7,6 +7,13 @@ lower bottleneck.
 A stage plan is data: one ``range`` of global layer indices per stage. Stage 0 also owns the embeddings and
 the last stage the final norm and LM head, whose cost is weighed in as "layer equivalents". The embedding is a
 table lookup (no matmul) and weighs nothing; the LM head is a vocab x hidden matmul on the sampled tokens.
+
+The job prices the LM head over the micro-batches its planner actually makes of the workload (``planned_rows``,
+``head_cost_of_mix``): per micro-batch a layer costs a fixed part plus its tokens, the head a fixed part plus its
+sampled rows (a prefill chunk samples one row per sequence that finishes its prompt, a decode one per
+sequence). The fixed part (``CPU_FIXED_ROWS``: reading the weights once per micro-batch, the per-call overhead)
+is what a share of sampled tokens misses: SARATHI's micro-batches sample a few rows each, and the head's
+vocab x hidden weight is as large as several layers (SmolLM2-135M: 8).
 """
 
 from __future__ import annotations
@@ -17,6 +24,12 @@ from pp_runtime.sim.hardware import ModelShape
 # Share of a micro-batch's tokens that reach the LM head (decode tokens and last prefill chunks) when the
 # workload is not known: a middle ground between prefill-heavy (few) and decode-heavy (all) mixes.
 HEAD_TOKEN_FRACTION = 0.25
+# A matmul's fixed cost per micro-batch, in rows of it, on the CPU (float32, one thread per rank): fitted to the
+# stage compute times of 2-stage runs on the 2-core VM (SmolLM2-135M and a random Llama 384 x 8, SARATHI and
+# Orca; docs/BENCHMARKS.md, issue 14). Not measured on a GPU, which keeps the plain share (0).
+CPU_FIXED_ROWS = 8
+# Requests of the workload the planner is driven over to find its micro-batches (the mix is what matters).
+MIX_REQUESTS = 256
 
 
 def layer_params(hf_config) -> int:
@@ -38,6 +51,46 @@ def sampled_share(requests) -> float:
     out = sum(r.params.max_tokens for r in requests)
     total = out + sum(len(r.prompt_token_ids) for r in requests)
     return out / total if total else HEAD_TOKEN_FRACTION
+
+
+def planned_rows(sched, requests, *, num_slots: int, max_model_len: int, block_size: int) -> list[tuple[int, int]]:
+    """``(tokens, sampled rows)`` of each micro-batch the planner of ``sched`` (a SchedulerConfig) makes of the
+    first ``MIX_REQUESTS`` requests, driven in virtual time (no stages, a KV cache that holds them all, the token
+    budget without time balancing or an SLO: no cost model exists before the split); empty when the planner
+    cannot serve them."""
+    import dataclasses
+
+    from pp_runtime.planner import make_planner, needs_cost_model
+    from pp_runtime.planner.budget import budget_bound, is_auto
+    from pp_runtime.planner.loop import PlannerStuck, drive
+
+    if needs_cost_model(sched):  # no cost model exists before the split: the token budget alone shapes the mix
+        sched = dataclasses.replace(sched, time_balanced=False, tbt_slo_ms=None)
+    if is_auto(sched):
+        sched = dataclasses.replace(sched, token_budget=budget_bound(sched))
+    requests = requests[:MIX_REQUESTS]
+    blocks = sum(-(-(len(r.prompt_token_ids) + r.params.max_tokens) // block_size) + 1 for r in requests)
+    planner = make_planner(sched, num_blocks=max(blocks, 1), block_size=block_size, num_slots=num_slots,
+                           max_model_len=max_model_len)
+    for req in requests:
+        planner.add_request(req)
+    rows: list[tuple[int, int]] = []
+    try:
+        drive(planner, lambda piece: -1, on_schedule=lambda mb: rows.append((mb.num_tokens, mb.num_samples)))
+    except PlannerStuck:
+        return []
+    return rows
+
+
+def head_cost_of_mix(hf_config, rows: list[tuple[int, int]], *, fixed_rows: float) -> float:
+    """LM head cost in layer equivalents over a mix of micro-batches (``planned_rows``): the head's
+    ``vocab x hidden`` weight times the sampled rows plus ``fixed_rows`` per micro-batch, over one layer's weights
+    times the tokens plus ``fixed_rows``. ``fixed_rows=0`` is ``head_cost_layers`` with the mix's sampled share.
+    Raises ValueError on an empty mix."""
+    if not rows:
+        raise ValueError("head_cost_of_mix needs at least one micro-batch")
+    head = sum(s + fixed_rows for _, s in rows) * hf_config.vocab_size * hf_config.hidden_size
+    return head / (sum(t + fixed_rows for t, _ in rows) * layer_params(hf_config))
 
 
 def check_layout(num_layers: int, num_stages: int, layers_per_stage: list[int] | None = None) -> None:

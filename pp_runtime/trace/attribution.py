@@ -1,4 +1,5 @@
-"""Why each stage idled: its idle time split into fill/drain, imbalance, per-hop latency and the rest.
+"""Why each stage idled: its idle time split into fill/drain, imbalance, per-hop latency, rank 0's host work and
+the rest.
 
 Same window and idle time as ``pp_runtime.trace.bubbles``: from the first compute start on any stage to the last end on
 any stage; a stage is busy in the union of its compute intervals. Its idle time is the fill (window start to its
@@ -12,24 +13,29 @@ with ``a`` = window start), after its previous compute event ``[a - d_prev, a)``
   let rank 0 launch m: the last stage's compute of another micro-batch with the latest end ``r <= b`` (its
   sampled tokens came back just then), over ``[u, r)``. Stage 0 of a 1-stage run depends on itself.
 - **hop latency** = ``[max(a, r), b)``: the input existed upstream but this stage had not started m yet:
-  transport, (un)pickling the plan, rank 0's postprocess and planning, Python between steps.
+  transport, (un)pickling the plan, wake-ups, Python between steps. On stage 0 rank 0 also does its own host
+  work there; what of it the events show is **host**, not hop: when rank 0 recorded WAIT events (the runtime
+  and the simulator do), every ns of the span outside its WAIT and SEND events (folding the returned tokens,
+  writing outputs, planning, building inputs, Python), else only its PLAN events. A later stage whose input
+  came late because of it keeps that label (host) through the "late" rule below.
 - the wait ``[a, min(r, b))``: the stage had nothing to do because upstream was still producing m's input.
   Its last ``min(wait, max(0, (r - u) - d_prev))`` ns are **imbalance**: upstream spent longer on m than this
   stage spent on its previous work. The first ``late`` ns (the remainder) exist because upstream started m late;
   they take the labels of upstream's own timeline over ``[u - late, u)``, as many ns of each as that window holds
-  (laid out hop last): upstream's idle there keeps its label (hop or imbalance, found earlier since it ends
-  earlier), upstream busy on earlier work is imbalance, and anything else (before the window, upstream's own
+  (laid out hop last): upstream's idle there keeps its label (hop, host or imbalance, found earlier since it
+  ends earlier), upstream busy on earlier work is imbalance, and anything else (before the window, upstream's own
   fill wait, an unlabelled tie) is **rest**.
 - the fill (``a`` = window start, ``d_prev`` = this stage's own time on m) is reported whole as fill/drain, as in
   bubbles.py; inside it, upstream computing m up to ``d_prev`` is the fill proper and the rest keeps its cause
   (hop, imbalance, upstream lateness), laid out last so that a later copy from the fill's end reads its causes.
 - no input found: for s > 0 (stage s-1 never computed m) the span is **rest**; for stage 0 before any token
   return the span is hop (rank 0 was not waiting on tokens). An online run's wait for arrivals on stage 0 is
-  counted as hop too (the events do not record arrivals).
+  counted as hop too, or host where it is outside rank 0's WAIT events (the events do not record arrivals).
 
-The reported parts per stage: ``fill_drain`` (exactly bubbles.py's fill + drain), ``imbalance``, ``hop`` and
-``rest``, summing to ``idle = wall - busy``; ``hop_per_mb_ms`` is the hop over the micro-batches the stage
-computed (``num_microbatches``; the pipeline's: over all stages' micro-batches), what one hop costs.
+The reported parts per stage: ``fill_drain`` (exactly bubbles.py's fill + drain), ``imbalance``, ``hop``,
+``host`` and ``rest``, summing to ``idle = wall - busy``; ``hop_per_mb_ms`` (``host_per_mb_ms``) is the hop
+(host) over the micro-batches the stage computed (``num_microbatches``; the pipeline's: over all stages'
+micro-batches), what one hop (rank 0's host work per micro-batch) costs.
 Compute-time noise between micro-batches shows up as imbalance (the events cannot tell a slower micro-batch
 from a slower core); ``rest`` holds what no upstream work explains.
 Beside the parts, ``idle_in_plan/send/wait`` say how much idle overlapped this stage's PLAN, SEND and WAIT events.
@@ -44,8 +50,8 @@ import numpy as np
 from pp_runtime.trace.bubbles import merge_intervals, pipeline_window
 from pp_runtime.trace.tracer import EventKind
 
-PARTS = ("fill_drain", "imbalance", "hop", "rest")
-_IMB, _HOP, _REST, _FILL = 1, 2, 3, 4  # internal labels; _FILL: the fill's wait (reported as fill/drain)
+PARTS = ("fill_drain", "imbalance", "hop", "host", "rest")
+_IMB, _HOP, _REST, _FILL, _HOST = 1, 2, 3, 4, 5  # internal labels; _FILL: the fill's wait (reported as fill/drain)
 _NS = 1e9
 
 
@@ -60,7 +66,7 @@ class _Timeline:
         self._busy_before = np.concatenate([[0], np.cumsum(e - s)]).tolist()  # busy ns before each run
         self.segments: list[tuple[int, int, int]] = []  # (start, end, label), sorted by start
         self._seg_starts: list[int] = []
-        self._cum = {lab: [0] for lab in (_IMB, _HOP, _REST, _FILL)}
+        self._cum = {lab: [0] for lab in (_IMB, _HOP, _REST, _FILL, _HOST)}
         self.by_mb = {}  # mb_id -> (start, end) of its first compute event on this stage
         self.opening = {}  # start -> (mb_id, duration) of the first compute event starting then
         self.longest_ending = {}  # end -> the longest duration of the compute events ending then
@@ -76,9 +82,10 @@ class _Timeline:
         """How many ns of each label ``[x, y)`` holds, as (length, label) pieces (hop last): busy time ->
         imbalance, labelled idle -> its label, anything else (before the window, unlabelled) -> rest."""
         busy = self._busy_until(y) - self._busy_until(x)
-        found = {lab: self._label_until(y, lab) - self._label_until(x, lab) for lab in (_FILL, _IMB, _HOP)}
+        found = {lab: self._label_until(y, lab) - self._label_until(x, lab) for lab in (_FILL, _IMB, _HOST, _HOP)}
         rest = (y - x) - busy - sum(found.values())
-        return [(found[_FILL], _FILL), (rest, _REST), (busy + found[_IMB], _IMB), (found[_HOP], _HOP)]
+        return [(found[_FILL], _FILL), (rest, _REST), (busy + found[_IMB], _IMB), (found[_HOST], _HOST),
+                (found[_HOP], _HOP)]
 
     def _busy_until(self, t: int) -> int:
         k = bisect.bisect_right(self.run_starts, t) - 1
@@ -118,8 +125,9 @@ def _input_of(stage: int, mb: int, a: int, b: int, timelines: dict[int, _Timelin
     return up.rows_by_end[i][1], up.rows_by_end[i][2], up
 
 
-def _attribute_span(a: int, b: int, d_prev: int, dep, *, fill: bool) -> list[tuple[int, int, int]]:
-    """Labelled pieces (start, end, label) covering ``[a, b)`` exactly."""
+def _attribute_span(a: int, b: int, d_prev: int, dep, *, fill: bool, host=None) -> list[tuple[int, int, int]]:
+    """Labelled pieces (start, end, label) covering ``[a, b)`` exactly. ``host``: rank 0's ``_HostWork`` (stage 0),
+    which splits this stage's own hop ``[max(a, r), b)`` into hop and host."""
     if dep is None:
         return [(a, b, _REST)]
     u, r, up = dep
@@ -135,17 +143,50 @@ def _attribute_span(a: int, b: int, d_prev: int, dep, *, fill: bool) -> list[tup
     else:
         imb = min(wait, max(0, (r - u) - d_prev))
         pieces = [*up.label_at(u - (wait - imb), u), (imb, _IMB)]
-    pieces.append((b - r_c, _HOP))
-    out, t = [], a
+    spans, t = [], a
     for length, label in pieces:
-        if not length:
+        spans.append((t, t + length, label))
+        t += length
+    spans += host.split(r_c, b) if host is not None else [(r_c, b, _HOP)]
+    out = []
+    for start, end, label in spans:
+        if end <= start:
             continue
         if out and out[-1][2] == label:  # coalesce, or copies of copies fragment without bound
-            out[-1] = (out[-1][0], t + length, label)
+            out[-1] = (out[-1][0], end, label)
         else:
-            out.append((t, t + length, label))
-        t += length
+            out.append((start, end, label))
     return out
+
+
+class _HostWork:
+    """Where rank 0 was busy with its own host work: outside its WAIT and SEND events when it recorded WAITs
+    (its waits for tokens), else inside its PLAN events (events that record nothing else)."""
+
+    def __init__(self, ev: np.ndarray):
+        waits = ev[ev[:, 0] == EventKind.WAIT]
+        self.outside = len(waits) > 0  # host work is what lies outside the marked intervals
+        marked = ev[np.isin(ev[:, 0], (EventKind.WAIT, EventKind.SEND))] if self.outside else \
+            ev[ev[:, 0] == EventKind.PLAN]
+        s, e = merge_intervals(marked[:, 1], marked[:, 2])
+        self.starts, self.ends = s.tolist(), e.tolist()
+
+    def split(self, x: int, y: int) -> list[tuple[int, int, int]]:
+        """``[x, y)`` as (start, end, label) pieces in order, each hop or host."""
+        inside, outside = (_HOP, _HOST) if self.outside else (_HOST, _HOP)
+        out, t = [], x
+        k = max(bisect.bisect_right(self.starts, x) - 1, 0)
+        while t < y and k < len(self.starts):
+            s, e = max(self.starts[k], t), min(self.ends[k], y)
+            if e > s:
+                out += [(t, s, outside), (s, e, inside)] if s > t else [(s, e, inside)]
+                t = e
+            elif self.starts[k] >= y:
+                break
+            k += 1
+        if t < y:
+            out.append((t, y, outside))
+        return out
 
 
 def attribute_idle(events: dict[int, np.ndarray]) -> dict:
@@ -172,9 +213,10 @@ def attribute_idle(events: dict[int, np.ndarray]) -> dict:
             # The fill compares upstream's time on m with this stage's own (equal in a balanced pipeline).
             prev = own if run == 0 else tl.longest_ending.get(a, 0)
             spans.append((b, pos, s, a, prev, mb, run == 0))
+    host = _HostWork(np.asarray(events[stages[0]], dtype=np.int64).reshape(-1, 6))
     for b, _, s, a, prev, mb, is_fill in sorted(spans, key=lambda x: (x[0], x[1])):
         dep = _input_of(s, mb, a, b, timelines, stages)
-        for start, end, label in _attribute_span(a, b, prev, dep, fill=is_fill):
+        for start, end, label in _attribute_span(a, b, prev, dep, fill=is_fill, host=host if s == stages[0] else None):
             timelines[s].add(start, end, label)
     out = {"stages": {}}
     total = dict.fromkeys(("idle_ns", *(f"{p}_ns" for p in PARTS), "idle_in_plan_ns", "idle_in_send_ns",
@@ -189,8 +231,11 @@ def attribute_idle(events: dict[int, np.ndarray]) -> dict:
 
 
 def _per_micro_batch(fig: dict) -> dict:
-    """The hop in ms per micro-batch the stage(s) computed: what one hop costs, whatever the run's length."""
-    fig["hop_per_mb_ms"] = fig["hop_ns"] / fig["num_microbatches"] / 1e6 if fig["num_microbatches"] else 0.0
+    """The hop and the host work in ms per micro-batch the stage(s) computed: what one hop (rank 0's host work
+    per micro-batch) costs, whatever the run's length."""
+    for part in ("hop", "host"):
+        n = fig["num_microbatches"]
+        fig[f"{part}_per_mb_ms"] = fig[f"{part}_ns"] / n / 1e6 if n else 0.0
     return fig
 
 
@@ -214,7 +259,7 @@ def _stage_figures(tl: _Timeline, ev: np.ndarray, lo: int, hi: int) -> dict:
         if end <= first:  # the fill: all of it is fill/drain, whatever caused it
             parts["fill_drain"] += end - start
         else:
-            parts[{_IMB: "imbalance", _HOP: "hop", _REST: "rest", _FILL: "rest"}[label]] += end - start
+            parts[{_IMB: "imbalance", _HOP: "hop", _HOST: "host", _REST: "rest", _FILL: "rest"}[label]] += end - start
     fig = {"idle_ns": idle, **{f"{p}_ns": v for p, v in parts.items()}, "num_microbatches": len(tl.by_mb)}
     for kind, name in ((EventKind.PLAN, "plan"), (EventKind.SEND, "send"), (EventKind.WAIT, "wait")):
         rows = ev[ev[:, 0] == kind]
@@ -250,13 +295,14 @@ def _with_fractions(fig: dict) -> dict:
 
 def format_attribution_table(attribution: dict) -> str:
     """Aligned text: per stage, idle ms and each part in ms with its share of the idle time."""
-    header = ["stage", "idle ms", *(f"{p} ms" for p in PARTS), "hop ms/mb", "in plan ms", "in send ms",
-              "in wait ms"]
+    header = ["stage", "idle ms", *(f"{p} ms" for p in PARTS), "hop ms/mb", "host ms/mb", "in plan ms",
+              "in send ms", "in wait ms"]
     rows = []
     for stage, f in [*attribution["stages"].items(), ("all", attribution["pipeline"])]:
         rows.append([stage, f"{f['idle_ns'] / 1e6:.3f}",
-                     *(f"{f[f'{p}_ns'] / 1e6:.3f} ({f[f'{p}_fraction']:.0%})" for p in PARTS),
-                     f"{f.get('hop_per_mb_ms', 0.0):.3f}",
+                     # .get: a bubbles.json written before the host part existed has none
+                     *(f"{f.get(f'{p}_ns', 0) / 1e6:.3f} ({f.get(f'{p}_fraction', 0.0):.0%})" for p in PARTS),
+                     f"{f.get('hop_per_mb_ms', 0.0):.3f}", f"{f.get('host_per_mb_ms', 0.0):.3f}",
                      *(f"{f[f'idle_in_{k}_ns'] / 1e6:.3f}" for k in ("plan", "send", "wait"))])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["idle time by cause (pp_runtime/trace/attribution.py)",

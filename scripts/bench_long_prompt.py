@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.jobs import machine, run_torchrun  # noqa: E402
+from scripts.jobs import machine, random_llama, run_torchrun  # noqa: E402
 
 SGLANG_EFFICIENCY = 0.828  # SGLang chunked pipeline parallelism's reported strong-scaling efficiency
 
@@ -41,17 +41,8 @@ def _prompt(n: int, seed: int) -> list[int]:
 
 
 def _cpu_model(root: Path) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    path = root / "llama-512x8"
-    if not (path / "config.json").exists():
-        torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=49152, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                          num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=8192,
-                          tie_word_embeddings=True)
-        AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(path)
-    return path
+    return random_llama(root / "llama-512x8", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                        num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=8192)
 
 
 def cpu(args) -> None:

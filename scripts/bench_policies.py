@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.jobs import ROOT, machine, run_torchrun  # noqa: E402
+from scripts.jobs import ROOT, machine, random_llama, run_torchrun  # noqa: E402
 
 TRACE = ROOT.parent / "shared" / "data" / "traces" / "splitwise_conv.csv"
 LONG_PROMPT_REQUESTS, LONG_PROMPT_LEN, LONG_OUTPUT_LEN = 24, 640, 47  # issue 14's long-prompt sample
@@ -32,17 +32,9 @@ LONG_PROMPT_REQUESTS, LONG_PROMPT_LEN, LONG_OUTPUT_LEN = 24, 640, 47  # issue 14
 
 def long_prompt_model(root: Path | None = None) -> Path:
     """A random Llama (hidden 384, 8 layers, SmolLM2's vocabulary size), saved once under ``root``."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
     path = (root or Path(tempfile.gettempdir()) / "pp_runtime_bench_models") / "llama-384x8"
-    if not (path / "config.json").exists():
-        torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=49152, hidden_size=384, intermediate_size=1024, num_hidden_layers=8,
-                          num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=4096,
-                          tie_word_embeddings=True)
-        AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(path)
-    return path
+    return random_llama(path, hidden_size=384, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=6,
+                        num_key_value_heads=2)
 
 
 def workloads(args) -> dict[str, list[str]]:

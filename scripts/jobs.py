@@ -44,3 +44,18 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()} cores ({cpu}), {gpu}, torch {torch.__version__}"
+
+
+def random_llama(path: Path, **shape) -> Path:
+    """A random-weight float32 Llama of ``shape`` (LlamaConfig fields; SmolLM2's vocabulary size, tied
+    embeddings and a 4096-token context unless given) saved at ``path`` once, seed 0: a CPU benchmark's model
+    without a download. Returns ``path``."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    if not (path / "config.json").exists():
+        torch.manual_seed(0)
+        cfg = LlamaConfig(**{"vocab_size": 49152, "max_position_embeddings": 4096, "tie_word_embeddings": True,
+                             **shape})
+        AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(path)
+    return path

@@ -21,7 +21,7 @@ WORKLOADS = ("default", "jsonl", "trace", "synthetic")
 ARRIVALS = ("all", "trace", "poisson")
 DISTRIBUTIONS = ("uniform", "zipf", "lognormal")
 SIM_COST_MODELS = ("profiled", "layer_profile", "roofline")
-SIM_GPUS = ("h100", "a100")
+SIM_GPUS = ("h100", "h200", "a100", "a100-40gb")  # the presets of pp_runtime/sim/hardware.py (tested)
 SIM_LINKS = ("auto", "nvlink", "pcie", "infiniband", "gloo")
 TRANSPORTS = ("auto", "nccl", "gloo")
 
@@ -289,7 +289,8 @@ class SimConfig:
     cost_model_path: str | None = None
     # Per-layer profile file for cost_model=layer_profile.
     layer_profile_path: str | None = None
-    # GPU preset of the simulated hardware (roofline numbers, NVLink/InfiniBand generation): h100 or a100.
+    # GPU preset of the simulated hardware (roofline numbers, NVLink/InfiniBand generation): h100, h200, a100 or
+    # a100-40gb.
     gpu: str = "h100"
     # Model shape preset to simulate (e.g. gpt3-175b, llama-3.1-8b, llama-3.2-1b, see pp_runtime.sim.hardware);
     # None: the job's model (model.path, or the default model).

@@ -170,6 +170,21 @@ def test_link_kinds_follow_the_node_layout_and_overrides():
     assert forced.hops[0].transfer_s(2e9) == pytest.approx(7e-6 + 1.0) and forced.hops[0].send_s == pytest.approx(3e-6)
 
 
+def test_every_gpu_preset_is_a_valid_sim_gpu_with_links_and_a_roofline():
+    # The config's list, the roofline presets and the link presets must agree: a preset the README names (h200)
+    # was once refused by the config check.
+    from pp_runtime.config import SIM_GPUS, SimConfig
+    from pp_runtime.sim.hardware import GPUS
+
+    assert set(SIM_GPUS) == set(GPUS)
+    for name in SIM_GPUS:
+        SimConfig(gpu=name).validate()
+        links = LinkModel.from_config(SimConfig(gpu=name, gpus_per_node=2), 3, cpu=False)
+        assert [h.kind for h in links.hops] == ["nvlink", "infiniband"]
+    h200 = LinkModel.from_config(SimConfig(gpu="h200"), 2, cpu=False)
+    assert h200 == LinkModel.from_config(SimConfig(gpu="h100"), 2, cpu=False)  # the H100's NVLink 4
+
+
 def test_a_constant_planner_time_makes_simulations_repeatable():
     cfg = make_config(["pipeline.stages=2", "scheduler=sarathi", "sim.planner_time_us=30"])
     requests = [Request(f"r{i}", tuple(range(2, 40 + 9 * i)), SamplingParams(max_tokens=6)) for i in range(8)]

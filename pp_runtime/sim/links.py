@@ -49,6 +49,9 @@ _PRESETS: dict[str, dict[str, tuple[float, float]]] = {
     "gloo": {"h100": (1.5 * GB, 200e-6), "a100": (1.5 * GB, 200e-6)},
 }
 _SEND_S = {"nvlink": 0.0, "pcie": 0.0, "infiniband": 0.0, "gloo": 300e-6}
+# GPU presets whose links are another's: the H200 has the H100's NVLink 4, PCIe 5 and network; the 40 GB A100 the
+# 80 GB one's.
+_LINK_FAMILY = {"h200": "h100", "a100-40gb": "a100"}
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class LinkModel:
         def hop(a: int, b: int) -> Link:
             same_node = a // sim.gpus_per_node == b // sim.gpus_per_node
             k = kind if kind in ("gloo", "infiniband") or same_node else "infiniband"
-            bw, lat = _PRESETS[k][sim.gpu]
+            bw, lat = _PRESETS[k][_LINK_FAMILY.get(sim.gpu, sim.gpu)]
             if sim.link_bandwidth_gbps is not None:
                 bw = sim.link_bandwidth_gbps * GB
             if sim.link_latency_us is not None:

@@ -129,7 +129,8 @@ def _load_cost_model(cfg: Config):
     try:
         model = CostModel.from_json(path)
     except CostModelError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"scheduler.cost_model_path={path!r}: {exc}, or set scheduler.cost_model_path=null to "
+                          f"profile the stages at start-up") from None
     if model.num_stages != cfg.pipeline.stages:
         raise ConfigError(f"scheduler.cost_model_path={path!r} has coefficients for {model.num_stages} stage(s) but "
                           f"the job has pipeline.stages={cfg.pipeline.stages}; profile this layout (unset the path)")

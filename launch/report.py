@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for run_dir, events, errors in loaded:
         policy = _policy(run_dir)
-        bubbles = write_reports(run_dir, events, policy=policy, clock_errors_ns=errors)
+        bubbles = write_reports(run_dir, events, policy=policy, clock_errors_ns=errors, save_events=False)
         print(f"{run_dir}: {policy}, bubble fraction {bubbles['pipeline']['bubble_fraction']:.1%}")
         rows.append({"run": _run_name(run_dir), "policy": policy, "tokens_per_s": _tokens_per_s(run_dir),
                      "bubbles": bubbles})

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: scripts.bench_gpu needs a CUDA GPU and torch.cuda.is_available() is False here; run it on a "
-              "GPU machine (see docs/BENCHMARKS.md, section 'GPU (H100)')", file=sys.stderr)
+              "GPU machine (see docs/BENCHMARKS.md, section 'GPU: one H200')", file=sys.stderr)
         return 2
     presets = args.presets.split(",")
     unknown = [p for p in presets if p not in PRESETS]

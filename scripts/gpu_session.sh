@@ -6,6 +6,7 @@
 #   ../shared/gpu/prepare.sh     # here, once per checkout (EXTRA_WHEELS="pytest-xdist==3.8.0 execnet==2.1.2")
 #   device run, carry [".device"]:  . .device/on-device.sh; bash scripts/gpu_session.sh 560 [PARTS]
 #
+# Exits 2 at once without a GPU, 1 if any part failed or ran out of time (the log says which), else 0.
 # $1: seconds for the whole session (default 560); PARTS (default all, in this order):
 #   tests   python -m pytest -m gpu (GPU-marked tests: HF equality on 1 and 2 stages, graphs, Triton kernels)
 #   bench1b scripts.bench_gpu on the Llama-3.2-1B shape (pp-runtime vs HF generate vs roofline, GPU busy, steps)
@@ -17,7 +18,12 @@
 #   trace1b bench1b's pp-runtime run with the tracer on: the stage's idle between micro-batches (bubbles.json)
 #   profile scripts.gpu_profile_step: the kernels of one step per shape (Llama-3.2-1B shape, eager)
 set -uo pipefail
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "gpu_session.sh: no NVIDIA GPU here (nvidia-smi finds none); run it on the lent GPU machine" >&2
+    exit 2
+fi
 budget=${1:-560}; shift || true
+failed=()
 parts=${*:-tests bench1b chunk bench8b hops}
 OUT=${OUT:-/tmp/gpu_session}; mkdir -p "$OUT"
 LOGS=/tmp/gpu_session_logs; rm -rf "$LOGS"; mkdir -p "$LOGS"  # a device run returns at most 8 files: tarred at the end
@@ -35,6 +41,7 @@ run_part() {  # name, most seconds, command...
     timeout -k 5 "$most" "$@" >"$LOGS/$name.txt" 2>&1
     local rc=$?
     echo "== $name: rc $rc after $(( $(date +%s) - t0 ))s" | tee -a "$log"
+    (( rc == 0 )) || failed+=("$name")
     tail -n 4 "$LOGS/$name.txt" | sed 's/^/   /' | tee -a "$log"
 }
 
@@ -82,3 +89,4 @@ for part in $parts; do
 done
 date -u >>"$log"
 tar czf "$OUT/logs.tgz" -C "$LOGS" .
+if (( ${#failed[@]} )); then echo "failed parts: ${failed[*]}" | tee -a "$log"; exit 1; fi

@@ -81,7 +81,8 @@ class WallClock:
         if self.transport is None:
             return
         if stopped_early:
-            announce(f"stopped by {self.stop.name} on stage 0")  # before the stop message reaches the others
+            # Before the stop message reaches the others; name() says where a passed-on signal came from.
+            announce(f"stopped by {self.stop.name}{'' if self.stop.where else ' on stage 0'}")
         self.transport.send_stop()
         self.transport.flush()
 

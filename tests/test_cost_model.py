@@ -122,8 +122,16 @@ def test_malformed_file_names_the_file_and_key(tmp_path, text, match):
 
 
 def test_missing_file_says_what_to_set(tmp_path):
-    with pytest.raises(CostModelError, match="scheduler.cost_model_path"):
+    # The library names the file; each caller names its own key (the runtime's, or pp-sim's sim.cost_model_path).
+    with pytest.raises(CostModelError, match="nope.json.*cost_model.json written by a run"):
         CostModel.from_json(tmp_path / "nope.json")
+    from launch.rank_job import _load_cost_model
+    from pp_runtime.config import ConfigError
+    from tests.jobs import make_config
+
+    cfg = make_config([f"scheduler.cost_model_path={tmp_path / 'nope.json'}"])
+    with pytest.raises(ConfigError, match=r"scheduler\.cost_model_path=.*nope.json.*scheduler\.cost_model_path=null"):
+        _load_cost_model(cfg)
 
 
 def test_default_is_valid_and_weights_the_end_stages():

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -75,9 +76,12 @@ def test_pp_report_compares_two_runs(tmp_path, capsys):
 
 def test_pp_report_single_run_writes_no_comparison(tmp_path, monkeypatch):
     write_reports(str(tmp_path / "r"), _events(0), policy="static", clock_errors_ns={}, timeline=False)
+    events = tmp_path / "r" / "events.npz"
+    os.utime(events, ns=(1_000_000_000, 1_000_000_000))
     monkeypatch.chdir(tmp_path)
     assert main([str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "timeline.png").exists() and not (tmp_path / "comparison.md").exists()
+    assert events.stat().st_mtime_ns == 1_000_000_000  # its input is read, not rewritten
     assert json.loads((tmp_path / "r" / "bubbles.json").read_text())["policy"] == "static"
 
 

@@ -32,7 +32,7 @@ import numpy as np
 _KEYS = ("c0", "c_tok", "c_attn", "c_dec", "c_ctx")
 # Bumped when the form changes, so a cost-model cache entry of an older form is profiled again.
 FORM_VERSION = 2
-_FIX = "set scheduler.cost_model_path to a file written by CostModel.to_json, or to null to profile at start-up"
+_FIX = "give a cost_model.json written by a run (CostModel.to_json)"
 
 
 def prediction_error(model: CostModel, work_by_mb: dict[int, tuple[int, int, int, int]], events: dict) -> dict:

@@ -21,8 +21,9 @@ EVENTS_FILE = "events.npz"
 
 
 def write_reports(run_dir: str, events: dict[int, np.ndarray], *, policy: str, clock_errors_ns: dict[int, int],
-                  timeline: bool = True) -> dict:
-    """Write events.npz, trace.json, bubbles.json and (if ``timeline``) timeline.png into ``run_dir``.
+                  timeline: bool = True, save_events: bool = True) -> dict:
+    """Write events.npz (if ``save_events``; pp-report, which reads it, does not rewrite it), trace.json,
+    bubbles.json and (if ``timeline``) timeline.png into ``run_dir``.
 
     Returns the bubbles dict as written to bubbles.json.
     """
@@ -30,7 +31,8 @@ def write_reports(run_dir: str, events: dict[int, np.ndarray], *, policy: str, c
     errors = {int(s): int(clock_errors_ns.get(s, 0)) for s in events}
     arrays = {f"stage{int(s)}": np.asarray(ev, dtype=np.int64).reshape(-1, 6) for s, ev in events.items()}
     error_rows = np.array(sorted(errors.items()), dtype=np.int64).reshape(-1, 2)  # [stages, 2]: stage, error
-    np.savez(os.path.join(run_dir, EVENTS_FILE), clock_error_ns=error_rows, **arrays)
+    if save_events:
+        np.savez(os.path.join(run_dir, EVENTS_FILE), clock_error_ns=error_rows, **arrays)
 
     trace = chrome_trace(events, metadata={"policy": policy, "clock_error_ns": {str(s): e for s, e in errors.items()}})
     validate_chrome_trace(trace)

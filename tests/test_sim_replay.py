@@ -153,6 +153,10 @@ def test_pp_sim_writes_a_run_that_pp_report_reads_and_replays_to_itself(model, t
     fitted = fit_run_cost_model(out)
     for mb in result.micro_batches:
         assert fitted.predict(mb.pieces) == pytest.approx(CostModel.default(2).predict(mb.pieces), rel=1e-6)
+    # A run without its events (tracer.enabled=false) is refused with the key to set, not a bare file error.
+    (out / "events.npz").unlink()
+    with pytest.raises(ReplayError, match="tracer.enabled=true"):
+        replay(out, out_dir=tmp_path / "none", cost_model_path=str(cm))
 
 
 def test_replay_of_a_directory_without_a_run_names_it(tmp_path):

@@ -171,6 +171,10 @@ def replay(run_dir: str | Path, *, out_dir: str | Path | None = None, cost_model
 
     run = Path(run_dir)
     cfg = load_run_config(run)
+    if not (run / "events.npz").exists():
+        raise ReplayError(f"run dir {str(run)!r} has no events.npz: a replay needs the run's traced events (its "
+                          f"links, and with --measured-times its compute times); rerun the job with "
+                          f"tracer.enabled=true")
     path = cost_model_path or (str(run / "cost_model.json") if (run / "cost_model.json").exists() else None) \
         or cfg.scheduler.cost_model_path
     try:
@@ -180,8 +184,9 @@ def replay(run_dir: str | Path, *, out_dir: str | Path | None = None, cost_model
     if cost_model is None and fit_from_events:
         cost_model = fit_run_cost_model(run)
     if cost_model is None and not measured_times:
-        raise ReplayError(f"run dir {str(run)!r} has no cost_model.json (scheduler.policy={cfg.scheduler.policy} "
-                          f"does not profile the stages) and its config names no scheduler.cost_model_path: pass "
+        raise ReplayError(f"run dir {str(run)!r} has no cost_model.json (its run did not profile the stages: a "
+                          f"pp-sim run, or a policy without a cost model) and its config names no "
+                          f"scheduler.cost_model_path: pass "
                           f"--cost-model PATH (a cost_model.json of a run on the same machine and layout), or "
                           f"--fit-from-events")
     out = Path(out_dir) if out_dir is not None else run / "replay"

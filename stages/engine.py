@@ -81,8 +81,9 @@ class WallClock:
         if self.transport is None:
             return
         if stopped_early:
-            # Before the stop message reaches the others; name() says where a passed-on signal came from.
-            announce(f"stopped by {self.stop.name}{'' if self.stop.where else ' on stage 0'}")
+            # Before the stop message reaches the others; a signal passed on from another rank names its stage.
+            name = self.stop.name
+            announce(f"stopped by {name}" + ("" if " on stage " in name else " on stage 0"))
         self.transport.send_stop()
         self.transport.flush()
 

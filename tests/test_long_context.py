@@ -86,3 +86,14 @@ def test_a_prompt_that_can_never_fit_is_rejected_with_tokens_needed_and_held():
     assert seq.finish_reason == "rejected"
     assert "needs 80 tokens of KV cache" in seq.error and "holds 64 tokens (4 blocks of 16)" in seq.error
     assert "cache.gpu_memory_utilization" in seq.error and "cache.memory_gib" in seq.error
+
+
+def test_a_long_prompt_simulated_alone_has_slowdown_one():
+    # The yardstick of slowdown in pp-sim is the simulated hardware itself, priced piece by piece as the run is
+    # (only the last chunk samples): alone, a 16k prompt's slowdown is 1 up to the links (it read 0.79 for a 32k
+    # prompt when the yardstick was the planner's fitted cost model, every chunk charged the LM head).
+    metrics = _sim("workload.prefill_len=16000", "workload.pd_ratio=4000").run().metrics
+    assert metrics["completed"] == 1
+    slowdown = metrics["slowdown"]
+    assert 1.0 <= slowdown["max_ttft"] <= 1.03, slowdown
+    assert 1.0 <= slowdown["max_e2e"] <= 1.03, slowdown

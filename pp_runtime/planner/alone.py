@@ -4,18 +4,23 @@ Alone, a prompt goes in chunks of ``min(chunk_size, token_budget)`` tokens (whol
 chunk); under sarathi up to ``max_chunks_in_flight`` of them are in flight, each entering stage 0 once stage 0
 is free, every stage serving them in order; then each further output token is one decode that crosses every
 stage. Links and planning are free. Slowdown = measured / alone, so 1.0 is "as if it had the pipeline to itself".
+The times come from any time model with ``num_stages`` and ``predict(pieces)``: the planner's ``CostModel`` in a
+real run, the simulated hardware's own time model in ``pp-sim``. The pieces are the run's own: only a prompt's
+last chunk samples (a time model that prices the LM head charges it once, as the run does).
 """
 
 from __future__ import annotations
 
 from pp_runtime.config import SchedulerConfig
+from pp_runtime.plan import Piece
 from pp_runtime.planner.cost_model import CostModel
 
 
 def alone_times(model: CostModel, cfg: SchedulerConfig, *, num_slots: int, prompt_len: int,
                 num_outputs: int) -> tuple[float, float]:
     """(TTFT, end-to-end latency) in seconds of a request of ``prompt_len`` prompt and ``num_outputs`` output tokens
-    served alone under ``cfg``'s policy with ``num_slots`` micro-batches in flight."""
+    served alone under ``cfg``'s policy with ``num_slots`` micro-batches in flight, priced by ``model`` (a
+    ``CostModel``, or a simulator time model: ``num_stages`` and ``predict(pieces)``)."""
     chunked = cfg.policy in ("sarathi", "fcfs", "throttle")
     chunk = min(cfg.chunk_size, cfg.token_budget) if chunked else max(prompt_len, 1)
     depth = 1
@@ -27,11 +32,13 @@ def alone_times(model: CostModel, cfg: SchedulerConfig, *, num_slots: int, promp
     while start < prompt_len:
         n = min(chunk, prompt_len - start)
         t = back[-depth] if len(back) >= depth else 0.0  # at most `depth` chunks in flight
-        for s, dt in enumerate(model.stage_times(n, n * (start + n), 0, start + n)):
+        chunk_piece = Piece(0, start, (0,) * n, (), is_prefill=True, sample=start + n == prompt_len)
+        for s, dt in enumerate(model.predict([chunk_piece])):
             t = max(t, free[s]) + dt
             free[s] = t
         back.append(t)
         start += n
     ttft = back[-1] if back else 0.0
-    e2e = ttft + sum(sum(model.stage_times(1, 0, prompt_len + i)) for i in range(1, num_outputs))
+    e2e = ttft + sum(sum(model.predict([Piece(0, prompt_len + i - 1, (0,), (), is_prefill=False, sample=True)]))
+                     for i in range(1, num_outputs))
     return ttft, e2e

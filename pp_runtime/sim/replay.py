@@ -101,6 +101,8 @@ class MeasuredTimes:
     launch order (stateful: the k-th ``predict`` call gives the k-th micro-batch's times). With it, a replay
     isolates what the planner and the links do from what the cost model gets wrong."""
 
+    stateful = True  # each predict consumes a recorded micro-batch: no yardstick for anything else
+
     def __init__(self, events: dict[int, np.ndarray]):
         self.num_stages = len(events)
         per_stage = []

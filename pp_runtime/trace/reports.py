@@ -62,7 +62,7 @@ def format_bubble_report(bubbles: dict, *, title: str | None = None, slowdown: d
         text += "\n" + format_attribution_table(bubbles["attribution"])
     if slowdown and slowdown.get("num_requests"):
         s = slowdown
-        text += (f"\nslowdown vs alone (cost model), {s['num_requests']} requests: TTFT median {s['median_ttft']:.2f} "
+        text += (f"\nslowdown vs alone, {s['num_requests']} requests: TTFT median {s['median_ttft']:.2f} "
                  f"p90 {s['p90_ttft']:.2f} max {s['max_ttft']:.2f}; e2e median {s['median_e2e']:.2f} "
                  f"p90 {s['p90_e2e']:.2f} max {s['max_e2e']:.2f}; Jain's index TTFT {s['jain_ttft']:.3f} "
                  f"e2e {s['jain_e2e']:.3f}")

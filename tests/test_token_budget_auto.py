@@ -53,6 +53,19 @@ def test_the_tbt_slo_caps_the_budget():
     budget, info = pick_token_budget(model, chunk_size=256, tbt_slo_ms=4.0)  # t(256) = 3.56 ms, t(512) = 6.12 ms
     assert budget == 256 and info["slo_cap"] == 256 and info["knee"] == 1024
     assert pick_token_budget(model, chunk_size=256, tbt_slo_ms=0.1)[0] == 16  # nothing fits: the smallest
+    assert "slo_unmet_ms" not in info
+
+
+def test_an_slo_no_budget_meets_is_said_in_the_log_line():
+    from pp_runtime.planner.budget import describe
+
+    sched = SchedulerConfig(tbt_slo_ms=0.1)
+    _, choice = resolve_token_budget(sched, _model(1e-3, 1e-5))  # 16 tokens: 1.16 ms, over 0.1 ms
+    assert choice["value"] == 16 and choice["slo_unmet_ms"] == pytest.approx(1.16)
+    line = describe(choice)
+    assert "cannot be met" in line and "1.16 ms" in line and "scheduler.tbt_slo_ms" in line
+    _, ok = resolve_token_budget(SchedulerConfig(tbt_slo_ms=4.0), _model(1e-3, 1e-5))
+    assert "warning" not in describe(ok)
 
 
 def test_tolerance_edge_is_inclusive():

@@ -64,20 +64,24 @@ def pick_token_budget(model: CostModel, *, chunk_size: int, max_budget: int = AU
     smallest ``b`` with ``t(b) / b <= (1 + tolerance) * min over candidates`` (on a falling curve, the largest
     budget's), then at most the largest ``b`` with ``t(b) <= tbt_slo_ms`` (the smallest candidate if none fits).
     Returns ``(budget, info)``; ``info`` holds the per-token times (us) per candidate, the tolerance and the SLO
-    cap, for metrics.json.
+    cap, for metrics.json, and ``slo_unmet_ms`` (the smallest budget's predicted time) when no budget meets the SLO.
     """
     budgets = candidate_budgets(max_budget)
     times = {b: full_budget_time(model, b, chunk_size) for b in budgets}
     per_token = {b: times[b] / b for b in budgets}
     best = min(per_token.values())
     knee = next(b for b in budgets if per_token[b] <= (1 + tolerance) * best)
-    chosen, capped = knee, None
+    chosen, capped, unmet_ms = knee, None, None
     if tbt_slo_ms is not None:
         fits = [b for b in budgets if times[b] * 1e3 <= tbt_slo_ms]
         capped = fits[-1] if fits else budgets[0]
         chosen = min(knee, capped)
+        if not fits:  # even the smallest budget's micro-batch is predicted over the SLO
+            unmet_ms = round(times[budgets[0]] * 1e3, 3)
     info = {"knee": knee, "slo_cap": capped, "tolerance": tolerance, "chunk_size": chunk_size,
             "per_token_us": {str(b): round(per_token[b] * 1e6, 3) for b in budgets}}
+    if unmet_ms is not None:
+        info["slo_unmet_ms"] = unmet_ms
     return chosen, info
 
 
@@ -102,5 +106,10 @@ def describe(choice: dict) -> str:
     if choice["source"] == "fallback":
         return f"scheduler.token_budget=auto -> {choice['value']} ({choice['why']}; the default for auto)"
     slo = f", capped to {choice['slo_cap']} by scheduler.tbt_slo_ms" if choice["slo_cap"] is not None else ""
-    return (f"scheduler.token_budget=auto -> {choice['value']} (knee of the cost model: per-token time within "
+    line = (f"scheduler.token_budget=auto -> {choice['value']} (knee of the cost model: per-token time within "
             f"{choice['tolerance']:.0%} of the best budget's{slo})")
+    if choice.get("slo_unmet_ms") is not None:
+        line += (f"; warning: even a {choice['value']}-token micro-batch is predicted at {choice['slo_unmet_ms']:g} "
+                 f"ms, over scheduler.tbt_slo_ms: the SLO cannot be met on these stages (raise it, or use more "
+                 f"pipeline.stages)")
+    return line

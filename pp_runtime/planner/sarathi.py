@@ -83,16 +83,15 @@ class SarathiPlanner(Planner):
             fill = Fill(self.limits)
             work: list[tuple[Sequence, int]] = []
             ready = self._ready_prefills()
+            # Deadline order only: the decodes of requests younger than an aged prompt go after its chunks.
             late = self._late_prefill(ready)
-
-            def waits(seq: Sequence) -> bool:  # an aged prompt goes before the decodes of requests younger than it
-                return late is not None and self._younger(seq, late)
-
-            if self._add_decodes(slot, fill, work, keep=lambda seq: not waits(seq)):
+            keep = None if late is None else (lambda seq: not self._younger(seq, late))
+            if self._add_decodes(slot, fill, work, keep=keep):
                 self._limit_prefills(fill)
                 self._add_prefills(slot, fill, work, ready)
                 if late is not None:  # they take the room the chunks leave, within the balancing target
-                    self._add_decodes(slot, fill, work, keep=waits, balanced=fill.has_prefill)
+                    self._add_decodes(slot, fill, work, keep=lambda seq: self._younger(seq, late),
+                                      balanced=fill.has_prefill)
             if work:
                 self._cursor = (slot + 1) % self.num_slots
                 self._built_slot = slot

@@ -29,42 +29,23 @@ def main(argv: list[str] | None = None) -> int:
     from torch.profiler import ProfilerActivity, profile
     from transformers import LlamaConfig
 
-    from launch.rank_job import resolve_rank_job
     from scripts.bench_gpu import PRESETS, _make_model, job_overrides
-    from scripts.gpu_steps import DECODE_BATCHES, PREFILL_TOKENS, STEP_CONTEXT, _decode_batch, _executor, _prefill_batch
-    from scripts.hf_baseline import compose_config
-    from stages.kv_cache import KVCache
-    from stages.stage_model import build_stage_model
+    from scripts.gpu_steps import _executor, run_step, step_stage
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = _make_model(LlamaConfig(**PRESETS[args.preset]), Path(tmp) / "model", seed=0)
         (Path(tmp) / "r.jsonl").write_text('{"id": "r0", "prompt_token_ids": [3, 4], "max_tokens": 1}\n')
-        cfg = compose_config(job_overrides(model_dir, Path(tmp) / "r.jsonl", cache_gib=8.0))
-        job = resolve_rank_job(cfg)
-        bs = cfg.cache.block_size
-        per_seq = -(-STEP_CONTEXT // bs)
-        layers = job.layer_ranges[0]
-        model = build_stage_model(job.model_dir, job.hf_config, layers, num_stages=1, stage=0, device=job.device,
-                                  dtype=job.dtype)
-        cache = KVCache(list(layers), num_blocks=max(DECODE_BATCHES) * per_seq + -(-PREFILL_TOKENS // bs),
-                        block_size=bs, hf_config=job.hf_config, dtype=job.dtype, device=job.device, extra_blocks=1)
+        job, model, cache, batches = step_stage(job_overrides(model_dir, Path(tmp) / "r.jsonl", cache_gib=8.0))
         executor = _executor(job, model, cache, graphs=False)
-        batches = {f"prefill {PREFILL_TOKENS}": _prefill_batch(bs, first_block=max(DECODE_BATCHES) * per_seq)}
-        batches.update({f"decode {b} @ ctx {STEP_CONTEXT}": _decode_batch(b, bs) for b in DECODE_BATCHES})
         print(f"{args.preset}, one stage, bf16, {executor.backend.name} attention, eager, "
               f"{torch.cuda.get_device_name()}; {args.reps} steps per shape")
         for name, mb in batches.items():
-            def step():
-                out = executor.execute(mb)
-                if hasattr(out, "result"):
-                    out.result()
-                torch.cuda.synchronize()
             for _ in range(3):
-                step()
+                run_step(executor, mb)
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 start = time.perf_counter()
                 for _ in range(args.reps):
-                    step()
+                    run_step(executor, mb)
                 wall = (time.perf_counter() - start) / args.reps
             kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
             gpu = sum(e.self_device_time_total for e in kernels) / args.reps / 1e3  # ms per step

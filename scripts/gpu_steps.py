@@ -20,23 +20,7 @@ STEP_CONTEXT, DECODE_BATCHES, PREFILL_TOKENS = 600, (8, 64, 256), 2048
 
 def step_times(overrides: list[str], costs: Costs, hw: Hardware) -> list[dict]:
     """Median step times of one stage (the whole model, LM head and sampling included), eager and with graphs."""
-    from launch.rank_job import resolve_rank_job
-    from scripts.hf_baseline import compose_config
-    from stages.kv_cache import KVCache
-    from stages.stage_model import build_stage_model
-
-    cfg = compose_config(overrides)
-    job = resolve_rank_job(cfg)
-    bs = cfg.cache.block_size
-    per_seq = -(-STEP_CONTEXT // bs)
-    num_blocks = max(DECODE_BATCHES) * per_seq + -(-PREFILL_TOKENS // bs)
-    layers = job.layer_ranges[0]
-    model = build_stage_model(job.model_dir, job.hf_config, layers, num_stages=1, stage=0, device=job.device,
-                              dtype=job.dtype)
-    cache = KVCache(list(layers), num_blocks=num_blocks, block_size=bs, hf_config=job.hf_config, dtype=job.dtype,
-                    device=job.device, extra_blocks=1)
-    batches = {f"prefill {PREFILL_TOKENS}": _prefill_batch(bs, first_block=max(DECODE_BATCHES) * per_seq)}
-    batches.update({f"decode {b} @ ctx {STEP_CONTEXT}": _decode_batch(b, bs) for b in DECODE_BATCHES})
+    job, model, cache, batches = step_stage(overrides)
     timed = {}
     for graphs in (False, True):
         executor = _executor(job, model, cache, graphs)  # captures its graphs once, here
@@ -54,6 +38,37 @@ def step_times(overrides: list[str], costs: Costs, hw: Hardware) -> list[dict]:
     del model, cache
     free_cuda_memory()
     return rows
+
+
+def step_stage(overrides: list[str]):
+    """``(job, model, cache, batches)``: the job of ``overrides`` as one whole-model stage, a KV cache with room
+    for every shape, and the shapes (name -> ``MicroBatch``)."""
+    from launch.rank_job import resolve_rank_job
+    from scripts.hf_baseline import compose_config
+    from stages.kv_cache import KVCache
+    from stages.stage_model import build_stage_model
+
+    cfg = compose_config(overrides)
+    job = resolve_rank_job(cfg)
+    bs = cfg.cache.block_size
+    per_seq = -(-STEP_CONTEXT // bs)
+    num_blocks = max(DECODE_BATCHES) * per_seq + -(-PREFILL_TOKENS // bs)
+    layers = job.layer_ranges[0]
+    model = build_stage_model(job.model_dir, job.hf_config, layers, num_stages=1, stage=0, device=job.device,
+                              dtype=job.dtype)
+    cache = KVCache(list(layers), num_blocks=num_blocks, block_size=bs, hf_config=job.hf_config, dtype=job.dtype,
+                    device=job.device, extra_blocks=1)
+    batches = {f"prefill {PREFILL_TOKENS}": _prefill_batch(bs, first_block=max(DECODE_BATCHES) * per_seq)}
+    batches.update({f"decode {b} @ ctx {STEP_CONTEXT}": _decode_batch(b, bs) for b in DECODE_BATCHES})
+    return job, model, cache, batches
+
+
+def run_step(executor, mb) -> None:
+    """One step: ``executor.execute(mb)``, reading the sampled tokens back, and the GPU done."""
+    out = executor.execute(mb)
+    if hasattr(out, "result"):
+        out.result()
+    torch.cuda.synchronize()
 
 
 def _executor(job, model, cache, graphs: bool):
@@ -88,17 +103,11 @@ def _decode_batch(batch: int, block_size: int):
 
 def _time(executor, mb, *, warmup: int = 3, reps: int = 20) -> float:
     """Median wall time of ``executor.execute(mb)`` including reading the sampled tokens back."""
-    def step():
-        out = executor.execute(mb)
-        if hasattr(out, "result"):
-            out.result()
-        torch.cuda.synchronize()
-
     for _ in range(warmup):
-        step()
+        run_step(executor, mb)
     times = []
     for _ in range(reps):
         start = time.perf_counter()
-        step()
+        run_step(executor, mb)
         times.append(time.perf_counter() - start)
     return statistics.median(times)

@@ -15,6 +15,8 @@ from torch import nn
 
 from stages import attention
 
+CPU_HEAD_TRANSPOSED_ROWS = 8  # up to this many sampled rows the CPU head runs as weight @ h.T (see logits)
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -85,8 +87,19 @@ class StageModel(nn.Module):
 
     @torch.inference_mode()
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Final norm and LM head (last stage) on the sampled rows ``[S, hidden]``: ``[S, vocab]`` float32."""
-        return self.head(self.norm(h)).float()
+        """Final norm and LM head (last stage) on the sampled rows ``[S, hidden]``: ``[S, vocab]`` float32.
+
+        On the CPU a few rows go as ``weight @ h.T``: for an ``[S, hidden] x [hidden, vocab]`` product with small S
+        the CPU BLAS packs the whole ``[vocab, hidden]`` weight first, so ``F.linear`` took 8-10 ms for 2-8 rows of
+        a 49152 x 384 head on one core against 2.8-6.2 ms this way (``python -m scripts.bench_lm_head``).
+        """
+        h = self.norm(h)
+        if h.device.type == "cpu" and h.shape[0] <= CPU_HEAD_TRANSPOSED_ROWS:
+            logits = torch.mm(self.head.weight, h.T).T  # [S, vocab]
+            if self.head.bias is not None:
+                logits = logits + self.head.bias
+            return logits.float()
+        return self.head(h).float()
 
 
 def build_stage_model(model_dir: str, hf_config, layer_range: range, *, num_stages: int, stage: int,

@@ -3,6 +3,7 @@
     python scripts/bench_long_prompt.py cpu [--prompt-len 4096] [--chunk 256]        # real runs, random Llama
     python scripts/bench_long_prompt.py sim                                           # pp-sim studies, H100 roofline
     python scripts/bench_long_prompt.py fairness [--cpu]                              # 1 long + 16 short prompts
+    python scripts/bench_long_prompt.py orders                                        # prefill orders, real traces
 
 cpu: a random Llama of about SmolLM2's size (hidden 512, 8 layers), one prompt, one output token, on 1 stage,
 2 stages with one chunk in flight (scheduler.max_chunks_in_flight=1, the old behaviour) and 2 stages with chunk
@@ -13,7 +14,10 @@ deadline prefill order, 1 and 2 stages: the short prompts' TTFT p50 against thei
 long TTFT against its own alone, Jain's index over the TTFT slowdowns (cost model), and throughput; plus an
 offline batch (the same mix, 4 times) where fair must cost no throughput against FCFS; and the short requests'
 decodes (largest and median gap between tokens, end-to-end p50), which deadline order holds back once.
-Prints markdown tables.
+orders: the three prefill orders on the real request traces (``../shared/data/traces``, full lengths, 256
+requests arriving at 20/s: more than one simulated H100 serves, so the queue grows), 1 and 2 stages: throughput,
+TTFT p50 / p99 and inter-token latency p99, i.e. what ``deadline``'s held decodes cost when the pipeline is
+overloaded. Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -181,19 +185,48 @@ def fairness(args) -> None:
             print(_fair_row(f"{s} stage(s), {order}", _ttfts(run_dir), alone, m))
 
 
+def orders(args) -> None:
+    from scripts.bench_policies import TRACE
+
+    print("\npp-sim, Llama-3.1-8B shape, roofline H100, cache.memory_gib=20, free planner; 256 requests of each "
+          "trace at full length, Poisson arrivals at 20/s\n")
+    print("| trace | stages | order | tokens/s in+out | vs fair | TTFT p50 ms | TTFT p99 ms | ITL p99 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for trace in sorted(TRACE.parent.glob("*.csv")):
+        for s in (1, 2):
+            fair = None
+            for order in ("fair", "deadline", "fcfs"):
+                cfg = ["workload=trace", f"workload.path={trace}", "workload.num_requests=256",
+                       "workload.length_scale=1", "workload.rate=20", f"pipeline.stages={s}", "cache.memory_gib=20",
+                       f"scheduler.prefill_order={order}"]
+                m = _sim_cfg(cfg).metrics
+                fair = fair or m["total_token_throughput"]
+                print(f"| {trace.stem} | {s} | {order} | {m['total_token_throughput']:.0f} | "
+                      f"{m['total_token_throughput'] / fair:.3f} | {m['median_ttft_ms']:.0f} | "
+                      f"{m['p99_ttft_ms']:.0f} | {m['p99_itl_ms']:.1f} |")
+
+
+def _sim_cfg(overrides: list[str]):
+    from pp_runtime.sim.sim_job import resolve_sim_job
+    from tests.jobs import make_config
+
+    return resolve_sim_job(make_config(["sim.model_shape=llama-3.1-8b", "sim.cost_model=roofline", "sim.gpu=h100",
+                                        "sim.planner_time_us=0", *overrides])).run()
+
+
 def _ttfts(run_dir: Path) -> dict[str, float]:
     return {r["id"]: r["ttft_s"] for r in map(json.loads, (run_dir / "outputs.jsonl").read_text().splitlines())}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("study", choices=("cpu", "sim", "fairness"))
+    ap.add_argument("study", choices=("cpu", "sim", "fairness", "orders"))
     ap.add_argument("--prompt-len", type=int, default=4096)
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--cpu", action="store_true", help="fairness: also run the mix for real on the CPU")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    {"cpu": cpu, "sim": sim, "fairness": fairness}[args.study](args)
+    {"cpu": cpu, "sim": sim, "fairness": fairness, "orders": orders}[args.study](args)
     return 0
 
 

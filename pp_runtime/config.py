@@ -236,8 +236,9 @@ class RuntimeConfig:
     # Show a progress bar on rank 0 when stdout is a terminal.
     progress: bool = True
     # A run directory that already holds outputs.jsonl: true continues it (requests already in the file are
-    # skipped; a different config or request file is refused), false starts over (the old file is moved aside),
-    # force continues even if the config or the requests changed.
+    # skipped; a different config or request file is refused), false starts over (every file the earlier run wrote
+    # moves into old-<time>/, pp_runtime/rundir/run_state.py RUN_FILES), force continues even if the config or the
+    # requests changed.
     resume: bool | str = True
     # After SIGTERM / SIGUSR1, seconds rank 0 keeps serving the requests already running (admitting none) before
     # it stops; the micro-batches in flight then come back, and every rank exits with code 75. 0: stop at once.

@@ -61,4 +61,3 @@ def discard_run_dir(made: list[Path] | None) -> None:
         folder = folder.parent
         if launch_dir not in folder.parents:
             return
-

@@ -27,6 +27,12 @@ SIM_LINKS = ("auto", "nvlink", "pcie", "infiniband", "gloo")
 TRANSPORTS = ("auto", "nccl", "gloo")
 
 
+def unread_prefill_order_dropped(policy: str | None, prefill_order: str | None) -> str | None:
+    """``scheduler.prefill_order`` as this checkout reads a recorded run's (metrics.json, run_state.json): runs
+    recorded before it defaulted to null say fair under every policy, which only sarathi and throttle read."""
+    return prefill_order if policy in ORDERED_POLICIES else None
+
+
 class ConfigError(ValueError):
     """A configuration value is out of range; the message names the key and what to set instead."""
 

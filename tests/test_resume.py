@@ -241,6 +241,22 @@ def test_resume_false_moves_an_earlier_runs_files_aside_even_without_outputs(mod
     assert sorted(p.name for p in tmp_path.iterdir()) == [MARKER_FILE, "notes.txt", aside.name, STATE_FILE]
 
 
+def test_a_run_recorded_when_every_policy_said_prefill_order_fair_still_resumes(model, request_file, tmp_path):
+    """Before scheduler.prefill_order defaulted to null, run_state.json said fair under orca too (unread there)."""
+    from pp_runtime.rundir.run_state import config_fingerprint
+
+    cfg = make_config(["pipeline.stages=1", *_overrides(model, request_file, tmp_path, "scheduler=orca")])
+    cfg.validate()
+    plan = plan_resume(cfg, [])
+    recorded = dict(config_fingerprint(cfg), **{"scheduler.prefill_order": "fair"})
+    plan.state.update(config=recorded, config_hash="recorded-before")
+    begin_attempt(tmp_path, plan)
+    assert plan_resume(cfg, []).state["attempt"] == 2
+    cfg.scheduler.chunk_size = 4  # a real change is still refused
+    with pytest.raises(ConfigError, match=r"scheduler.chunk_size: 8 -> 4"):
+        plan_resume(cfg, [])
+
+
 def test_runtime_resume_values_are_validated(model, request_file, tmp_path):
     for value, expected in (("false", False), ("true", True), ("force", "force")):
         assert make_config([f"runtime.resume={value}"]).runtime.resume == expected

@@ -37,6 +37,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch.distributed.elastic.multiprocessing.errors import record  # noqa: E402
 
+from launch.run_dir import discard_run_dir, files_hydra_made  # noqa: E402
 from pp_runtime.config import (  # noqa: E402
     CONFIG_PATH,
     Config,
@@ -85,11 +86,14 @@ def rank_overrides(argv: list[str], env: dict) -> list[str]:
 def _app(dcfg: DictConfig) -> None:
     cfg: Config = OmegaConf.to_object(dcfg)
     cfg.output_dir = HydraConfig.get().runtime.output_dir
-    run_or_exit(cfg)
+    run_or_exit(cfg, hydra_files=files_hydra_made())
 
 
-def run_or_exit(cfg: Config) -> None:
-    """Run the job on this rank; on failure log it, write torchrun's error file and exit with the code above."""
+def run_or_exit(cfg: Config, *, hydra_files: list[Path] | None = None) -> None:
+    """Run the job on this rank; on failure log it, write torchrun's error file and exit with the code above.
+
+    ``hydra_files``: what Hydra made for this rank in the run directory (``launch.run_dir.files_hydra_made``); on
+    bad input they are removed, and the run directory with them if that leaves it empty."""
     from launch.rank_job import run_job
 
     global _composed
@@ -111,6 +115,7 @@ def run_or_exit(cfg: Config) -> None:
             sys.exit(EXIT_PREEMPTED)
         except (ConfigError, RequestError, FileNotFoundError) as exc:
             _log_to_files(logging.ERROR, f"stage {rank}: {exc}")
+            discard_run_dir(hydra_files)
             # Every rank checks the same input: one block per node on the console (torchrun's summary and error
             # files still carry each rank's message).
             exit_bad_input(exc, show=int(os.environ.get("LOCAL_RANK", 0)) == 0)

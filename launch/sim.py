@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from launch.run import exit_bad_input, precheck_overrides
+from launch.run_dir import discard_run_dir, files_hydra_made
 from pp_runtime.config import CONFIG_PATH, Config, ConfigError, register_configs
 from pp_runtime.request import RequestError
 
@@ -56,9 +57,11 @@ def simulate_job(cfg: Config) -> dict:
 def _app(dcfg: DictConfig) -> None:
     cfg: Config = OmegaConf.to_object(dcfg)
     cfg.output_dir = HydraConfig.get().runtime.output_dir
+    made = files_hydra_made()
     try:
         simulate_job(cfg)
     except (ConfigError, RequestError, FileNotFoundError) as exc:
+        discard_run_dir(made)  # nothing ran: no run directory left behind
         exit_bad_input(exc)
 
 

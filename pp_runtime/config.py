@@ -15,6 +15,7 @@ from omegaconf import MISSING
 
 POLICIES = ("sarathi", "orca", "vllm", "static", "fcfs", "throttle")
 PREFILL_ORDERS = ("fair", "deadline", "fcfs")
+ORDERED_POLICIES = ("sarathi", "throttle")  # the policies that read scheduler.prefill_order (throttle is sarathi's)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 WORKLOADS = ("default", "jsonl", "trace", "synthetic")
@@ -24,6 +25,12 @@ SIM_COST_MODELS = ("profiled", "layer_profile", "roofline")
 SIM_GPUS = ("h100", "h200", "a100", "a100-40gb")  # the presets of pp_runtime/sim/hardware.py (tested)
 SIM_LINKS = ("auto", "nvlink", "pcie", "infiniband", "gloo")
 TRANSPORTS = ("auto", "nccl", "gloo")
+
+
+def unread_prefill_order_dropped(policy: str | None, prefill_order: str | None) -> str | None:
+    """``scheduler.prefill_order`` as this checkout reads a recorded run's (metrics.json, run_state.json): runs
+    recorded before it defaulted to null say fair under every policy, which only sarathi and throttle read."""
+    return prefill_order if policy in ORDERED_POLICIES else None
 
 
 class ConfigError(ValueError):
@@ -113,8 +120,10 @@ class SchedulerConfig:
     # prompts are not stuck behind a long one, with aging (a request that waited while others were served a quarter
     # of its tokens goes first, by deadline) so a long one still finishes; decodes are never held back
     # (stall-free). deadline: fair, and the decodes of requests that overtook an aged prompt also wait behind its
-    # chunks (their TBT pays once, its TTFT gains; ignored with tbt_slo_ms). fcfs: arrival order.
-    prefill_order: str = "fair"
+    # chunks (their TBT pays once, its TTFT gains; ignored with tbt_slo_ms). fcfs: arrival order. null (the
+    # default): fair under sarathi and throttle (validate() fills it in, so metrics.json and run_state.json say
+    # fair); the other policies have an order of their own and refuse any value.
+    prefill_order: str | None = None
 
     def validate(self) -> None:
         _check(self.policy in POLICIES, "scheduler.policy", self.policy, f"use one of {', '.join(POLICIES)}")
@@ -124,8 +133,14 @@ class SchedulerConfig:
         _check(self.chunk_size >= 1, "scheduler.chunk_size", self.chunk_size, "must be >= 1")
         _check(self.max_num_seqs >= 1, "scheduler.max_num_seqs", self.max_num_seqs, "must be >= 1")
         _check(self.tile >= 0, "scheduler.tile", self.tile, "must be >= 0 (0 turns tiling off)")
-        _check(self.prefill_order in PREFILL_ORDERS, "scheduler.prefill_order", self.prefill_order,
-               f"use one of {', '.join(PREFILL_ORDERS)}")
+        if self.prefill_order is not None:
+            _check(self.prefill_order in PREFILL_ORDERS, "scheduler.prefill_order", self.prefill_order,
+                   f"use one of {', '.join(PREFILL_ORDERS)}, or null for fair")
+            _check(self.policy in ORDERED_POLICIES, "scheduler.prefill_order", self.prefill_order,
+                   f"only scheduler=sarathi and scheduler=throttle read it, and scheduler.policy={self.policy!r} "
+                   f"ignores it (it has an order of its own); remove scheduler.prefill_order, or use scheduler=sarathi")
+        elif self.policy in ORDERED_POLICIES:
+            self.prefill_order = "fair"
         if self.max_chunks_in_flight is not None:
             _check(self.max_chunks_in_flight >= 1, "scheduler.max_chunks_in_flight", self.max_chunks_in_flight,
                    "must be >= 1, or null for the pipeline depth")
@@ -227,8 +242,9 @@ class RuntimeConfig:
     # Show a progress bar on rank 0 when stdout is a terminal.
     progress: bool = True
     # A run directory that already holds outputs.jsonl: true continues it (requests already in the file are
-    # skipped; a different config or request file is refused), false starts over (the old file is moved aside),
-    # force continues even if the config or the requests changed.
+    # skipped; a different config or request file is refused), false starts over (every file the earlier run wrote
+    # moves into old-<time>/, pp_runtime/rundir/run_state.py RUN_FILES), force continues even if the config or the
+    # requests changed.
     resume: bool | str = True
     # After SIGTERM / SIGUSR1, seconds rank 0 keeps serving the requests already running (admitting none) before
     # it stops; the micro-batches in flight then come back, and every rank exits with code 75. 0: stop at once.

@@ -15,21 +15,21 @@ from pp_runtime.planner.budget import describe, resolve_token_budget
 from pp_runtime.request import with_run_seed
 from pp_runtime.rundir.metrics import compute_metrics, request_record
 from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, check_ids, describe_ids_problem, output_line, scan_outputs
-from pp_runtime.rundir.run_state import begin_attempt, end_attempt
+from pp_runtime.rundir.run_state import end_attempt
 from stages.engine import Engine
 
 log = logging.getLogger("pp_runtime")
 
 
 def serve_requests(job: RankJob, executor, transport, tracer, faults, *, cost_model=None, stop=None) -> dict:
-    """Serve the requests that outputs.jsonl does not hold yet, appending each as it finishes.
+    """Serve the requests that outputs.jsonl does not hold yet (``begin_attempt`` has run), appending each as it
+    finishes.
 
     Returns this attempt's metrics (plus totals over the whole file and the ids check), the sequences, and
     ``stopped``: why the job stopped early (a signal), or None when it ran to the end.
     """
     cfg = job.cfg
     out_dir = Path(cfg.output_dir)
-    begin_attempt(out_dir, job.resume)  # a torn last line goes, or the old file moves aside
     done = job.resume.done
     seed = job.resume.state["sampling_seed"]
     attempt = job.resume.state["attempt"]

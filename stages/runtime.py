@@ -10,6 +10,7 @@ import torch.distributed as dist
 from pp_runtime.job import RankJob
 from pp_runtime.planner import needs_cost_model
 from pp_runtime.planner.budget import budget_bound
+from pp_runtime.rundir.run_state import begin_attempt
 from pp_runtime.trace.tracer import Tracer
 from stages.cuda_graphs import MAX_GRAPH_TOKENS, graphs_wanted
 from stages.executor import StageExecutor
@@ -29,6 +30,10 @@ def run_stage(job: RankJob, *, stop=None) -> dict | None:
     the reports are written, raises ``Preempted``.
     """
     cfg, rank, world = job.cfg, job.rank, job.world_size
+    if rank == 0:
+        # First, before this attempt writes anything (cost_model.json): a torn last line of outputs.jsonl goes, or
+        # with runtime.resume=false the earlier run's files move into old-<time>/.
+        begin_attempt(cfg.output_dir, job.resume)
     layers = job.layer_ranges[rank]
     tracer = Tracer(rank, capacity=cfg.tracer.capacity, enabled=cfg.tracer.enabled, device=job.device)
     model = build_stage_model(job.model_dir, job.hf_config, layers, num_stages=world, stage=rank,

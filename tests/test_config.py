@@ -52,6 +52,24 @@ def test_every_scheduler_group_composes(policy):
     assert _valid([f"scheduler={policy}"]).scheduler.policy == policy
 
 
+@pytest.mark.parametrize("policy", POLICIES)
+def test_prefill_order_defaults_to_fair_where_read_and_is_refused_where_ignored(policy):
+    # The default (null) works with every policy; sarathi and throttle report it as fair once validated.
+    default = _valid([f"scheduler={policy}"]).scheduler.prefill_order
+    assert default == ("fair" if policy in ("sarathi", "throttle") else None)
+    for order in ("fair", "deadline", "fcfs"):
+        cfg = make_config([*BASE, f"scheduler={policy}", f"scheduler.prefill_order={order}"])
+        if policy in ("sarathi", "throttle"):
+            cfg.validate()
+            assert cfg.scheduler.prefill_order == order
+            continue
+        with pytest.raises(ConfigError) as exc:
+            cfg.validate()
+        message = str(exc.value)
+        assert message.startswith(f"scheduler.prefill_order='{order}'") and f"scheduler.policy='{policy}'" in message
+        assert "remove scheduler.prefill_order" in message
+
+
 @pytest.mark.parametrize("overrides, kind", [
     (["workload=default"], "default"),
     (["workload=synthetic"], "synthetic"),

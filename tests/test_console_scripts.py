@@ -79,6 +79,23 @@ def test_an_unknown_key_is_bad_input_naming_the_closest_key(name, override, tmp_
     assert len(res.stderr.strip().splitlines()) <= 3 and "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("name", ["pp-run", "pp-sim"])
+def test_bad_input_leaves_no_run_directory_behind_but_keeps_an_earlier_runs(name, tmp_path):
+    res = _run([_script(name), "pipeline.stages=1", "scheduler.chunk_size=0"], tmp_path)
+    assert res.returncode == 2 and "scheduler.chunk_size=0 is invalid" in res.stderr, res.stderr
+    assert list(tmp_path.iterdir()) == []  # no outputs/<date>/<time>/ holding only .hydra/ and a log
+    if name == "pp-sim":
+        return
+    # A run directory with an earlier run's outputs (bad input on resuming it) keeps them, and the log says why.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "outputs.jsonl").write_text("earlier\n")
+    res = _run([_script(name), "scheduler.chunk_size=0", "hydra.run.dir=run"], tmp_path)
+    assert res.returncode == 2
+    assert (run / "outputs.jsonl").read_text() == "earlier\n" and (run / ".hydra").is_dir()
+    assert "scheduler.chunk_size=0 is invalid" in (run / "rank0.log").read_text()
+
+
 def test_bad_input_under_torchrun_is_one_short_block_and_every_rank_exits_2(model, tmp_path):
     (tmp_path / "requests.jsonl").write_text('{"id": "a", "prompt_token_ids": [5, 6], "max_tokens": 2}\n'
                                              '{"id": "b", "prompt_token_ids": [5, 6], "max_tokens": 0}\n')
@@ -89,9 +106,8 @@ def test_bad_input_under_torchrun_is_one_short_block_and_every_rank_exits_2(mode
     # torchrun's agent prints its own traceback around the summary, but no frame of the job's.
     assert "launch/" not in res.stderr and "pp_runtime/" not in res.stderr, res.stderr
     assert res.stderr.count("error: bad input") == 1  # one block on the console, not one per rank
-    assert "[ERROR]" not in res.stderr, res.stderr  # the ranks' log lines go to their rank<N>.log files
-    for rank in (0, 1):
-        assert "'max_tokens'=0" in (tmp_path / "run" / f"rank{rank}.log").read_text()
+    assert "[ERROR]" not in res.stderr, res.stderr  # the ranks' log lines go to their rank<N>.log files...
+    assert not (tmp_path / "run").exists()  # ...which go with the run directory: nothing ran, nothing is left
     assert res.stderr.count("exitcode  : 2") == 2 and "-15" not in res.stderr, res.stderr
     # torchrun's summary shows the block: the file, the line, the field to change.
     assert "bad input (exit 2): requests.jsonl:2: request 'b': 'max_tokens'=0 must be >= 1" in res.stderr

@@ -65,6 +65,37 @@ def test_messages_for_a_model_without_a_chat_template_name_the_alternatives(tmp_
         _load(tmp_path, [{"id": "c", "messages": [{"role": "user", "content": "Hello"}]}], tiny_tokenizer(chat=False))
 
 
+@pytest.mark.parametrize("line", [{"id": "c", "messages": [{"role": "user", "content": "Hello"}]},
+                                  {"id": "c", "prompt": "Hello"}], ids=["messages", "prompt"])
+def test_text_on_a_shape_preset_without_tokenizer_names_prompt_token_ids_which_then_runs(tmp_path, line):
+    from pp_runtime.sim.sim_job import resolve_sim_job
+    from tests.jobs import make_config
+
+    def sim_job(lines):
+        path = tmp_path / "r.jsonl"
+        path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        return resolve_sim_job(make_config(["pipeline.stages=2", "sim.model_shape=llama-3.2-1b",
+                                            "sim.cost_model=roofline", "workload=jsonl", f"workload.path={path}"]))
+
+    with pytest.raises(RequestError) as exc:
+        sim_job([line])
+    message = str(exc.value)
+    assert f"field {next(iter(set(line) - {'id'}))!r}" in message and "no tokenizer" in message
+    # The advice is the one prompt that works without a tokenizer; text ('prompt') is refused too, so not named.
+    assert "'prompt_token_ids'" in message and "'prompt' (" not in message
+    assert sim_job([{"id": "c", "prompt_token_ids": [5, 6, 7]}]).requests[0].prompt_token_ids == (5, 6, 7)
+
+
+def test_a_batch_chat_line_without_tokenizer_names_a_completions_line_with_token_ids(tmp_path):
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "m", "messages": [{"role": "user", "content": "Hello"}]}}
+    with pytest.raises(RequestError, match=r"no tokenizer.*/v1/completions line whose body 'prompt' is a list of "
+                                           r"token ids"):
+        _load(tmp_path, [line])
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"model": "m", "prompt": [5, 6]}}
+    assert _load(tmp_path, [line])[0].prompt_token_ids == (5, 6)
+
+
 def test_an_openai_batch_file_is_read_as_is(tmp_path):
     tok = tiny_tokenizer()
     lines = [

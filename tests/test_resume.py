@@ -14,7 +14,7 @@ import pytest
 from launch.rank_job import resolve_rank_job
 from pp_runtime.config import ConfigError
 from pp_runtime.rundir.outputs_file import check_ids, scan_outputs
-from pp_runtime.rundir.run_state import MARKER_FILE, STATE_FILE, plan_resume
+from pp_runtime.rundir.run_state import MARKER_FILE, STATE_FILE, begin_attempt, plan_resume, read_state
 from stages.preemption import EXIT_PREEMPTED, Preempted
 from tests.jobs import make_config, read_outputs, run_job_outcomes, run_job_ranks
 from tests.multiproc import collect_outcomes, start_ranks
@@ -200,18 +200,61 @@ def test_a_changed_config_is_refused_naming_the_key(model, request_file, tmp_pat
     assert len(resolve_rank_job(cfg).resume.done) == N
 
 
-def test_resume_false_moves_the_old_file_aside_and_force_keeps_it(model, request_file, reference, tmp_path):
+def test_resume_false_moves_the_earlier_run_aside_and_force_keeps_it(model, request_file, reference, tmp_path):
     run_job_ranks(1, _overrides(model, request_file, tmp_path))
-    before = (tmp_path / "outputs.jsonl").read_text()
+    before = {f: (tmp_path / f).read_bytes() for f in ("outputs.jsonl", "metrics.json", "events.npz", "bubbles.json")}
+    (tmp_path / "replay").mkdir()  # pp-sim --replay of the earlier run
+    (tmp_path / "replay" / "metrics.json").write_text("{}")
+    (tmp_path / "cost_model.json").write_text("earlier")
     fewer = write_jsonl(tmp_path / "fewer.jsonl", _requests()[:8])
-    metrics = run_job_ranks(1, _overrides(model, fewer, tmp_path, "runtime.resume=false"))
-    (aside,) = tmp_path.glob("outputs.jsonl.old-*")
-    assert aside.read_text() == before
+    # Untraced this time: the earlier run's traces must not pass for this run's. Sarathi writes its own cost model,
+    # after the earlier one has moved aside.
+    metrics = run_job_ranks(1, _overrides(model, fewer, tmp_path, "runtime.resume=false", "tracer.enabled=false",
+                                          "scheduler=sarathi"))
+    (aside,) = tmp_path.glob("old-*")
+    assert {f: (aside / f).read_bytes() for f in before} == before and (aside / "replay" / "metrics.json").exists()
+    assert (aside / "cost_model.json").read_text() == "earlier"
+    assert "c_tok" in json.loads((tmp_path / "cost_model.json").read_text())
+    for stale in ("events.npz", "bubbles.json", "trace.json", "replay"):
+        assert not (tmp_path / stale).exists(), stale
+    assert read_state(aside)["num_requests"] == N and read_state(tmp_path)["num_requests"] == 8
     assert sorted(_ids(tmp_path)) == sorted(f"r{i}" for i in range(8)) and metrics["resumed"] == 0
     # force: the request file changed again (all 12 now), the 8 finished lines stay and only 4 run
     metrics = run_job_ranks(1, _overrides(model, request_file, tmp_path, "runtime.resume=force"))
     assert metrics["resumed"] == 8 and metrics["num_requests"] == 4
     _assert_complete(tmp_path, reference)
+
+
+def test_resume_false_moves_an_earlier_runs_files_aside_even_without_outputs(model, request_file, tmp_path):
+    """A run that wrote its reports but no outputs.jsonl line (or a replay/ of it) still does not pass for the
+    new one; a directory holding no run's files has nothing to move."""
+    cfg = make_config(["pipeline.stages=1", *_overrides(model, request_file, tmp_path, "runtime.resume=false")])
+    assert not plan_resume(cfg, []).move_aside
+    for name in ("events.npz", "cost_model.json", "timeline.png"):
+        (tmp_path / name).write_text("earlier")
+    (tmp_path / "notes.txt").write_text("mine")
+    plan = plan_resume(cfg, [])
+    assert plan.move_aside
+    begin_attempt(tmp_path, plan)
+    (aside,) = tmp_path.glob("old-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["cost_model.json", "events.npz", "timeline.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MARKER_FILE, "notes.txt", aside.name, STATE_FILE]
+
+
+def test_a_run_recorded_when_every_policy_said_prefill_order_fair_still_resumes(model, request_file, tmp_path):
+    """Before scheduler.prefill_order defaulted to null, run_state.json said fair under orca too (unread there)."""
+    from pp_runtime.rundir.run_state import config_fingerprint
+
+    cfg = make_config(["pipeline.stages=1", *_overrides(model, request_file, tmp_path, "scheduler=orca")])
+    cfg.validate()
+    plan = plan_resume(cfg, [])
+    recorded = dict(config_fingerprint(cfg), **{"scheduler.prefill_order": "fair"})
+    plan.state.update(config=recorded, config_hash="recorded-before")
+    begin_attempt(tmp_path, plan)
+    assert plan_resume(cfg, []).state["attempt"] == 2
+    cfg.scheduler.chunk_size = 4  # a real change is still refused
+    with pytest.raises(ConfigError, match=r"scheduler.chunk_size: 8 -> 4"):
+        plan_resume(cfg, [])
 
 
 def test_runtime_resume_values_are_validated(model, request_file, tmp_path):
@@ -291,8 +334,6 @@ def test_sigterm_in_the_middle_of_a_pipelined_chunked_prompt_and_a_rerun_matches
 def test_an_attempt_stopped_before_its_first_output_is_resumed_not_restarted(model, request_file, tmp_path):
     """run_state.json without a line in outputs.jsonl (stopped before any request finished): the next attempt
     keeps the sampling seed, counts on, and refuses a changed config like any resume."""
-    from pp_runtime.rundir.run_state import begin_attempt, read_state
-
     cfg = make_config(["pipeline.stages=1", *_overrides(model, request_file, tmp_path)])
     first = plan_resume(cfg, [])
     begin_attempt(tmp_path, first)  # what rank 0 writes once the ranks met; then the job stops with no output

@@ -164,6 +164,20 @@ def test_replay_of_a_directory_without_a_run_names_it(tmp_path):
         replay(tmp_path)
 
 
+def test_an_orca_run_recorded_when_every_policy_said_prefill_order_fair_loads_for_replay(tmp_path):
+    """Before scheduler.prefill_order defaulted to null, metrics.json said fair under orca too (unread there)."""
+    from dataclasses import asdict
+
+    from pp_runtime.sim.replay import load_run_config
+
+    config = asdict(make_config(["scheduler=orca", "pipeline.stages=2"]))
+    config["scheduler"]["prefill_order"] = "fair"
+    (tmp_path / "metrics.json").write_text(json.dumps({"config": config}))
+    cfg = load_run_config(tmp_path)
+    cfg.validate()
+    assert (cfg.scheduler.policy, cfg.scheduler.prefill_order) == ("orca", None)
+
+
 def test_pp_sim_needs_pipeline_stages(model, tmp_path):
     from launch.sim import simulate_job
     from pp_runtime.config import ConfigError

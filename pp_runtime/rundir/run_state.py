@@ -27,14 +27,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pp_runtime.config import Config, ConfigError
+from pp_runtime.config import Config, ConfigError, unread_prefill_order_dropped
 from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, scan_outputs
-from pp_runtime.trace.reports import write_json
+from pp_runtime.trace.reports import EVENTS_FILE, write_json
 
 log = logging.getLogger("pp_runtime")
 
 STATE_FILE = "run_state.json"
 MARKER_FILE = "INCOMPLETE"
+# What a run writes into its run directory (and pp-sim --replay's replay/ folder). runtime.resume=false moves an
+# earlier run's into old-<time>/, a run directory of its own, so that none passes for the new run's. The rank logs
+# stay: Hydra has them open, and each attempt's lines follow the earlier ones.
+RUN_FILES = (OUTPUTS_FILE, STATE_FILE, MARKER_FILE, "metrics.json", "cost_model.json", EVENTS_FILE, "trace.json",
+             "bubbles.json", "timeline.png", "replay")
 # May change between attempts: outputs do not depend on them.
 _VOLATILE = ("output_dir", "runtime", "tracer", "debug", "sim")
 
@@ -47,7 +52,7 @@ class ResumePlan:
     done: frozenset[str] = frozenset()  # request ids with a complete line from earlier attempts
     valid_bytes: int = 0  # outputs.jsonl is cut back to this length: a torn last line goes
     torn: bool = False
-    move_aside: bool = False  # runtime.resume=false and there is an outputs.jsonl to keep out of the way
+    move_aside: bool = False  # runtime.resume=false and an earlier run's files (RUN_FILES) are to move out of the way
     changes: list[str] = field(default_factory=list)  # what differs from the stored state (accepted by force)
 
 
@@ -118,13 +123,13 @@ def plan_resume(cfg: Config, requests) -> ResumePlan:
     # An earlier attempt that wrote no line yet (stopped or failed before its first request finished) is resumed
     # too: same checks, same sampling seed, the next attempt number.
     if mode is False or (not has_lines and old is None):
-        return ResumePlan(state, move_aside=has_lines)
+        return ResumePlan(state, move_aside=mode is False and any((out_dir / f).exists() for f in RUN_FILES))
     changes = _changes(old, state, cfg) if old is not None else [
         f"{outputs} exists but no {STATE_FILE} says what it was started with"]
     if changes and mode != "force":
         raise ConfigError(f"run directory {out_dir} cannot be resumed: {'; '.join(changes)}. Set runtime.resume=false "
-                          f"to start over (outputs.jsonl is moved aside), runtime.resume=force to continue it anyway, "
-                          f"or choose another hydra.run.dir")
+                          f"to start over (the earlier run's files move into old-<time>/), runtime.resume=force to "
+                          f"continue it anyway, or choose another hydra.run.dir")
     state["attempt"] = (old or {}).get("attempt", 0) + 1
     state["sampling_seed"] = (old or {}).get("sampling_seed", state["sampling_seed"])
     if not has_lines:
@@ -135,8 +140,11 @@ def plan_resume(cfg: Config, requests) -> ResumePlan:
 
 def _changes(old: dict, new: dict, cfg: Config) -> list[str]:
     changes = []
-    if old.get("config_hash") != new["config_hash"]:
-        before, now = old.get("config", {}), new["config"]
+    before, now = dict(old.get("config", {})), new["config"]
+    if "scheduler.prefill_order" in before:
+        before["scheduler.prefill_order"] = unread_prefill_order_dropped(before.get("scheduler.policy"),
+                                                                         before["scheduler.prefill_order"])
+    if old.get("config_hash") != new["config_hash"] and _digest(before) != new["config_hash"]:
         keys = [k for k in sorted(set(before) | set(now)) if before.get(k, "<unset>") != now.get(k, "<unset>")]
         shown = ", ".join(f"{k}: {before.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}" for k in keys[:8])
         changes.append(f"the config changed ({shown or 'hash differs'}{', ...' if len(keys) > 8 else ''})")
@@ -148,17 +156,21 @@ def _changes(old: dict, new: dict, cfg: Config) -> list[str]:
 
 
 def begin_attempt(out_dir: str | Path, plan: ResumePlan) -> None:
-    """Rank 0, once the ranks have met: clear the way for appending to outputs.jsonl, record the attempt."""
+    """Rank 0, once the ranks have met and before the attempt writes anything: clear the way for appending to
+    outputs.jsonl (or, starting over, move the earlier run's files into ``old-<time>/``), record the attempt."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = out_dir / OUTPUTS_FILE
     if plan.move_aside:
-        stem = f"{OUTPUTS_FILE}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        stem = f"old-{time.strftime('%Y%m%d-%H%M%S')}"
         aside, n = out_dir / stem, 1
         while aside.exists():
             aside, n = out_dir / f"{stem}-{n}", n + 1
-        os.replace(outputs, aside)
-        log.warning("runtime.resume=false: moved the earlier outputs to %s; starting over", aside)
+        aside.mkdir()
+        moved = [name for name in RUN_FILES if (out_dir / name).exists()]
+        for name in moved:
+            os.replace(out_dir / name, aside / name)
+        log.warning("runtime.resume=false: moved the earlier run's %s to %s; starting over", ", ".join(moved), aside)
     elif plan.done or plan.torn:
         with open(outputs, "r+b") as f:
             f.truncate(plan.valid_bytes)  # drops a torn last line: its request runs again

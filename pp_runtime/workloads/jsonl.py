@@ -141,11 +141,11 @@ def _parse(line: str, where: str, cfg: WorkloadConfig, tokenizer) -> Request:
                            + (f"both {' and '.join(repr(k) for k in given)}" if given else "neither"))
     shown = None
     if "messages" in obj:
-        ids, shown = chat_token_ids(tokenizer, obj["messages"], at=at), obj["messages"][-1]["content"]
+        ids, shown = chat_token_ids(tokenizer, obj["messages"], at=at, url=url), obj["messages"][-1]["content"]
     elif "prompt" in obj:
         if tokenizer is None:
-            raise RequestError(f"{at}: field 'prompt' is text but the model has no tokenizer; give "
-                               f"'prompt_token_ids' instead")
+            raise RequestError(f"{at}: field 'prompt' is text but the model has no tokenizer{_NO_TOKENIZER}; give "
+                               f"{_token_ids_field(url)} instead")
         ids, shown = tuple(int(t) for t in tokenizer(obj["prompt"])["input_ids"]), obj["prompt"]
     else:
         ids = tuple(obj["prompt_token_ids"])
@@ -157,15 +157,31 @@ def _parse(line: str, where: str, cfg: WorkloadConfig, tokenizer) -> Request:
                    api_model=model)
 
 
-def chat_token_ids(tokenizer, messages: list[dict], *, at: str = "the chat") -> tuple[int, ...]:
+_NO_TOKENIZER = " (a sim.model_shape preset, or a model folder without tokenizer files)"
+
+
+def _token_ids_field(url: str | None) -> str:
+    """Where a request line gives its prompt as token ids: the only prompt a model without a tokenizer takes."""
+    if url is None:
+        return "the prompt as token ids, 'prompt_token_ids': [...]"
+    return "the prompt as token ids: a /v1/completions line whose body 'prompt' is a list of token ids"
+
+
+def chat_token_ids(tokenizer, messages: list[dict], *, at: str = "the chat",
+                   url: str | None = None) -> tuple[int, ...]:
     """Token ids of ``messages`` through the tokenizer's chat template, with the generation prompt.
 
-    Raises RequestError (naming ``at``) when the model has no tokenizer or no chat template.
+    Raises RequestError (naming ``at``) when the model has no tokenizer (naming token ids, the only prompt it
+    takes: ``prompt_token_ids``, or for an OpenAI Batch API line of ``url``, a /v1/completions line) or no chat
+    template.
     """
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        what = "no tokenizer" if tokenizer is None else "a tokenizer without a chat template (tokenizer_config.json)"
-        raise RequestError(f"{at}: field 'messages' needs the model's chat template, but the model has {what}; "
-                           f"send the text as 'prompt' (encoded as is) or 'prompt_token_ids', or use a chat model")
+    if tokenizer is None:
+        raise RequestError(f"{at}: field 'messages' needs the model's chat template, but the model has no "
+                           f"tokenizer{_NO_TOKENIZER}; give {_token_ids_field(url)} instead")
+    if not getattr(tokenizer, "chat_template", None):
+        raise RequestError(f"{at}: field 'messages' needs the model's chat template, but the model has a tokenizer "
+                           f"without a chat template (tokenizer_config.json); send the text as 'prompt' (encoded as "
+                           f"is) or 'prompt_token_ids', or use a chat model")
     ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
     if isinstance(ids, Mapping):  # transformers 5 returns a BatchEncoding (return_dict=True by default)
         ids = ids["input_ids"]

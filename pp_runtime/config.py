@@ -144,6 +144,10 @@ class SchedulerConfig:
         if self.max_chunks_in_flight is not None:
             _check(self.max_chunks_in_flight >= 1, "scheduler.max_chunks_in_flight", self.max_chunks_in_flight,
                    "must be >= 1, or null for the pipeline depth")
+            _check(self.policy in ORDERED_POLICIES, "scheduler.max_chunks_in_flight", self.max_chunks_in_flight,
+                   f"only scheduler=sarathi and scheduler=throttle pipeline the chunks of a prompt, and "
+                   f"scheduler.policy={self.policy!r} ignores it; remove scheduler.max_chunks_in_flight, or use "
+                   f"scheduler=sarathi")
         if self.tbt_slo_ms is not None:
             _check(self.tbt_slo_ms > 0, "scheduler.tbt_slo_ms", self.tbt_slo_ms, "must be > 0, or null to turn off")
 

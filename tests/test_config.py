@@ -70,6 +70,18 @@ def test_prefill_order_defaults_to_fair_where_read_and_is_refused_where_ignored(
         assert "remove scheduler.prefill_order" in message
 
 
+@pytest.mark.parametrize("policy", ["sarathi", "throttle", "orca", "vllm", "static", "fcfs"])
+def test_max_chunks_in_flight_is_refused_where_no_chunks_are_pipelined(policy):
+    cfg = make_config([*BASE, f"scheduler={policy}", "scheduler.max_chunks_in_flight=1"])
+    if policy in ("sarathi", "throttle"):
+        cfg.validate()
+        return
+    with pytest.raises(ConfigError) as exc:
+        cfg.validate()
+    message = str(exc.value)
+    assert message.startswith("scheduler.max_chunks_in_flight=1") and f"scheduler.policy='{policy}'" in message
+
+
 @pytest.mark.parametrize("overrides, kind", [
     (["workload=default"], "default"),
     (["workload=synthetic"], "synthetic"),

@@ -88,6 +88,7 @@ def profile_job_model(cfg, out: Path) -> Path:
     from pp_runtime.sim.layer_profile import LayerProfile, LayerProfileError
     from scripts.profile_layers import take_profile
     from stages import attention
+    from stages.profiler import stage_code_digest
 
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                           else "cpu")
@@ -112,7 +113,8 @@ def profile_job_model(cfg, out: Path) -> Path:
     key = {"kind": "layer_profile", **cost_cache.cost_model_key(
         model_dir=name, layers_per_stage=[1],
         device=cost_cache.device_name(device), dtype=str(dtype).removeprefix("torch."), backend=backend,
-        threads=torch.get_num_threads(), token_budget=budget, max_context_len=max_context_len)}
+        threads=torch.get_num_threads(), token_budget=budget, max_context_len=max_context_len,
+        stage_code=stage_code_digest())}
     cached = cost_cache.entry_path(key)
     try:
         if LayerProfile.from_json(cached).meta.get("cache_key") != key:

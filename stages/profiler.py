@@ -7,13 +7,25 @@ scratch space before any request arrives) and the device's own clock (synchronis
 
 from __future__ import annotations
 
+import hashlib
 import time
+from pathlib import Path
 
 import torch
 
 from pp_runtime.plan import MicroBatch, Piece
 from pp_runtime.planner.cost_model import profile_points, work
 from stages.executor import SampledTokens, StageExecutor
+
+
+def stage_code_digest() -> str:
+    """A hash of the device plane's source (every ``stages/**/*.py``): what a stage does per micro-batch, so a cached
+    cost model timed by other stage code is profiled again (part of ``cost_cache.cost_model_key``)."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def profile_stage(stage: int, executor: StageExecutor, *, token_budget: int, max_context_len: int,

@@ -117,7 +117,7 @@ def _cost_model(job: RankJob, executor: StageExecutor, transport: Transport | No
     if not needs_cost_model(cfg.scheduler):
         return None
     from pp_runtime.model import cost_cache
-    from stages.profiler import profile_stage
+    from stages.profiler import profile_stage, stage_code_digest
 
     budget = budget_bound(cfg.scheduler)  # auto: its maximum, so the profile covers every budget it may choose
     # Time the contexts this job can reach, not more: decode attention over long contexts is memory-bound on a
@@ -128,7 +128,7 @@ def _cost_model(job: RankJob, executor: StageExecutor, transport: Transport | No
         model_dir=job.model_dir, layers_per_stage=[len(r) for r in job.layer_ranges],
         device=cost_cache.device_name(job.device), dtype=str(job.dtype).removeprefix("torch."),
         backend=job.attention_backend, threads=cfg.runtime.threads, token_budget=budget,
-        max_context_len=max_context_len)
+        max_context_len=max_context_len, stage_code=stage_code_digest())
     # Rank 0 decides (other nodes may hold other caches) and tells the others whether to profile.
     cached = cost_cache.load_cached(key) if rank == 0 and cfg.runtime.cost_model_cache else None
     hit = [cached is not None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +203,30 @@ def test_the_cost_model_cache_key_carries_the_form(monkeypatch, tmp_path):
     old = {k: v for k, v in key.items() if k != "form"}
     cost_cache.store(old, CostModel((1e-3,), (1e-4,), (0.0,), (0.0,)))
     assert cost_cache.load_cached(key) is None and cost_cache.load_cached(old) is not None
+
+
+def test_the_cost_model_cache_key_changes_with_the_stage_code(monkeypatch, tmp_path):
+    # A model timed by other stage code (e.g. before a faster LM head) is profiled again rather than loaded.
+    import shutil
+
+    import stages
+    from pp_runtime.model import cost_cache
+    from stages.profiler import stage_code_digest
+
+    digest = stage_code_digest()
+    assert digest == stage_code_digest() and len(digest) == 16
+    copy = tmp_path / "stages"
+    shutil.copytree(Path(stages.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "stage_model.py").write_text((copy / "stage_model.py").read_text() + "\n# changed\n")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stages_copy_profiler", copy / "profiler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.stage_code_digest() != digest
+    monkeypatch.setenv("PP_RUNTIME_COST_CACHE", str(tmp_path / "cache"))
+    args = dict(model_dir="llama-3.1-8b", layers_per_stage=[32], device="cpu:x", dtype="float32", backend="sdpa",
+                threads=1, token_budget=256, max_context_len=8192)
+    cost_cache.store(cost_cache.cost_model_key(**args, stage_code=digest), CostModel((1e-3,), (1e-4,), (0.0,), (0.0,)))
+    assert cost_cache.load_cached(cost_cache.cost_model_key(**args, stage_code=module.stage_code_digest())) is None
+    assert cost_cache.load_cached(cost_cache.cost_model_key(**args, stage_code=digest)) is not None

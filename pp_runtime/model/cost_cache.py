@@ -2,10 +2,10 @@
 
 A job's cost model (``pp_runtime.planner.CostModel``, profiled on every stage at start-up) depends on the model,
 the layer split, the device, the dtype, the attention backend, the intra-op threads and the shapes profiled
-(token budget, longest context); the key is a hash of exactly those (and the torch version and the cost model's
-``FORM_VERSION``), so any change profiles again. Files live in ``$PP_RUNTIME_COST_CACHE``, else
-``$PP_RUNTIME_CACHE/cost_models``, else ``~/.cache/pp-runtime/cost_models``, one ``<key>.json`` each holding the
-key's fields and the coefficients.
+(token budget, longest context); the key is a hash of exactly those (and the torch version, the cost model's
+``FORM_VERSION`` and a hash of the stage code that was timed), so any change profiles again. Files live in
+``$PP_RUNTIME_COST_CACHE``, else ``$PP_RUNTIME_CACHE/cost_models``, else ``~/.cache/pp-runtime/cost_models``, one
+``<key>.json`` each holding the key's fields and the coefficients.
 ``runtime.cost_model_cache=false`` turns the cache off for a job.
 """
 
@@ -27,9 +27,10 @@ def cache_dir() -> Path:
 
 
 def cost_model_key(*, model_dir: str, layers_per_stage: list[int], device: str, dtype: str, backend: str,
-                   threads: int, token_budget: int, max_context_len: int) -> dict:
+                   threads: int, token_budget: int, max_context_len: int, stage_code: str | None = None) -> dict:
     """What a profiled cost model depends on. ``model_dir``: a model folder (or a shape preset's name); ``device``:
-    its kind and name (``cuda:NVIDIA H100``, ``cpu:<model>``)."""
+    its kind and name (``cuda:NVIDIA H100``, ``cpu:<model>``); ``stage_code``: a hash of the code that was timed
+    (``stages.profiler.stage_code_digest``; None where nothing real is timed)."""
     import torch
 
     from pp_runtime.planner.cost_model import FORM_VERSION
@@ -39,7 +40,7 @@ def cost_model_key(*, model_dir: str, layers_per_stage: list[int], device: str, 
             "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.exists() else None,
             "layers_per_stage": list(layers_per_stage), "device": device, "dtype": dtype, "backend": backend,
             "threads": threads, "token_budget": token_budget, "max_context_len": max_context_len,
-            "torch": torch.__version__, "form": FORM_VERSION}
+            "torch": torch.__version__, "form": FORM_VERSION, "stage_code": stage_code}
 
 
 def device_name(device) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from launch.sweep_dirs import finished_result, place_jobs, split_sweep_dirs
 from launch.sweep_summary import HF_JOB, Job, JobResult, write_summary
+from pp_runtime.rundir.run_state import read_state
 
 _REPO = Path(__file__).resolve().parent.parent
 _TAIL_LINES = 15
@@ -153,8 +154,10 @@ def _run_job(job: Job, job_dir: Path, *, nproc: int, timeout: float) -> JobResul
 
     log_dir = job_dir / "torchrun"
     log_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (log_dir / "failure.json", job_dir / "metrics.json"):  # from an earlier sweep into this dir
-        stale.unlink(missing_ok=True)
+    (log_dir / "failure.json").unlink(missing_ok=True)  # from an earlier sweep into this dir
+    # An earlier run's metrics.json stays until this run replaces it: a job whose run refuses to resume (its config
+    # changed) must not lose the finished results it would have resumed.
+    before = _stamp(job_dir / "metrics.json")
     args = ["-m", "launch.run", *job.overrides, f"hydra.run.dir={_quote(str(job_dir))}"]
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     sys.stdout.flush()
@@ -179,9 +182,21 @@ def _run_job(job: Job, job_dir: Path, *, nproc: int, timeout: float) -> JobResul
                 f"rank {rank} was killed by signal {-code}" if code < 0 else f"rank {rank} exited with {code}")
         return JobResult(job, "failed", seconds, head + "\n" + _error_tail(log_dir, rank))
     metrics = _read_json(job_dir / "metrics.json")
-    if metrics is None:
+    # Unchanged, it is an earlier attempt's: right only if that attempt finished every request (a resumed run with
+    # nothing left to do keeps it).
+    if metrics is None or (_stamp(job_dir / "metrics.json") == before
+                           and (read_state(job_dir) or {}).get("status") != "complete"):
         return JobResult(job, "failed", seconds, f"the job exited 0 but wrote no {job_dir / 'metrics.json'}")
     return JobResult(job, "ok", seconds, metrics=metrics)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime in ns) of ``path``, None if absent: tells a file written since from one left before."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _agent_main(nproc: int, args: list[str], log_dir: str) -> None:

@@ -61,3 +61,12 @@ def test_sweep_writes_under_hydra_sweep_dir_and_a_rerun_skips_finished_jobs(tmp_
     assert "done, skipped" not in capsys.readouterr().out
     assert main([*args, "--dry-run"]) == 0
     assert "[done, skipped]" in capsys.readouterr().out
+
+    # Run for real, the changed config is refused by launch.run (resume): the finished run's results stay, and the
+    # original sweep still finds its job done.
+    assert main([*args, "workload.num_requests=4"]) == 1
+    assert "cannot be resumed" in (sweep / "summary.csv").read_text()
+    assert (job_dir / "metrics.json").read_text() == metrics
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "done earlier, skipped" in capsys.readouterr().out

@@ -27,10 +27,14 @@ SIM_LINKS = ("auto", "nvlink", "pcie", "infiniband", "gloo")
 TRANSPORTS = ("auto", "nccl", "gloo")
 
 
-def unread_prefill_order_dropped(policy: str | None, prefill_order: str | None) -> str | None:
-    """``scheduler.prefill_order`` as this checkout reads a recorded run's (metrics.json, run_state.json): runs
-    recorded before it defaulted to null say fair under every policy, which only sarathi and throttle read."""
-    return prefill_order if policy in ORDERED_POLICIES else None
+UNREAD_BY_UNORDERED = ("prefill_order", "max_chunks_in_flight")  # scheduler keys only ORDERED_POLICIES read
+
+
+def unread_dropped(policy: str | None, key: str, value):
+    """``scheduler.<key>`` (one of ``UNREAD_BY_UNORDERED``) as this checkout reads a recorded run's (metrics.json,
+    run_state.json): runs recorded before the other policies refused these keys may hold them (prefill_order said
+    fair under every policy), and only sarathi and throttle read them."""
+    return value if policy in ORDERED_POLICIES else None
 
 
 class ConfigError(ValueError):

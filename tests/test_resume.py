@@ -248,7 +248,9 @@ def test_a_run_recorded_when_every_policy_said_prefill_order_fair_still_resumes(
     cfg = make_config(["pipeline.stages=1", *_overrides(model, request_file, tmp_path, "scheduler=orca")])
     cfg.validate()
     plan = plan_resume(cfg, [])
-    recorded = dict(config_fingerprint(cfg), **{"scheduler.prefill_order": "fair"})
+    # ... and a run could set max_chunks_in_flight under orca, which ignored it, before it was refused there.
+    recorded = dict(config_fingerprint(cfg), **{"scheduler.prefill_order": "fair",
+                                                 "scheduler.max_chunks_in_flight": 2})
     plan.state.update(config=recorded, config_hash="recorded-before")
     begin_attempt(tmp_path, plan)
     assert plan_resume(cfg, []).state["attempt"] == 2

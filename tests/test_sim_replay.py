@@ -172,10 +172,12 @@ def test_an_orca_run_recorded_when_every_policy_said_prefill_order_fair_loads_fo
 
     config = asdict(make_config(["scheduler=orca", "pipeline.stages=2"]))
     config["scheduler"]["prefill_order"] = "fair"
+    config["scheduler"]["max_chunks_in_flight"] = 2  # set, and ignored, before orca refused it
     (tmp_path / "metrics.json").write_text(json.dumps({"config": config}))
     cfg = load_run_config(tmp_path)
     cfg.validate()
-    assert (cfg.scheduler.policy, cfg.scheduler.prefill_order) == ("orca", None)
+    assert (cfg.scheduler.policy, cfg.scheduler.prefill_order, cfg.scheduler.max_chunks_in_flight) == ("orca", None,
+                                                                                                       None)
 
 
 def test_pp_sim_needs_pipeline_stages(model, tmp_path):

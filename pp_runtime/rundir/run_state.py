@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pp_runtime.config import Config, ConfigError, unread_prefill_order_dropped
+from pp_runtime.config import UNREAD_BY_UNORDERED, Config, ConfigError, unread_dropped
 from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, scan_outputs
 from pp_runtime.trace.reports import EVENTS_FILE, write_json
 
@@ -141,9 +141,10 @@ def plan_resume(cfg: Config, requests) -> ResumePlan:
 def _changes(old: dict, new: dict, cfg: Config) -> list[str]:
     changes = []
     before, now = dict(old.get("config", {})), new["config"]
-    if "scheduler.prefill_order" in before:
-        before["scheduler.prefill_order"] = unread_prefill_order_dropped(before.get("scheduler.policy"),
-                                                                         before["scheduler.prefill_order"])
+    for key in UNREAD_BY_UNORDERED:
+        if f"scheduler.{key}" in before:
+            before[f"scheduler.{key}"] = unread_dropped(before.get("scheduler.policy"), key,
+                                                        before[f"scheduler.{key}"])
     if old.get("config_hash") != new["config_hash"] and _digest(before) != new["config_hash"]:
         keys = [k for k in sorted(set(before) | set(now)) if before.get(k, "<unset>") != now.get(k, "<unset>")]
         shown = ", ".join(f"{k}: {before.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}" for k in keys[:8])

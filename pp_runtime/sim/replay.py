@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pp_runtime.config import Config, ConfigError, unread_prefill_order_dropped
+from pp_runtime.config import UNREAD_BY_UNORDERED, Config, ConfigError, unread_dropped
 from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, scan_outputs
 from pp_runtime.sim.compare import compare_runs, load_summary, run_summary
 from pp_runtime.sim.links import Link, LinkModel
@@ -45,7 +45,8 @@ def load_run_config(run_dir: str | Path) -> Config:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
     except Exception as exc:  # noqa: BLE001 - omegaconf raises several kinds for unknown or mistyped keys
         raise ReplayError(f"run dir {str(run)!r}: its config does not fit this checkout's schema ({exc})") from None
-    cfg.scheduler.prefill_order = unread_prefill_order_dropped(cfg.scheduler.policy, cfg.scheduler.prefill_order)
+    for key in UNREAD_BY_UNORDERED:  # recorded before the other policies refused them
+        setattr(cfg.scheduler, key, unread_dropped(cfg.scheduler.policy, key, getattr(cfg.scheduler, key)))
     if cfg.pipeline.stages is None and (run / "events.npz").exists():
         from pp_runtime.trace.reports import load_events
 

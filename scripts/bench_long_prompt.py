@@ -186,13 +186,14 @@ def fairness(args) -> None:
 
 
 def orders(args) -> None:
-    from scripts.bench_policies import TRACE
+    from scripts.bench_policies import trace_files
 
+    traces = trace_files()
     print("\npp-sim, Llama-3.1-8B shape, roofline H100, cache.memory_gib=20, free planner; 256 requests of each "
           "trace at full length, Poisson arrivals at 20/s\n")
     print("| trace | stages | order | tokens/s in+out | vs fair | TTFT p50 ms | TTFT p99 ms | ITL p99 ms |")
     print("|---|---|---|---|---|---|---|---|")
-    for trace in sorted(TRACE.parent.glob("*.csv")):
+    for trace in traces:
         for s in (1, 2):
             fair = None
             for order in ("fair", "deadline", "fcfs"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +27,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.jobs import ROOT, machine, random_llama, run_torchrun  # noqa: E402
 
-TRACE = ROOT.parent / "shared" / "data" / "traces" / "splitwise_conv.csv"
+# The real request traces (CSV of lengths, see pp_runtime/workloads/trace.py): not in the repository; by default the
+# shared folder next to the checkout, else PP_RUNTIME_TRACES.
+TRACES = Path(os.environ.get("PP_RUNTIME_TRACES", ROOT.parent / "shared" / "data" / "traces"))
+TRACE = TRACES / "splitwise_conv.csv"
+
+
+def trace_files() -> list[Path]:
+    """The traces' CSV files; exits naming the folder and PP_RUNTIME_TRACES when there are none."""
+    files = sorted(TRACES.glob("*.csv"))
+    if not files:
+        raise SystemExit(f"no request traces (*.csv) in {TRACES}: set PP_RUNTIME_TRACES to the folder that holds "
+                         f"them (e.g. splitwise_conv.csv from https://github.com/microsoft/vidur/tree/main/data/"
+                         f"processed_traces)")
+    return files
 LONG_PROMPT_REQUESTS, LONG_PROMPT_LEN, LONG_OUTPUT_LEN = 24, 640, 47  # issue 14's long-prompt sample
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from argparse import Namespace
 
 import numpy as np
+import pytest
 
 from pp_runtime.workloads import load_workload
 from scripts.bench_policies import long_prompt_model, workloads
@@ -29,3 +30,13 @@ def test_the_long_prompt_model_is_a_random_llama_of_hidden_384_and_8_layers(tmp_
     assert (cfg.model_type, cfg.hidden_size, cfg.num_hidden_layers) == ("llama", 384, 8)
     assert (path / "model.safetensors").exists()
     assert long_prompt_model(tmp_path) == path  # made once
+
+
+def test_missing_traces_are_named_with_the_variable_to_set(tmp_path, monkeypatch):
+    import scripts.bench_policies as bench
+
+    monkeypatch.setattr(bench, "TRACES", tmp_path)
+    with pytest.raises(SystemExit, match=f"no request traces .* in {tmp_path}: set PP_RUNTIME_TRACES"):
+        bench.trace_files()
+    (tmp_path / "t.csv").write_text("x\n")
+    assert bench.trace_files() == [tmp_path / "t.csv"]

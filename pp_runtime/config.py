@@ -214,6 +214,9 @@ class WorkloadConfig:
                    "lengths: set workload.path=FILE.csv (columns num_prefill_tokens, num_decode_tokens, optional "
                    "arrived_at; e.g. splitwise_conv.csv from https://github.com/microsoft/vidur/tree/main/data/"
                    "processed_traces)")
+        if self.kind in ("default", "synthetic"):
+            _check(self.path is None, "workload.path", self.path, f"workload={self.kind} reads no file: remove "
+                   f"workload.path, or use workload=jsonl (a request file) or workload=trace (a CSV trace)")
         _check(self.num_requests >= 1, "workload.num_requests", self.num_requests, "must be >= 1")
         _check(self.length_scale > 0, "workload.length_scale", self.length_scale, "must be > 0")
         _check(self.arrival in ARRIVALS, "workload.arrival", self.arrival, f"use one of {', '.join(ARRIVALS)}")

@@ -82,6 +82,12 @@ def test_max_chunks_in_flight_is_refused_where_no_chunks_are_pipelined(policy):
     assert message.startswith("scheduler.max_chunks_in_flight=1") and f"scheduler.policy='{policy}'" in message
 
 
+@pytest.mark.parametrize("kind", ["default", "synthetic"])
+def test_a_workload_path_is_refused_where_no_file_is_read(kind):
+    with pytest.raises(ConfigError, match=rf"workload.path='x.jsonl' is invalid: workload={kind} reads no file"):
+        make_config([*BASE, f"workload={kind}", "workload.path=x.jsonl"]).validate()
+
+
 @pytest.mark.parametrize("overrides, kind", [
     (["workload=default"], "default"),
     (["workload=synthetic"], "synthetic"),

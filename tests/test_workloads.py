@@ -90,7 +90,7 @@ _GOOD = '{"id": "ok", "prompt_token_ids": [5]}'
     ('{"id": "r", "prompt": "no tokenizer here"}', ["'r'", "'prompt'", "tokenizer"]),
     ('{"prompt_token_ids": [5]}', ["'id'", "missing"]),
     ('{"id": 7, "prompt_token_ids": [5]}', ["'id'", "string"]),
-    ('{"id": "r", "prompt_token_ids": [5]', ["invalid JSON"]),
+    ('{"id": "r", "prompt_token_ids": [5]', ["invalid JSON", "at column 36)"]),  # where the brace is missing
     ('[1, 2]', ["JSON object"]),
     # validate_request's checks, located in the file
     ('{"id": "r", "prompt_token_ids": [5, 300]}', ["'r'", "'prompt_token_ids'", "300"]),

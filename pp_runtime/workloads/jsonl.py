@@ -110,7 +110,7 @@ def _lines(path: str):
 
 def _parse(line: str, where: str, cfg: WorkloadConfig, tokenizer) -> Request:
     try:
-        obj = json.loads(line)
+        obj = json.loads(line.rstrip("\r\n"))  # an error at the line's end is then reported on it, not after it
     except json.JSONDecodeError as e:
         raise RequestError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(obj, dict):

@@ -65,6 +65,19 @@ def _app(dcfg: DictConfig) -> None:
         exit_bad_input(exc)
 
 
+def precheck_run_dir(argv: list[str]) -> None:
+    """Refuse (exit 2) a ``hydra.run.dir`` given on the command line that holds a real run's files, before Hydra
+    writes its ``.hydra/`` and log there (a value with ``${...}`` is checked once resolved, before any output)."""
+    from pp_runtime.sim.output import check_sim_out_dir
+
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if given and "${" not in given[-1]:
+        try:
+            check_sim_out_dir(given[-1])
+        except ConfigError as exc:
+            exit_bad_input(exc)
+
+
 def replay_main(argv: list[str]) -> int:
     """``pp-sim --replay``; returns the exit code (2 for a run directory that cannot be replayed)."""
     from pp_runtime.sim.compare import format_comparison
@@ -105,6 +118,7 @@ def main() -> None:
               "pp-sim --replay RUN_DIR [--out DIR] [--cost-model PATH] [--measured-times] [--fit-from-events]\n"
               "       [--planner-time-us US] [--preset-links]: re-simulate a recorded run (pp-sim --replay x --help)\n")
     precheck_overrides(sys.argv[1:])
+    precheck_run_dir(sys.argv[1:])
     _app()
 
 

@@ -19,7 +19,7 @@ from pp_runtime.config import Config, ConfigError, unread_prefill_order_dropped
 from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, scan_outputs
 from pp_runtime.sim.compare import compare_runs, load_summary, run_summary
 from pp_runtime.sim.links import Link, LinkModel
-from pp_runtime.sim.output import write_sim_run
+from pp_runtime.sim.output import check_sim_out_dir, write_sim_run
 from pp_runtime.sim.pipeline import SimResult
 from pp_runtime.sim.sim_job import SimJob, resolve_sim_job
 from pp_runtime.trace.tracer import EventKind
@@ -168,11 +168,14 @@ def replay(run_dir: str | Path, *, out_dir: str | Path | None = None, cost_model
     instead (``MeasuredTimes``); ``fit_from_events``, for a run without a cost model, fits one to its own events
     (``fit_run_cost_model``: in-sample, so flattering). ``planner_time_us`` charges a constant planner time (None:
     measure it). Links are fitted to the run's events (``measured_links``) unless ``preset_links`` (then
-    ``sim.link``'s presets). Returns the result and ``compare_runs(measured, predicted)`` rows.
+    ``sim.link``'s presets). Returns the result and ``compare_runs(measured, predicted)`` rows. Raises ConfigError,
+    before anything else, if ``out_dir`` holds a real run's files (``check_sim_out_dir``).
     """
     from pp_runtime.planner.cost_model import CostModel, CostModelError
 
     run = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run / "replay"
+    check_sim_out_dir(out, key="--out")  # first: a real run's directory is never overwritten
     cfg = load_run_config(run)
     if not (run / "events.npz").exists():
         raise ReplayError(f"run dir {str(run)!r} has no events.npz: a replay needs the run's traced events (its "
@@ -192,11 +195,11 @@ def replay(run_dir: str | Path, *, out_dir: str | Path | None = None, cost_model
                           f"scheduler.cost_model_path: pass "
                           f"--cost-model PATH (a cost_model.json of a run on the same machine and layout), or "
                           f"--fit-from-events")
-    out = Path(out_dir) if out_dir is not None else run / "replay"
     cfg.output_dir = str(out)
     job, result = _replay_run(run, cfg, cost_model, path=path, measured_times=measured_times,
                               planner_time_us=planner_time_us, preset_links=preset_links)
-    bubbles = write_sim_run(out, result, cfg, tokenizer=job.tokenizer, info={**job.info(), "replay_of": str(run)})
+    bubbles = write_sim_run(out, result, cfg, tokenizer=job.tokenizer, info={**job.info(), "replay_of": str(run)},
+                            key="--out")
     return result, compare_runs(load_summary(run), run_summary(result.metrics, bubbles))
 
 

@@ -30,7 +30,8 @@ class ReplayError(ValueError):
 
 
 def load_run_config(run_dir: str | Path) -> Config:
-    """The resolved Config of a run directory."""
+    """The resolved Config of a run directory; relative paths resolved against the directory the run was launched
+    from (``_resolve_launch_relative``)."""
     from omegaconf import OmegaConf
 
     run = Path(run_dir)
@@ -46,11 +47,34 @@ def load_run_config(run_dir: str | Path) -> Config:
     except Exception as exc:  # noqa: BLE001 - omegaconf raises several kinds for unknown or mistyped keys
         raise ReplayError(f"run dir {str(run)!r}: its config does not fit this checkout's schema ({exc})") from None
     cfg.scheduler.prefill_order = unread_prefill_order_dropped(cfg.scheduler.policy, cfg.scheduler.prefill_order)
+    _resolve_launch_relative(cfg, run)
     if cfg.pipeline.stages is None and (run / "events.npz").exists():
         from pp_runtime.trace.reports import load_events
 
         cfg.pipeline.stages = len(load_events(str(run)))
     return cfg
+
+
+# Paths a run records as given on its command line: relative to the directory it was launched from.
+_PATH_KEYS = (("workload", "path"), ("model", "path"), ("scheduler", "cost_model_path"), ("sim", "cost_model_path"))
+
+
+def _resolve_launch_relative(cfg: Config, run: Path) -> None:
+    """Make the run's relative paths (``workload.path``, ``model.path``, the cost model paths) absolute against the
+    directory the run was launched from (``hydra.runtime.cwd`` in ``.hydra/hydra.yaml``), where that file exists, so
+    a replay works from any directory. Without ``.hydra/hydra.yaml`` they stay relative to the current directory."""
+    from omegaconf import OmegaConf
+
+    try:
+        launch_dir = OmegaConf.select(OmegaConf.load(run / ".hydra" / "hydra.yaml"), "hydra.runtime.cwd")
+    except Exception:  # noqa: BLE001 - no or a damaged hydra.yaml: the paths stay as recorded
+        return
+    if not launch_dir:
+        return
+    for section, key in _PATH_KEYS:
+        value = getattr(getattr(cfg, section), key)
+        if value and not Path(value).is_absolute() and (Path(launch_dir) / value).exists():
+            setattr(getattr(cfg, section), key, str(Path(launch_dir) / value))
 
 
 def recorded_tokens(run_dir: str | Path) -> dict[str, list[int]]:

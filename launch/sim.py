@@ -57,7 +57,7 @@ def simulate_job(cfg: Config) -> dict:
 def _app(dcfg: DictConfig) -> None:
     cfg: Config = OmegaConf.to_object(dcfg)
     cfg.output_dir = HydraConfig.get().runtime.output_dir
-    made = files_hydra_made()
+    made = files_hydra_made(dcfg)
     try:
         simulate_job(cfg)
     except (ConfigError, RequestError, FileNotFoundError) as exc:

@@ -34,10 +34,11 @@ def simulate_job(cfg: Config) -> dict:
     from pathlib import Path
 
     from pp_runtime.planner.budget import describe
-    from pp_runtime.sim.output import write_sim_run
+    from pp_runtime.sim.output import check_sim_out_dir, write_sim_run
     from pp_runtime.sim.sim_job import resolve_sim_job
     from pp_runtime.trace.reports import format_bubble_report
 
+    check_sim_out_dir(cfg.output_dir)  # before simulating: a real run's directory is refused, not overwritten
     job = resolve_sim_job(cfg)
     log.info("simulating %d request(s) on %d stage(s): layers %s, %s; links %s", len(job.requests),
              cfg.pipeline.stages, [len(r) for r in job.layer_ranges], job.time_model, job.links.describe())

@@ -37,7 +37,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch.distributed.elastic.multiprocessing.errors import record  # noqa: E402
 
-from launch.run_dir import discard_run_dir, files_hydra_made  # noqa: E402
+from launch.run_dir import HydraFiles, discard_run_dir, files_hydra_made  # noqa: E402
 from pp_runtime.config import (  # noqa: E402
     CONFIG_PATH,
     Config,
@@ -86,10 +86,10 @@ def rank_overrides(argv: list[str], env: dict) -> list[str]:
 def _app(dcfg: DictConfig) -> None:
     cfg: Config = OmegaConf.to_object(dcfg)
     cfg.output_dir = HydraConfig.get().runtime.output_dir
-    run_or_exit(cfg, hydra_files=files_hydra_made())
+    run_or_exit(cfg, hydra_files=files_hydra_made(dcfg))
 
 
-def run_or_exit(cfg: Config, *, hydra_files: list[Path] | None = None) -> None:
+def run_or_exit(cfg: Config, *, hydra_files: HydraFiles | None = None) -> None:
     """Run the job on this rank; on failure log it, write torchrun's error file and exit with the code above.
 
     ``hydra_files``: what Hydra made for this rank in the run directory (``launch.run_dir.files_hydra_made``); on

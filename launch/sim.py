@@ -34,10 +34,11 @@ def simulate_job(cfg: Config) -> dict:
     from pathlib import Path
 
     from pp_runtime.planner.budget import describe
-    from pp_runtime.sim.output import write_sim_run
+    from pp_runtime.sim.output import check_sim_out_dir, write_sim_run
     from pp_runtime.sim.sim_job import resolve_sim_job
     from pp_runtime.trace.reports import format_bubble_report
 
+    check_sim_out_dir(cfg.output_dir)  # before simulating: a real run's directory is refused, not overwritten
     job = resolve_sim_job(cfg)
     log.info("simulating %d request(s) on %d stage(s): layers %s, %s; links %s", len(job.requests),
              cfg.pipeline.stages, [len(r) for r in job.layer_ranges], job.time_model, job.links.describe())
@@ -57,12 +58,25 @@ def simulate_job(cfg: Config) -> dict:
 def _app(dcfg: DictConfig) -> None:
     cfg: Config = OmegaConf.to_object(dcfg)
     cfg.output_dir = HydraConfig.get().runtime.output_dir
-    made = files_hydra_made()
+    made = files_hydra_made(dcfg)
     try:
         simulate_job(cfg)
     except (ConfigError, RequestError, FileNotFoundError) as exc:
         discard_run_dir(made)  # nothing ran: no run directory left behind
         exit_bad_input(exc)
+
+
+def precheck_run_dir(argv: list[str]) -> None:
+    """Refuse (exit 2) a ``hydra.run.dir`` given on the command line that holds a real run's files, before Hydra
+    writes its ``.hydra/`` and log there (a value with ``${...}`` is checked once resolved, before any output)."""
+    from pp_runtime.sim.output import check_sim_out_dir
+
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if given and "${" not in given[-1]:
+        try:
+            check_sim_out_dir(given[-1])
+        except ConfigError as exc:
+            exit_bad_input(exc)
 
 
 def replay_main(argv: list[str]) -> int:
@@ -105,6 +119,7 @@ def main() -> None:
               "pp-sim --replay RUN_DIR [--out DIR] [--cost-model PATH] [--measured-times] [--fit-from-events]\n"
               "       [--planner-time-us US] [--preset-links]: re-simulate a recorded run (pp-sim --replay x --help)\n")
     precheck_overrides(sys.argv[1:])
+    precheck_run_dir(sys.argv[1:])
     _app()
 
 

@@ -6,18 +6,45 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from pp_runtime.config import ConfigError
 from pp_runtime.rundir.metrics import request_record
+from pp_runtime.rundir.outputs_file import OUTPUTS_FILE
+from pp_runtime.rundir.run_state import MARKER_FILE, STATE_FILE
 from pp_runtime.sim.pipeline import SimResult
 from pp_runtime.trace.reports import bubble_metrics, write_json, write_reports
 
 
-def write_sim_run(out_dir: str | Path, result: SimResult, cfg, *, tokenizer=None, info: dict | None = None) -> dict:
+def check_sim_out_dir(out_dir: str | Path, *, key: str = "hydra.run.dir") -> None:
+    """Refuse ``out_dir`` if it holds a real run's files, which a simulation would overwrite.
+
+    A real run (pp-run / torchrun) leaves ``run_state.json``, ``INCOMPLETE`` or ``cost_model.json``, and an
+    ``outputs.jsonl`` or ``metrics.json`` whose metrics.json has no ``"sim"`` section. An earlier simulation's
+    files may be overwritten: a simulation has nothing to resume and runs again in seconds. Raises ConfigError
+    naming ``key`` (the setting that chose the directory).
+    """
+    out = Path(out_dir)
+    real = [name for name in (STATE_FILE, MARKER_FILE, "cost_model.json") if (out / name).exists()]
+    try:
+        simulated = "sim" in json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError, TypeError):
+        simulated = False
+    if not simulated:
+        real += [name for name in (OUTPUTS_FILE, "metrics.json") if (out / name).exists()]
+    if real:
+        raise ConfigError(f"{key}={str(out_dir)!r} holds a real run's files ({', '.join(real)}), which pp-sim would "
+                          f"overwrite; choose another {key} (pp-sim overwrites only its own earlier simulation)")
+
+
+def write_sim_run(out_dir: str | Path, result: SimResult, cfg, *, tokenizer=None, info: dict | None = None,
+                  key: str = "hydra.run.dir") -> dict:
     """Write outputs.jsonl, metrics.json, events.npz, trace.json, bubbles.json and timeline.png into ``out_dir``.
 
     outputs.jsonl lists requests in the order they finished, as a real run streams them. metrics.json holds the
     simulated metrics, the bubble figures a real run adds, the config, and ``info`` under ``"sim"`` (links, time
-    model). Returns the bubbles dict.
+    model). Returns the bubbles dict. Raises ConfigError, before writing anything, if ``out_dir`` holds a real
+    run's files (``check_sim_out_dir``; ``key`` names the setting that chose ``out_dir``).
     """
+    check_sim_out_dir(out_dir, key=key)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     order = sorted(result.seqs, key=lambda s: (s.finish_s if s.finish_s is not None else float("inf"), s.seq_id))

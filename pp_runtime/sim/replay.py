@@ -19,7 +19,7 @@ from pp_runtime.config import UNREAD_BY_UNORDERED, Config, ConfigError, unread_d
 from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, scan_outputs
 from pp_runtime.sim.compare import compare_runs, load_summary, run_summary
 from pp_runtime.sim.links import Link, LinkModel
-from pp_runtime.sim.output import write_sim_run
+from pp_runtime.sim.output import check_sim_out_dir, write_sim_run
 from pp_runtime.sim.pipeline import SimResult
 from pp_runtime.sim.sim_job import SimJob, resolve_sim_job
 from pp_runtime.trace.tracer import EventKind
@@ -30,7 +30,8 @@ class ReplayError(ValueError):
 
 
 def load_run_config(run_dir: str | Path) -> Config:
-    """The resolved Config of a run directory."""
+    """The resolved Config of a run directory; relative paths resolved against the directory the run was launched
+    from (``_resolve_launch_relative``)."""
     from omegaconf import OmegaConf
 
     run = Path(run_dir)
@@ -47,11 +48,34 @@ def load_run_config(run_dir: str | Path) -> Config:
         raise ReplayError(f"run dir {str(run)!r}: its config does not fit this checkout's schema ({exc})") from None
     for key in UNREAD_BY_UNORDERED:  # recorded before the other policies refused them
         setattr(cfg.scheduler, key, unread_dropped(cfg.scheduler.policy, key, getattr(cfg.scheduler, key)))
+    _resolve_launch_relative(cfg, run)
     if cfg.pipeline.stages is None and (run / "events.npz").exists():
         from pp_runtime.trace.reports import load_events
 
         cfg.pipeline.stages = len(load_events(str(run)))
     return cfg
+
+
+# Paths a run records as given on its command line: relative to the directory it was launched from.
+_PATH_KEYS = (("workload", "path"), ("model", "path"), ("scheduler", "cost_model_path"), ("sim", "cost_model_path"))
+
+
+def _resolve_launch_relative(cfg: Config, run: Path) -> None:
+    """Make the run's relative paths (``workload.path``, ``model.path``, the cost model paths) absolute against the
+    directory the run was launched from (``hydra.runtime.cwd`` in ``.hydra/hydra.yaml``), where that file exists, so
+    a replay works from any directory. Without ``.hydra/hydra.yaml`` they stay relative to the current directory."""
+    from omegaconf import OmegaConf
+
+    try:
+        launch_dir = OmegaConf.select(OmegaConf.load(run / ".hydra" / "hydra.yaml"), "hydra.runtime.cwd")
+    except Exception:  # noqa: BLE001 - no or a damaged hydra.yaml: the paths stay as recorded
+        return
+    if not launch_dir:
+        return
+    for section, key in _PATH_KEYS:
+        value = getattr(getattr(cfg, section), key)
+        if value and not Path(value).is_absolute() and (Path(launch_dir) / value).exists():
+            setattr(getattr(cfg, section), key, str(Path(launch_dir) / value))
 
 
 def recorded_tokens(run_dir: str | Path) -> dict[str, list[int]]:
@@ -169,11 +193,14 @@ def replay(run_dir: str | Path, *, out_dir: str | Path | None = None, cost_model
     instead (``MeasuredTimes``); ``fit_from_events``, for a run without a cost model, fits one to its own events
     (``fit_run_cost_model``: in-sample, so flattering). ``planner_time_us`` charges a constant planner time (None:
     measure it). Links are fitted to the run's events (``measured_links``) unless ``preset_links`` (then
-    ``sim.link``'s presets). Returns the result and ``compare_runs(measured, predicted)`` rows.
+    ``sim.link``'s presets). Returns the result and ``compare_runs(measured, predicted)`` rows. Raises ConfigError,
+    before anything else, if ``out_dir`` holds a real run's files (``check_sim_out_dir``).
     """
     from pp_runtime.planner.cost_model import CostModel, CostModelError
 
     run = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run / "replay"
+    check_sim_out_dir(out, key="--out")  # first: a real run's directory is never overwritten
     cfg = load_run_config(run)
     if not (run / "events.npz").exists():
         raise ReplayError(f"run dir {str(run)!r} has no events.npz: a replay needs the run's traced events (its "
@@ -193,11 +220,11 @@ def replay(run_dir: str | Path, *, out_dir: str | Path | None = None, cost_model
                           f"scheduler.cost_model_path: pass "
                           f"--cost-model PATH (a cost_model.json of a run on the same machine and layout), or "
                           f"--fit-from-events")
-    out = Path(out_dir) if out_dir is not None else run / "replay"
     cfg.output_dir = str(out)
     job, result = _replay_run(run, cfg, cost_model, path=path, measured_times=measured_times,
                               planner_time_us=planner_time_us, preset_links=preset_links)
-    bubbles = write_sim_run(out, result, cfg, tokenizer=job.tokenizer, info={**job.info(), "replay_of": str(run)})
+    bubbles = write_sim_run(out, result, cfg, tokenizer=job.tokenizer, info={**job.info(), "replay_of": str(run)},
+                            key="--out")
     return result, compare_runs(load_summary(run), run_summary(result.metrics, bubbles))
 
 

@@ -266,7 +266,9 @@ def _pythonpath() -> str:
 
 
 def _error_tail(log_dir: Path, rank: int) -> str:
-    stderr = sorted(log_dir.glob(f"*/attempt_*/{rank}/stderr.log"))
+    # The newest: an earlier sweep into the same directory left its own (torchrun's run ids are random, so their
+    # names do not sort by age).
+    stderr = sorted(log_dir.glob(f"*/attempt_*/{rank}/stderr.log"), key=lambda p: p.stat().st_mtime_ns)
     text = _tail(stderr[-1]) if stderr else ""
     return text or _tail(log_dir / "agent.log")
 

@@ -4,6 +4,7 @@ sweep into the same directory skips its jobs (one real torchrun job, run once)."
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -63,7 +64,11 @@ def test_sweep_writes_under_hydra_sweep_dir_and_a_rerun_skips_finished_jobs(tmp_
     assert "[done, skipped]" in capsys.readouterr().out
 
     # Run for real, the changed config is refused by launch.run (resume): the finished run's results stay, and the
-    # original sweep still finds its job done.
+    # original sweep still finds its job done. The error shown is this run's, not an older run's log that sorts last.
+    old_log = job_dir / "torchrun" / "zzzz-older-run" / "attempt_0" / "0" / "stderr.log"
+    old_log.parent.mkdir(parents=True)
+    old_log.write_text("an older run's error\n")
+    os.utime(old_log, (1e9, 1e9))
     assert main([*args, "workload.num_requests=4"]) == 1
     assert "cannot be resumed" in (sweep / "summary.csv").read_text()
     assert (job_dir / "metrics.json").read_text() == metrics

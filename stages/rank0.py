@@ -76,7 +76,8 @@ def serve_requests(job: RankJob, executor, transport, tracer, faults, *, cost_mo
     check = check_ids([r.id for r in job.requests], scan.ids)
     metrics.update(attempt=attempt, sampling_seed=seed, resumed=len(job.requests) - len(todo),
                    unfinished=sum(s.finish_reason is None for s in planner.seqs),
-                   totals=dict(scan.totals, input_requests=len(job.requests)), ids_check=check)
+                   totals=dict(scan.totals, input_requests=len(job.requests)), ids_check=check,
+                   launch_dir=os.getcwd())  # what the config's relative paths are relative to (pp-sim --replay)
     stopped = None
     if engine.stopped_early:
         stopped = (f"stopped by {stop.name}: {len(scan.ids)} of {len(job.requests)} requests are in "

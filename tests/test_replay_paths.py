@@ -44,3 +44,24 @@ def test_without_hydra_yaml_a_relative_path_stays_as_recorded(tmp_path):
     config = asdict(make_config(["workload=jsonl", "workload.path=chat.jsonl", "pipeline.stages=2"]))
     (tmp_path / "metrics.json").write_text(json.dumps({"config": config}))
     assert load_run_config(tmp_path).workload.path == "chat.jsonl"
+
+
+def test_the_launch_dir_a_run_recorded_wins_over_a_later_launchs_hydra_yaml(tmp_path):
+    # A later launch into the same directory (a bad input, a refused resume) rewrites .hydra/hydra.yaml with its own
+    # cwd; metrics.json's launch_dir is the finished run's own.
+    import json
+    from dataclasses import asdict
+
+    from tests.jobs import make_config
+
+    first, later, run = tmp_path / "first", tmp_path / "later", tmp_path / "run"
+    for d in (first, later, run / ".hydra"):
+        d.mkdir(parents=True)
+    (first / "chat.jsonl").write_text("{}\n")
+    (later / "chat.jsonl").write_text("{}\n")
+    config = asdict(make_config(["workload=jsonl", "workload.path=chat.jsonl", "pipeline.stages=2"]))
+    (run / "metrics.json").write_text(json.dumps({"config": config, "launch_dir": str(first)}))
+    (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    cwd: {later}\n")
+    assert load_run_config(run).workload.path == str(first / "chat.jsonl")
+    (run / "metrics.json").write_text(json.dumps({"config": config}))  # a run recorded before launch_dir
+    assert load_run_config(run).workload.path == str(later / "chat.jsonl")

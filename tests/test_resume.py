@@ -272,6 +272,7 @@ def test_runtime_resume_values_are_validated(model, request_file, tmp_path):
 def test_a_finished_run_reruns_as_a_no_op_and_a_repeated_line_fails_the_ids_check(model, request_file, tmp_path):
     run_job_ranks(1, _overrides(model, request_file, tmp_path))
     metrics_file = (tmp_path / "metrics.json").read_text()
+    assert json.loads(metrics_file)["launch_dir"] == os.getcwd()  # where relative paths are, for pp-sim --replay
     again = run_job_ranks(1, _overrides(model, request_file, tmp_path))
     assert again["resumed"] == N and again["num_requests"] == 0 and again["ids_check"]["ok"]
     assert (tmp_path / "metrics.json").read_text() == metrics_file  # the finishing attempt's figures stand

@@ -35,8 +35,10 @@ def load_run_config(run_dir: str | Path) -> Config:
     from omegaconf import OmegaConf
 
     run = Path(run_dir)
+    launch_dir = None
     if (run / "metrics.json").exists() and "config" in (metrics := json.loads((run / "metrics.json").read_text())):
         data = OmegaConf.create(metrics["config"])
+        launch_dir = metrics.get("launch_dir")
     elif (run / ".hydra" / "config.yaml").exists():
         data = OmegaConf.load(run / ".hydra" / "config.yaml")
     else:
@@ -48,7 +50,7 @@ def load_run_config(run_dir: str | Path) -> Config:
         raise ReplayError(f"run dir {str(run)!r}: its config does not fit this checkout's schema ({exc})") from None
     for key in UNREAD_BY_UNORDERED:  # recorded before the other policies refused them
         setattr(cfg.scheduler, key, unread_dropped(cfg.scheduler.policy, key, getattr(cfg.scheduler, key)))
-    _resolve_launch_relative(cfg, run)
+    _resolve_launch_relative(cfg, run, launch_dir)
     if cfg.pipeline.stages is None and (run / "events.npz").exists():
         from pp_runtime.trace.reports import load_events
 
@@ -60,22 +62,27 @@ def load_run_config(run_dir: str | Path) -> Config:
 _PATH_KEYS = (("workload", "path"), ("model", "path"), ("scheduler", "cost_model_path"), ("sim", "cost_model_path"))
 
 
-def _resolve_launch_relative(cfg: Config, run: Path) -> None:
+def _resolve_launch_relative(cfg: Config, run: Path, recorded: str | None = None) -> None:
     """Make the run's relative paths (``workload.path``, ``model.path``, the cost model paths) absolute against the
-    directory the run was launched from (``hydra.runtime.cwd`` in ``.hydra/hydra.yaml``), where that file exists, so
-    a replay works from any directory. Without ``.hydra/hydra.yaml`` they stay relative to the current directory."""
+    directory the run was launched from, where the file exists there, so a replay works from any directory: the
+    ``launch_dir`` its metrics.json records (``recorded``), else ``hydra.runtime.cwd`` in ``.hydra/hydra.yaml``
+    (which a later launch into the same directory rewrites). Otherwise they stay relative to the current
+    directory."""
     from omegaconf import OmegaConf
 
+    dirs = [recorded] if recorded else []
     try:
-        launch_dir = OmegaConf.select(OmegaConf.load(run / ".hydra" / "hydra.yaml"), "hydra.runtime.cwd")
-    except Exception:  # noqa: BLE001 - no or a damaged hydra.yaml: the paths stay as recorded
-        return
-    if not launch_dir:
-        return
+        dirs.append(OmegaConf.select(OmegaConf.load(run / ".hydra" / "hydra.yaml"), "hydra.runtime.cwd"))
+    except Exception:  # noqa: BLE001 - no or a damaged hydra.yaml
+        pass
     for section, key in _PATH_KEYS:
         value = getattr(getattr(cfg, section), key)
-        if value and not Path(value).is_absolute() and (Path(launch_dir) / value).exists():
-            setattr(getattr(cfg, section), key, str(Path(launch_dir) / value))
+        if not value or Path(value).is_absolute():
+            continue
+        for launch_dir in filter(None, dirs):
+            if (Path(launch_dir) / value).exists():
+                setattr(getattr(cfg, section), key, str(Path(launch_dir) / value))
+                break
 
 
 def recorded_tokens(run_dir: str | Path) -> dict[str, list[int]]:

@@ -29,7 +29,7 @@ from scripts.jobs import ROOT, machine, random_llama, run_torchrun  # noqa: E402
 
 # The real request traces (CSV of lengths, see pp_runtime/workloads/trace.py): not in the repository; by default the
 # shared folder next to the checkout, else PP_RUNTIME_TRACES.
-TRACES = Path(os.environ.get("PP_RUNTIME_TRACES", ROOT.parent / "shared" / "data" / "traces"))
+TRACES = Path(os.environ.get("PP_RUNTIME_TRACES") or ROOT.parent / "shared" / "data" / "traces")
 TRACE = TRACES / "splitwise_conv.csv"
 
 

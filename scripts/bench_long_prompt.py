@@ -14,10 +14,10 @@ deadline prefill order, 1 and 2 stages: the short prompts' TTFT p50 against thei
 long TTFT against its own alone, Jain's index over the TTFT slowdowns (cost model), and throughput; plus an
 offline batch (the same mix, 4 times) where fair must cost no throughput against FCFS; and the short requests'
 decodes (largest and median gap between tokens, end-to-end p50), which deadline order holds back once.
-orders: the three prefill orders on the real request traces (``../shared/data/traces``, full lengths, 256
-requests arriving at 20/s: more than one simulated H100 serves, so the queue grows), 1 and 2 stages: throughput,
-TTFT p50 / p99 and inter-token latency p99, i.e. what ``deadline``'s held decodes cost when the pipeline is
-overloaded. Prints markdown tables.
+orders: the three prefill orders on the real request traces (``../shared/data/traces`` or the folder
+``PP_RUNTIME_TRACES`` names; full lengths, 256 requests arriving at 20/s: more than one simulated H100 serves, so
+the queue grows), 1 and 2 stages: throughput, TTFT p50 / p99 and inter-token latency p99, i.e. what
+``deadline``'s held decodes cost when the pipeline is overloaded. Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -71,14 +71,10 @@ def cpu(args) -> None:
 
 
 def _sim(overrides: list[str], requests: list[dict], tmp: Path):
-    from pp_runtime.sim.sim_job import resolve_sim_job
     from pp_runtime.trace.bubbles import compute_bubbles
-    from tests.jobs import make_config
 
     path = _write(tmp / f"w{abs(hash(tuple(overrides))) % 10**8}.jsonl", requests)
-    cfg = make_config(["sim.model_shape=llama-3.1-8b", "sim.cost_model=roofline", "sim.gpu=h100",
-                       "sim.planner_time_us=0", "workload=jsonl", f"workload.path={path}", *overrides])
-    res = resolve_sim_job(cfg).run()
+    res = _sim_cfg(["workload=jsonl", f"workload.path={path}", *overrides])
     bubbles = compute_bubbles(res.events)
     return res, [b["bubble_fraction"] for b in bubbles["stages"].values()]
 
@@ -216,6 +212,7 @@ def _orders_rows(trace: Path) -> None:
 
 
 def _sim_cfg(overrides: list[str]):
+    """pp-sim of ``overrides`` on the Llama-3.1-8B shape, roofline H100, free planner: the SimResult."""
     from pp_runtime.sim.sim_job import resolve_sim_job
     from tests.jobs import make_config
 

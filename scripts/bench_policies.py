@@ -41,6 +41,8 @@ def trace_files() -> list[Path]:
                          f"them (e.g. splitwise_conv.csv from https://github.com/microsoft/vidur/tree/main/data/"
                          f"processed_traces)")
     return files
+
+
 LONG_PROMPT_REQUESTS, LONG_PROMPT_LEN, LONG_OUTPUT_LEN = 24, 640, 47  # issue 14's long-prompt sample
 
 

@@ -140,20 +140,21 @@ class SchedulerConfig:
         if self.prefill_order is not None:
             _check(self.prefill_order in PREFILL_ORDERS, "scheduler.prefill_order", self.prefill_order,
                    f"use one of {', '.join(PREFILL_ORDERS)}, or null for fair")
-            _check(self.policy in ORDERED_POLICIES, "scheduler.prefill_order", self.prefill_order,
-                   f"only scheduler=sarathi and scheduler=throttle read it, and scheduler.policy={self.policy!r} "
-                   f"ignores it (it has an order of its own); remove scheduler.prefill_order, or use scheduler=sarathi")
+            self._read_by_policy("prefill_order")
         elif self.policy in ORDERED_POLICIES:
             self.prefill_order = "fair"
         if self.max_chunks_in_flight is not None:
             _check(self.max_chunks_in_flight >= 1, "scheduler.max_chunks_in_flight", self.max_chunks_in_flight,
                    "must be >= 1, or null for the pipeline depth")
-            _check(self.policy in ORDERED_POLICIES, "scheduler.max_chunks_in_flight", self.max_chunks_in_flight,
-                   f"only scheduler=sarathi and scheduler=throttle pipeline the chunks of a prompt, and "
-                   f"scheduler.policy={self.policy!r} ignores it; remove scheduler.max_chunks_in_flight, or use "
-                   f"scheduler=sarathi")
+            self._read_by_policy("max_chunks_in_flight")
         if self.tbt_slo_ms is not None:
             _check(self.tbt_slo_ms > 0, "scheduler.tbt_slo_ms", self.tbt_slo_ms, "must be > 0, or null to turn off")
+
+    def _read_by_policy(self, key: str) -> None:
+        """A key of ``UNREAD_BY_UNORDERED`` set explicitly: refused unless the policy reads it."""
+        _check(self.policy in ORDERED_POLICIES, f"scheduler.{key}", getattr(self, key),
+               f"only scheduler=sarathi and scheduler=throttle read it (chunk pipelining, prefill order), and "
+               f"scheduler.policy={self.policy!r} ignores it; remove scheduler.{key}, or use scheduler=sarathi")
 
 
 @dataclass

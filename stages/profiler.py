@@ -29,8 +29,8 @@ def stage_code_digest() -> str:
 
 
 def profile_stage(stage: int, executor: StageExecutor, *, token_budget: int, max_context_len: int,
-                  hidden_size: int, dtype: torch.dtype) -> list[tuple[int, int, int, int, float]]:
-    """Rows ``(stage, num_tokens, attn_work, decode_ctx, seconds)``, one per shape.
+                  hidden_size: int, dtype: torch.dtype) -> list[tuple[int, int, int, int, int, float]]:
+    """Rows ``(stage, num_tokens, attn_work, decode_ctx, prefill_ctx, seconds)`` (``cost_model.work``), one per shape.
 
     Every shape runs once untimed before any is timed: first-call allocations, kernel selection and Triton's
     compiles (one per tile configuration, and the shapes pick different tiles) stay out of the timings."""

@@ -31,8 +31,7 @@ in TBT instead of in its TTFT (on issue 17's mix, one 4000-token prompt behind 1
 1.22x its own alone on 2 stages instead of 1.28x; the short requests' largest gap between tokens 64 ms instead
 of 20). With ``scheduler.tbt_slo_ms`` set no decode waits. Under overload many prompts are aged at once and the
 held decodes cost throughput (4-19% on real traces in pp-sim, ``scripts/bench_long_prompt.py orders``), which is
-why it is not the default. ``prefill_order=fcfs`` serves prefills, and admits
-requests, in arrival order.
+why it is not the default. ``prefill_order=fcfs`` serves prefills, and admits requests, in arrival order.
 """
 
 from __future__ import annotations

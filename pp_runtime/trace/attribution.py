@@ -233,8 +233,8 @@ def attribute_idle(events: dict[int, np.ndarray]) -> dict:
 def _per_micro_batch(fig: dict) -> dict:
     """The hop and the host work in ms per micro-batch the stage(s) computed: what one hop (rank 0's host work
     per micro-batch) costs, whatever the run's length."""
+    n = fig["num_microbatches"]
     for part in ("hop", "host"):
-        n = fig["num_microbatches"]
         fig[f"{part}_per_mb_ms"] = fig[f"{part}_ns"] / n / 1e6 if n else 0.0
     return fig
 

@@ -205,9 +205,9 @@ _COMBINE = _jit(_combine_fn, _COMBINE_INTS, _COMBINE_POINTERS)
 # decodes, or a short prefill chunk behind a long prefix -- their keys are split over several programs and the
 # partials merged by a second launch. Thresholds chosen by reasoning: contexts from SPLIT_MIN_CONTEXT keys, splits
 # of at least SPLIT_MIN_KEYS keys, only when the programs are fewer than the SMs, then enough to give every SM two,
-# at most MAX_SPLITS. On an H200 a 40-token
-# chunk at a 32k prefix (Llama-3.1-8B shape, 8 KV heads: about 24 programs) took 42 ms unsplit against 24 ms for
-# a 512-token chunk at prefix 0 (docs/BENCHMARKS.md, issue 17 on the GPU).
+# at most MAX_SPLITS. On an H200 a 40-token chunk at a 32k prefix (Llama-3.1-8B shape, 8 KV heads: about 24
+# programs) took 42 ms unsplit against 24 ms for a 512-token chunk at prefix 0 (docs/BENCHMARKS.md, issue 17 on
+# the GPU).
 SPLIT_MIN_CONTEXT = 1024
 SPLIT_MIN_KEYS = 256
 MAX_SPLITS = 16
@@ -216,8 +216,8 @@ MAX_SPLITS = 16
 def split_count(*, max_context: int | None, programs: int, sm_count: int) -> int:
     """How many key splits a launch uses: 1 unless contexts reach SPLIT_MIN_CONTEXT keys and ``programs`` (the
     working (query tile, KV head) programs, ``active_programs``) are fewer than the SMs; then enough splits for
-    two programs per SM. Host ints only, so the choice
-    never reads the device and a CUDA graph of a bucket always captures the same launch grid."""
+    two programs per SM. Host ints only, so the choice never reads the device and a CUDA graph of a bucket always
+    captures the same launch grid."""
     if max_context is None or max_context < SPLIT_MIN_CONTEXT or programs >= sm_count:
         return 1
     fill = -(-2 * sm_count // max(programs, 1))

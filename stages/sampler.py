@@ -2,14 +2,15 @@
 
 Greedy rows take the argmax. The other rows apply temperature, then top-k, then top-p (on the tempered, top-k
 filtered distribution; the first token always stays), and draw with the Gumbel-max trick: the token is the
-argmax of ``logit / temperature + g`` over the kept tokens, where ``g = -log(-log u)`` and ``u`` is a uniform
+argmax of ``logit / temperature + g`` (float64) over the kept tokens, where ``g = -log(-log u)`` and ``u`` is a uniform
 number made by hashing (seed, step, token id) with SplitMix64. The noise of a row depends only on its request's
 seed (its sequence id when the request has none) and its step, so a seeded request gives the same tokens
 however it is batched, chunked or split over stages, and no row's draw depends on another row.
 
 ``SamplingTensors.build`` runs on the host from the plan and ships a few small tensors with non-blocking copies;
 ``sample_tensors`` then runs on the device without a host synchronisation. ``sample`` wraps both for callers
-that want a list of token ids.
+that want a list of token ids. Each token's score depends on its own logit alone, so a head whose vocabulary is
+split over two stages samples the same tokens (``best_in_shard``, ``merge_best``; ``stages/vocab_parallel.py``).
 """
 
 from __future__ import annotations
@@ -69,40 +70,61 @@ def gumbel_noise(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     return -torch.log(-torch.log(u))
 
 
+def is_filtered(params) -> bool:
+    """A drawn row that needs its whole distribution: top-k or top-p on (greedy rows never filter)."""
+    return not params.greedy and (params.top_k > 0 or params.top_p < 1.0)
+
+
+@dataclass(frozen=True)
+class DrawnRows:
+    """The drawn rows of one kind (``N`` of them) on the device: which of the S rows, and their parameters."""
+
+    count: int  # N, known on the host
+    index: torch.Tensor  # [N] int64: positions among the S sampled rows
+    temperature: torch.Tensor  # [N] float32, > 0
+    top_k: torch.Tensor  # [N] int64, 0 = off
+    top_p: torch.Tensor  # [N] float32, 1 = off
+    keys: torch.Tensor  # [N] int64: row_key(seed, step) as a 64-bit pattern
+
+    @staticmethod
+    def build(drawn: list[tuple[int, Piece]], device: torch.device) -> DrawnRows | None:
+        if not drawn:
+            return None
+        # top_k beyond any vocabulary means no filter; clamped so that it fits an int64.
+        ints = torch.tensor([[i for i, _ in drawn], [min(p.params.top_k, _MAX_TOP_K) for _, p in drawn],
+                             [_signed(row_key(_seed(p), p.step)) for _, p in drawn]], dtype=torch.int64)  # [3, N]
+        # A temperature below float32's smallest normal would round to 0 and divide by 0; clamped, it stays greedy.
+        floats = torch.tensor([[max(p.params.temperature, _MIN_TEMPERATURE) for _, p in drawn],
+                               [p.params.top_p for _, p in drawn]], dtype=torch.float32)  # [2, N]
+        ints, floats = _to_device(ints, device), _to_device(floats, device)
+        return DrawnRows(len(drawn), index=ints[0], temperature=floats[0], top_k=ints[1], top_p=floats[1],
+                         keys=ints[2])
+
+
 @dataclass(frozen=True)
 class SamplingTensors:
     """Per-micro-batch sampling inputs on the device: one row per sampled piece, in plan order.
 
-    ``rows`` and the parameter tensors cover only the non-greedy rows (``N`` of them); greedy rows need nothing
-    but the argmax. ``all_greedy`` and ``any_filter`` are known on the host, so the common cases skip work
-    without a synchronisation.
+    Greedy rows need nothing but the maximum. ``drawn`` holds the rows drawn from the whole tempered
+    distribution, ``filtered`` those with top-k or top-p (which need every logit of their row at once); both are
+    None when there are none, known on the host, so the common cases skip work without a synchronisation.
     """
 
     num_rows: int  # S: sampled pieces in the micro-batch
-    all_greedy: bool  # every row is greedy: sampling is one argmax
-    any_filter: bool  # some non-greedy row uses top-k or top-p: sort those rows once
-    rows: torch.Tensor | None = None  # [N] int64: which of the S rows are drawn at random
-    temperature: torch.Tensor | None = None  # [N] float32, > 0
-    top_k: torch.Tensor | None = None  # [N] int64, 0 = off
-    top_p: torch.Tensor | None = None  # [N] float32, 1 = off
-    keys: torch.Tensor | None = None  # [N] int64: row_key(seed, step) as a 64-bit pattern
+    drawn: DrawnRows | None = None
+    filtered: DrawnRows | None = None
+
+    @property
+    def all_greedy(self) -> bool:
+        return self.drawn is None and self.filtered is None
 
     @staticmethod
     def build(pieces: list[Piece], device: torch.device) -> SamplingTensors:
         """From the sampling pieces of a micro-batch (in plan order): one small non-blocking copy per tensor."""
-        drawn = [(i, p) for i, p in enumerate(pieces) if not p.params.greedy]
-        if not drawn:
-            return SamplingTensors(len(pieces), all_greedy=True, any_filter=False)
-        # top_k beyond any vocabulary means no filter; clamped so that it fits an int64.
-        ints = torch.tensor([[i for i, _ in drawn], [min(p.params.top_k, _MAX_TOP_K) for _, p in drawn],
-                             [_signed(row_key(_seed(p), p.step)) for _, p in drawn]], dtype=torch.int64)  # [3, N]
-        # A temperature below float32's smallest normal would round to 0 and divide 0 by 0; clamped, it stays greedy.
-        floats = torch.tensor([[max(p.params.temperature, _MIN_TEMPERATURE) for _, p in drawn],
-                               [p.params.top_p for _, p in drawn]], dtype=torch.float32)  # [2, N]
-        ints, floats = _to_device(ints, device), _to_device(floats, device)
-        any_filter = any(p.params.top_k > 0 or p.params.top_p < 1.0 for _, p in drawn)
-        return SamplingTensors(len(pieces), all_greedy=False, any_filter=any_filter, rows=ints[0],
-                               temperature=floats[0], top_k=ints[1], top_p=floats[1], keys=ints[2])
+        drawn = [(i, p) for i, p in enumerate(pieces) if not p.params.greedy and not is_filtered(p.params)]
+        filtered = [(i, p) for i, p in enumerate(pieces) if is_filtered(p.params)]
+        return SamplingTensors(len(pieces), drawn=DrawnRows.build(drawn, device),
+                               filtered=DrawnRows.build(filtered, device))
 
 
 def _seed(p: Piece) -> int:
@@ -115,36 +137,68 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
+def best_in_shard(logits: torch.Tensor, st: SamplingTensors, vocab_start: int = 0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's best token in a slice of the vocabulary, and its score: ``logits`` ``[S, V_shard]`` (float32) are
+    tokens ``vocab_start ..``; returns ``(score [S] float64, token id [S] int64)`` on the logits' device.
+
+    The score is what the sampler maximises over the vocabulary, token by token: the logit on greedy rows, and
+    ``logit / temperature + g(token id)`` (float64) on drawn rows. It depends only on the token's own logit, so the
+    best of two slices' bests (``merge_best``) is the best over both, whichever way the vocabulary is split. Rows
+    in ``st.filtered`` get placeholder values (their draw needs the whole row: ``draw_filtered``).
+    """
+    best, ids = logits.max(dim=-1)  # [S] each; the first maximum, as argmax
+    scores, ids = best.double(), ids + vocab_start
+    rows = st.drawn
+    if rows is None:
+        return scores, ids
+    # Drawn rows go in blocks: a block's temporaries (int64 hashes, float64 noise) are some 24 bytes per logit, so
+    # blocks bound the peak memory; each row's score is the same whichever block it lands in.
+    token_ids = torch.arange(vocab_start, vocab_start + logits.shape[-1], dtype=torch.int64, device=logits.device)
+    for i in range(0, rows.count, _ROW_BLOCK):
+        block = slice(i, i + _ROW_BLOCK)
+        index = rows.index[block]
+        x = logits.index_select(0, index).double() / rows.temperature[block, None].double()  # [B, V_shard]
+        got, at = (x + gumbel_noise(rows.keys[block], token_ids)).max(dim=-1)
+        scores = scores.index_copy(0, index, got)
+        ids = ids.index_copy(0, index, at + vocab_start)
+    return scores, ids
+
+
+def merge_best(low: tuple[torch.Tensor, torch.Tensor], high: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Token ids ``[S]`` from the ``best_in_shard`` results of two slices, ``low`` holding the lower token ids: the
+    higher score wins, a tie goes to the lower id (as argmax over the whole row)."""
+    return torch.where(high[0] > low[0], high[1], low[1])
+
+
+def draw_filtered(logits: torch.Tensor, rows: DrawnRows) -> torch.Tensor:
+    """Token ids ``[F]`` for the filtered rows from their whole rows of logits ``[F, vocab]`` (float32, in the order of
+    ``rows.index``): top-k, then top-p, then the Gumbel draw over the kept tokens."""
+    tokens = [_draw_filtered(logits[i:i + _ROW_BLOCK], rows.temperature[i:i + _ROW_BLOCK], rows.keys[i:i + _ROW_BLOCK],
+                             rows.top_k[i:i + _ROW_BLOCK], rows.top_p[i:i + _ROW_BLOCK])
+              for i in range(0, rows.count, _ROW_BLOCK)]
+    return torch.cat(tokens)
+
+
 def sample_tensors(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
     """``logits`` ``[S, vocab]`` (float32), one row per sampling piece; returns ``[S]`` int64 token ids on the
     logits' device, without synchronising with the host."""
-    out = logits.argmax(dim=-1)  # [S]; greedy rows are exactly this
     if st.all_greedy:
-        return out
-    # Drawn rows go in blocks: a block's temporaries (sort, int64 hashes, float64 noise) are some 40 bytes per
-    # logit, so blocks bound the peak memory; each row's draw is the same whichever block it lands in.
-    n = st.rows.numel()
-    tokens = [_draw(logits, st, slice(i, i + _ROW_BLOCK)) for i in range(0, n, _ROW_BLOCK)]
-    return out.index_copy(0, st.rows, torch.cat(tokens))
+        return logits.argmax(dim=-1)  # [S]
+    _, out = best_in_shard(logits, st)
+    if st.filtered is not None:
+        f = st.filtered
+        out = out.index_copy(0, f.index, draw_filtered(logits.index_select(0, f.index), f))
+    return out
 
 
-def _draw(logits: torch.Tensor, st: SamplingTensors, block: slice) -> torch.Tensor:
-    """Token ids ``[B]`` for the drawn rows ``st.rows[block]``."""
-    keys, top_k, top_p = st.keys[block], st.top_k[block], st.top_p[block]
-    drawn = logits.index_select(0, st.rows[block])  # [B, V]
-    # Shift by the row maximum first: a tiny temperature must not overflow the division to inf - inf.
-    scaled = (drawn - drawn.amax(dim=-1, keepdim=True)) / st.temperature[block, None]  # [B, V]
-    if not st.any_filter:
-        ids = torch.arange(scaled.shape[-1], dtype=torch.int64, device=logits.device)  # [V]
-        return (scaled.double() + gumbel_noise(keys, ids)).argmax(dim=-1)
-    return _draw_filtered(scaled, keys, top_k, top_p)
-
-
-def _draw_filtered(scaled: torch.Tensor, keys: torch.Tensor, top_k: torch.Tensor,
+def _draw_filtered(logits: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor, top_k: torch.Tensor,
                    top_p: torch.Tensor) -> torch.Tensor:
-    """Top-k, then top-p, then the Gumbel draw, for a block of rows at once in sorted order (stable, so ties are
-    ordered by token id whatever the batch). Rows with top_k 0 and top_p 1 keep every token."""
-    vocab = scaled.shape[-1]
+    """Top-k, then top-p, then the Gumbel draw, for a block of rows ``[B, V]`` at once in sorted order (stable, so
+    ties are ordered by token id whatever the batch). Rows with top_k 0 and top_p 1 keep every token."""
+    vocab = logits.shape[-1]
+    # The filters see the tempered row shifted by its maximum (a tiny temperature must not overflow to inf - inf).
+    scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperature[:, None]  # [B, V]
     ordered, order = torch.sort(scaled, dim=-1, descending=True, stable=True)  # [B, V] each
     # top-k keeps every token at least as large as the k-th largest (ties with it stay, as a threshold would).
     k = torch.where((top_k > 0) & (top_k < vocab), top_k, vocab)  # [B]
@@ -153,10 +207,11 @@ def _draw_filtered(scaled: torch.Tensor, keys: torch.Tensor, top_k: torch.Tensor
     # top-p drops a token once the tokens before it already reach p; the first token always stays.
     probs = ordered.softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs  # [B, V]
-    drop = (before >= top_p[:, None]) & (top_p < 1.0)[:, None]
-    ordered = ordered.masked_fill(drop, float("-inf"))
-    # The noise belongs to the token id, not to the sorted position: same draw as without filters.
-    pick = (ordered.double() + gumbel_noise(keys, order)).argmax(dim=-1)  # [B]
+    keep = (ordered > float("-inf")) & ~((before >= top_p[:, None]) & (top_p < 1.0)[:, None])
+    # The kept tokens compete with best_in_shard's score, the noise keyed by token id: a filter that keeps every
+    # token draws what no filter does.
+    score = logits.double().gather(1, order) / temperature[:, None].double() + gumbel_noise(keys, order)
+    pick = score.masked_fill(~keep, float("-inf")).argmax(dim=-1)  # [B]
     return order.gather(1, pick[:, None]).squeeze(1)
 
 

@@ -146,7 +146,7 @@ def test_tiny_positive_temperature_does_not_crash():
     assert _draw(logits, temperature=1e-38, seed=0) == 0
     # Below float32's range the temperature would round to 0 (then 0 / 0 is NaN): it is clamped above 0.
     tiny = SamplingTensors.build([_piece(temperature=1e-300)], logits.device)
-    assert tiny.temperature.item() > 0
+    assert tiny.drawn.temperature.item() > 0
     assert all(_draw(logits, temperature=1e-300, top_p=0.5, seed=s) == 0 for s in range(20))
 
 
@@ -226,7 +226,7 @@ def test_sample_tensors_returns_int64_on_the_logits_device_and_keeps_greedy_rows
     pieces = [_piece(), _piece(temperature=1.0, seed=1), _piece(), _piece(temperature=0.7, top_k=3, seed=2),
               _piece()]
     st_ = SamplingTensors.build(pieces, logits.device)
-    assert not st_.all_greedy and st_.any_filter and st_.rows.tolist() == [1, 3]
+    assert not st_.all_greedy and st_.drawn.index.tolist() == [1] and st_.filtered.index.tolist() == [3]
     out = sample_tensors(logits, st_)
     assert out.dtype == torch.int64 and out.shape == (5,) and out.device == logits.device
     argmax = logits.argmax(-1)

@@ -184,16 +184,18 @@ def tune(cfg, *, tbt_slo_ms: float, ttft_slo_ms: float | None = None, max_sims: 
 def simulate_candidate(job, cand: Candidate, requests, *, simulate) -> dict:
     """Metrics of one simulated run of ``cand`` on ``requests`` (``job``: a ``resolve_sim_job`` result)."""
     from pp_runtime.model.cache_size import resolve_num_blocks
-    from pp_runtime.model.partition import partition_layers
+    from pp_runtime.model.partition import partition_layers, resolve_head_split
     from pp_runtime.sim.time_model import build_time_model
 
     c = apply(job.cfg, cand)
     ranges = partition_layers(job.hf_config.num_hidden_layers, len(cand.layers_per_stage),
                               layers_per_stage=list(cand.layers_per_stage))
-    time_model = build_time_model(c, hf_config=job.hf_config, layer_ranges=ranges)
+    head_split = resolve_head_split(c.pipeline.split_lm_head, vocab_size=job.hf_config.vocab_size,
+                                    num_stages=len(ranges), cpu=job.device_memory_gib is None)
+    time_model = build_time_model(c, hf_config=job.hf_config, layer_ranges=ranges, head_split=head_split)
     num_blocks = resolve_num_blocks(c.cache, hf_config=job.hf_config, layer_ranges=ranges,
                                     token_budget=c.scheduler.token_budget, dtype=job.dtype,
-                                    device_memory_gib=job.device_memory_gib)
+                                    device_memory_gib=job.device_memory_gib, split_head=head_split is not None)
     result = simulate(c, requests, time_model=time_model, links=job.links, hidden_size=job.hf_config.hidden_size,
                       dtype_bytes=job.dtype_bytes, eos_token_ids=job.eos_token_ids, max_model_len=job.max_model_len,
                       num_blocks=num_blocks)

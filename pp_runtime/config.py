@@ -76,9 +76,16 @@ class PipelineConfig:
     # through pinned host memory, so several stages can share one GPU), or auto: nccl when every rank of the node
     # has its own GPU, else gloo. The CPU always uses gloo.
     transport: str = "auto"
+    # Split the LM head's vocabulary between stage 0 and the last stage (a vocabulary-parallel head,
+    # stages/vocab_parallel.py): each computes half of the logits of the sampled rows, so the head's cost, about
+    # ten layers per decode token on SmolLM2-135M, weighs on both ends instead of the last stage alone. Tokens are
+    # the same either way. true, false, or auto: on the CPU with 2+ stages (not yet run on a GPU).
+    split_lm_head: Any = "auto"
 
     def validate(self) -> None:
         _check(self.stages is not None and self.stages >= 1, "pipeline.stages", self.stages, "must be >= 1")
+        _check(self.split_lm_head == "auto" or isinstance(self.split_lm_head, bool), "pipeline.split_lm_head",
+               self.split_lm_head, "use auto, true or false")
         if self.layers_per_stage is not None:
             _check(len(self.layers_per_stage) == self.stages, "pipeline.layers_per_stage", self.layers_per_stage,
                    f"needs one entry per stage ({self.stages} entries, pipeline.stages={self.stages})")

@@ -23,6 +23,7 @@ from pp_runtime.model.partition import (
     head_cost_of_mix,
     partition_layers,
     planned_rows,
+    resolve_head_split,
     sampled_share,
 )
 from pp_runtime.model.source import eos_token_ids
@@ -51,6 +52,7 @@ class Job:
     requests: list[Request]
     eos_token_ids: list[int]
     device_memory_gib: float | None = None  # each stage's device memory (sizes the default cache); None: the CPU
+    head_split: int | None = None  # v0 of a vocabulary-parallel LM head (pipeline.split_lm_head); None: not split
 
     @property
     def num_stages(self) -> int:
@@ -97,14 +99,18 @@ def resolve_job(cfg: Config, *, hf_config, tokenizer, model_dir: str | None, dty
 
     requests = load_workload(cfg.workload, tokenizer=tokenizer, max_model_len=max_model_len,
                              vocab_size=hf_config.vocab_size)
-    head_cost = _head_cost(cfg, hf_config, requests, max_model_len, cpu=device_memory_gib is None)
+    cpu = device_memory_gib is None
+    head_split = resolve_head_split(cfg.pipeline.split_lm_head, vocab_size=hf_config.vocab_size,
+                                    num_stages=cfg.pipeline.stages, cpu=cpu)
+    head_cost = _head_cost(cfg, hf_config, requests, max_model_len, cpu=cpu)
     ranges = partition_layers(hf_config.num_hidden_layers, cfg.pipeline.stages, head_cost=head_cost,
-                              layers_per_stage=cfg.pipeline.layers_per_stage)
+                              layers_per_stage=cfg.pipeline.layers_per_stage,
+                              first_head_share=(head_split or 0) / hf_config.vocab_size)
     num_blocks = resolve_num_blocks(cfg.cache, hf_config=hf_config, layer_ranges=ranges,
                                     token_budget=budget_bound(cfg.scheduler), dtype=dtype,
-                                    device_memory_gib=device_memory_gib)
+                                    device_memory_gib=device_memory_gib, split_head=head_split is not None)
     return Job(cfg, hf_config, tokenizer, model_dir, dtype, max_model_len, ranges, num_blocks, requests,
-               eos_token_ids(hf_config, model_dir), device_memory_gib)
+               eos_token_ids(hf_config, model_dir), device_memory_gib, head_split)
 
 
 def _head_cost(cfg: Config, hf_config, requests: list[Request], max_model_len: int, *, cpu: bool) -> float:

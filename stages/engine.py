@@ -4,7 +4,9 @@
 plans on the wall clock, runs stage 0, sends the micro-batch down the pipeline and reads its sampled tokens
 only when the loop folds it back (with one stage the whole model runs in place, and with depth > 1 the next
 micro-batch is launched before this one's tokens are read). Each plan goes to every stage before stage 0
-computes it, so they post their receives meanwhile. While waiting for an arrival (online mode) it sleeps,
+computes it, so they post their receives meanwhile. With a vocabulary-parallel LM head, rank 0 computes its half
+of the head when it reads a micro-batch's tokens (a second COMPUTE event of that micro-batch on stage 0, with no
+tokens counted). While waiting for an arrival (online mode) it sleeps,
 waking for a stop signal (``StopSignal``). ``Engine.run`` then sends every stage the stop message, so every
 stage ends cleanly.
 """
@@ -61,8 +63,13 @@ class WallClock:
         return handle
 
     def receive(self, mb: MicroBatch, handle) -> None:
-        if self.transport is not None:  # one stage: SampledTokens.result() waits in tokens()
-            self._tokens[mb.id] = self.transport.wait_tokens(handle)
+        if self.transport is None:  # one stage: SampledTokens.result() waits in tokens()
+            return
+        got = self.transport.wait_tokens(handle)
+        if self.executor.head_split is not None:  # this stage's half of the LM head, then the merge
+            with self.tracer.span(EventKind.COMPUTE, mb.id, 0, 0):
+                got = self.executor.finish_head(mb, got).result()
+        self._tokens[mb.id] = got
 
     def tokens(self, mb: MicroBatch, handle) -> list[int]:
         """The sampled ids: from this rank's own last stage, or from the last rank."""

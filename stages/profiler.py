@@ -15,7 +15,7 @@ import torch
 
 from pp_runtime.plan import MicroBatch, Piece
 from pp_runtime.planner.cost_model import profile_points, work
-from stages.executor import SampledTokens, StageExecutor
+from stages.executor import HostCopy, StageExecutor
 
 
 def stage_code_digest() -> str:
@@ -44,14 +44,28 @@ def profile_stage(stage: int, executor: StageExecutor, *, token_budget: int, max
             return None
         return torch.randn(mb.num_tokens, hidden_size, dtype=dtype, device=executor.device)
 
+    # Stage 0 with a split LM head also runs its half of the head on the sampled rows of each micro-batch (in the
+    # run, when it reads the micro-batch's tokens): it is part of the stage's time per micro-batch.
+    head = executor.model.is_first and executor.head_split is not None
+
+    def run(mb: MicroBatch, x: torch.Tensor | None, normed: torch.Tensor | None) -> None:
+        _wait(executor.execute(mb, x))
+        if normed is not None:
+            executor.model.head_logits(normed).max(dim=-1)
+
+    def rows_in(mb: MicroBatch) -> torch.Tensor | None:  # [S, hidden] normed rows for stage 0's half of the head
+        if not head:
+            return None
+        return torch.randn(mb.num_samples, hidden_size, dtype=dtype, device=executor.device)
+
     for mb in batches:  # warm-up, untimed
-        _wait(executor.execute(mb, hidden(mb)))
+        run(mb, hidden(mb), rows_in(mb))
     rows = []
     for shape, mb in zip(shapes, batches):
-        x = hidden(mb)
+        x, normed = hidden(mb), rows_in(mb)
         _sync(executor.device)
         start = time.perf_counter()
-        _wait(executor.execute(mb, x))
+        run(mb, x, normed)
         _sync(executor.device)
         rows.append((stage, *work(shape), time.perf_counter() - start))
     return rows
@@ -67,8 +81,9 @@ def _fake_microbatch(shape: list[tuple[int, int]], block_size: int) -> MicroBatc
 
 
 def _wait(out) -> None:
-    # The last stage returns its sampled tokens as a handle: reading them is part of its step time.
-    if isinstance(out, SampledTokens):
+    # The last stage returns its sampled tokens (or its half of a split head) as a handle: reading them is part of
+    # its step time.
+    if isinstance(out, HostCopy):
         out.result()
 
 

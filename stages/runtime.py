@@ -19,6 +19,7 @@ from stages.kv_cache import KVCache
 from stages.preemption import Preempted, announced
 from stages.stage_model import build_stage_model
 from stages.transport import Transport
+from stages.vocab_parallel import HeadSplit
 
 log = logging.getLogger("pp_runtime")
 
@@ -36,17 +37,21 @@ def run_stage(job: RankJob, *, stop=None) -> dict | None:
         begin_attempt(cfg.output_dir, job.resume)
     layers = job.layer_ranges[rank]
     tracer = Tracer(rank, capacity=cfg.tracer.capacity, enabled=cfg.tracer.enabled, device=job.device)
+    head_split = None
+    if job.head_split is not None and world > 1:
+        head_split = HeadSplit(job.head_split, job.hf_config.vocab_size, job.hf_config.hidden_size, job.dtype)
     model = build_stage_model(job.model_dir, job.hf_config, layers, num_stages=world, stage=rank,
-                              device=job.device, dtype=job.dtype)
+                              device=job.device, dtype=job.dtype, head_split=job.head_split)
     backend = job.attention_backend
     graphs = graphs_wanted(cfg.runtime.cuda_graphs, job.device, backend)
     cache = KVCache(list(layers), num_blocks=job.num_blocks, block_size=cfg.cache.block_size,
                     hf_config=job.hf_config, dtype=job.dtype, device=job.device, extra_blocks=int(graphs))
     executor = StageExecutor(model, cache, device=job.device, backend=backend, cuda_graphs=graphs,
                              max_blocks_per_seq=-(-job.max_model_len // cfg.cache.block_size),
-                             graph_max_tokens=min(budget_bound(cfg.scheduler), MAX_GRAPH_TOKENS))
+                             graph_max_tokens=min(budget_bound(cfg.scheduler), MAX_GRAPH_TOKENS),
+                             head_split=head_split)
     log.info("stage %d: layers %d-%d%s%s, %d KV blocks of %d tokens, %s attention%s, %s %s", rank, layers.start,
-             layers.stop - 1, " + embeddings" if model.is_first else "", " + LM head" if model.is_last else "",
+             layers.stop - 1, " + embeddings" if model.is_first else "", _head_note(model, head_split),
              job.num_blocks, cfg.cache.block_size, backend, ", CUDA graphs" if graphs else "", job.device,
              str(job.dtype).removeprefix("torch."))
     transport = None
@@ -62,7 +67,7 @@ def run_stage(job: RankJob, *, stop=None) -> dict | None:
                               dtype=job.dtype, timeout_s=cfg.runtime.timeout_s, tracer=tracer, cpu_group=cpu_group,
                               control_group=control_group,
                               host_staging=job.transport == "gloo" and job.device.type == "cuda",
-                              max_rows=_max_rows(job))
+                              max_rows=_max_rows(job), head_split=head_split)
         if cfg.tracer.enabled:
             from stages.clock_sync import estimate_clock_offset
 
@@ -98,6 +103,15 @@ def run_stage(job: RankJob, *, stop=None) -> dict | None:
     if stopped:
         raise Preempted(stopped)
     return result
+
+
+def _head_note(model, split: HeadSplit | None) -> str:
+    if model.head is None:
+        return ""
+    if split is None:
+        return " + LM head"
+    start = model.vocab_start
+    return f" + LM head tokens {start}-{start + model.head.out_features - 1} (pipeline.split_lm_head)"
 
 
 def _max_rows(job: RankJob) -> int:

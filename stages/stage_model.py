@@ -51,14 +51,18 @@ def arch_of(hf_config) -> Arch:
 
 class StageModel(nn.Module):
     """One stage's modules for a packed micro-batch: ``body`` takes ``[T]`` token ids (stage 0) or ``[T, hidden]``
-    activations to ``[T, hidden]``; ``logits`` (last stage) takes the sampled rows to ``[S, vocab]``."""
+    activations to ``[T, hidden]``; ``logits`` (last stage) takes the sampled rows to ``[S, vocab]``.
+
+    With a vocabulary-parallel head (``stages/vocab_parallel.py``) ``head`` holds only this stage's rows of the LM
+    head, tokens ``vocab_start ..``: stage 0 then has a head too, and ``head_logits`` gives that slice's logits."""
 
     def __init__(self, hf_config, layers: list[nn.Module], layer_ids: list[int], *, embed=None, pos_embed=None,
-                 rotary=None, norm=None, head=None):
+                 rotary=None, norm=None, head=None, vocab_start: int = 0):
         super().__init__()
         self.config = hf_config
         self.layer_ids = layer_ids
         self.embed, self.pos_embed, self.rotary, self.norm, self.head = embed, pos_embed, rotary, norm, head
+        self.vocab_start = vocab_start
         self.layers = nn.ModuleList(layers)
 
     @property
@@ -67,7 +71,7 @@ class StageModel(nn.Module):
 
     @property
     def is_last(self) -> bool:
-        return self.head is not None
+        return self.norm is not None
 
     @torch.inference_mode()
     def body(self, inputs: torch.Tensor, positions: torch.Tensor, attn: attention.AttentionContext) -> torch.Tensor:
@@ -87,15 +91,25 @@ class StageModel(nn.Module):
 
     @torch.inference_mode()
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Final norm and LM head (last stage) on the sampled rows ``[S, hidden]``: ``[S, vocab]`` float32.
+        """Final norm and LM head (last stage) on the sampled rows ``[S, hidden]``: ``[S, vocab]`` float32."""
+        return self.head_logits(self.final_norm(h))
+
+    @torch.inference_mode()
+    def final_norm(self, h: torch.Tensor) -> torch.Tensor:
+        """The final norm (last stage): ``[S, hidden]`` to ``[S, hidden]``."""
+        return self.norm(h)
+
+    @torch.inference_mode()
+    def head_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """This stage's LM head rows on normed rows ``[S, hidden]``: ``[S, head rows]`` float32 (every token, or
+        with a split head tokens ``vocab_start ..``).
 
         On the CPU a few rows go as ``weight @ h.T``: for an ``[S, hidden] x [hidden, vocab]`` product with small S
         the CPU BLAS packs the whole ``[vocab, hidden]`` weight first, so ``F.linear`` took 8-10 ms for 2-8 rows of
         a 49152 x 384 head on one core against 2.8-6.2 ms this way (``python -m scripts.bench_lm_head``).
         """
-        h = self.norm(h)
         if h.device.type == "cpu" and h.shape[0] <= CPU_HEAD_TRANSPOSED_ROWS:
-            logits = torch.mm(self.head.weight, h.T).T  # [S, vocab]
+            logits = torch.mm(self.head.weight, h.T).T  # [S, head rows]
             if self.head.bias is not None:
                 logits = logits + self.head.bias
             return logits.float()
@@ -103,8 +117,11 @@ class StageModel(nn.Module):
 
 
 def build_stage_model(model_dir: str, hf_config, layer_range: range, *, num_stages: int, stage: int,
-                      device: torch.device, dtype: torch.dtype) -> StageModel:
-    """Build and load the modules ``stage`` owns; the rest of the model never leaves the meta device."""
+                      device: torch.device, dtype: torch.dtype, head_split: int | None = None) -> StageModel:
+    """Build and load the modules ``stage`` owns; the rest of the model never leaves the meta device.
+
+    ``head_split`` (``v0``, with 2+ stages): stage 0 also owns the LM head's rows ``[0, v0)`` (a view of the
+    embeddings when they are tied) and the last stage only rows ``[v0, vocab)``."""
     from transformers import AutoModelForCausalLM
 
     from stages.weights import load_owned_weights
@@ -114,8 +131,11 @@ def build_stage_model(model_dir: str, hf_config, layer_range: range, *, num_stag
     with torch.device("meta"):
         full = AutoModelForCausalLM.from_config(hf_config, attn_implementation=attention.NAME, dtype=dtype)
     first, last = stage == 0, stage == num_stages - 1
+    split = head_split if num_stages > 1 else None
+    tied = getattr(hf_config, "tie_word_embeddings", False)
     all_layers = full.get_submodule(arch.layers)
     owned: dict[str, nn.Module] = {f"{arch.layers}.{i}": all_layers[i] for i in layer_range}
+    rows: dict[str, slice] = {}  # owned module -> the rows of its tensors this stage loads
     if first:
         owned[arch.embed] = full.get_submodule(arch.embed)
         if arch.pos_embed:
@@ -123,17 +143,34 @@ def build_stage_model(model_dir: str, hf_config, layer_range: range, *, num_stag
     if last:
         owned[arch.norm] = full.get_submodule(arch.norm)
         owned[arch.head] = full.get_submodule(arch.head)
+        if split is not None:
+            owned[arch.head] = _head_rows(owned[arch.head], hf_config.vocab_size - split)
+            rows[arch.head] = slice(split, hf_config.vocab_size)
     for module in owned.values():
         module.to_empty(device=device)
-    load_owned_weights(model_dir, owned, hf_config, device=device, dtype=dtype, embed_name=arch.embed)
-    if first and last and getattr(hf_config, "tie_word_embeddings", False):
+    load_owned_weights(model_dir, owned, hf_config, device=device, dtype=dtype, embed_name=arch.embed, rows=rows)
+    first_head = None
+    if first and split is not None and not tied:
+        first_head = _head_rows(full.get_submodule(arch.head), split).to_empty(device=device)
+        load_owned_weights(model_dir, {arch.head: first_head}, hf_config, device=device, dtype=dtype,
+                           embed_name=arch.embed, rows={arch.head: slice(0, split)})
+    if first and last and tied:
         owned[arch.head].weight = owned[arch.embed].weight  # one copy, as in the HF model
+    if first and split is not None and tied:  # stage 0's head rows are its embeddings' first v0 rows: no copy
+        first_head = nn.Linear(hf_config.hidden_size, split, bias=False, device="meta")
+        first_head.weight = nn.Parameter(owned[arch.embed].weight[:split], requires_grad=False)
     rotary = None
     if arch.rotary:
         with torch.device(device):
             rotary = type(full.get_submodule(arch.rotary))(config=hf_config)
+    head = owned.get(arch.head) if last else first_head
     model = StageModel(hf_config, [owned[f"{arch.layers}.{i}"] for i in layer_range], list(layer_range),
                        embed=owned.get(arch.embed), pos_embed=owned.get(arch.pos_embed) if arch.pos_embed else None,
-                       rotary=rotary, norm=owned.get(arch.norm) if last else None,
-                       head=owned.get(arch.head) if last else None)
+                       rotary=rotary, norm=owned.get(arch.norm) if last else None, head=head,
+                       vocab_start=split if last and split is not None else 0)
     return model.eval()
+
+
+def _head_rows(head: nn.Module, n: int) -> nn.Linear:
+    """A ``Linear`` like ``head`` (on the meta device) with ``n`` output rows."""
+    return nn.Linear(head.in_features, n, bias=head.bias is not None, device="meta", dtype=head.weight.dtype)

@@ -17,8 +17,10 @@ Three kinds of message, each on its own channel, none waiting for a rendezvous t
   ``pipeline.transport=gloo`` on CUDA, where activations are staged through pinned host memory so that several
   stages can share one GPU).
 - **tokens**: the last stage sends ``[mb_id, *sampled ids]`` (int64) to rank 0, which posted that receive when
-  it launched the micro-batch (the plan says how many ids). Over the control group too: small messages never
-  queue behind an activation on one connection (a 2-stage run sends both between the same two ranks).
+  it launched the micro-batch (the plan says how many ids); with a vocabulary-parallel LM head, its half of the
+  head instead (``HeadSplit.pack``: ids, scores and normed rows, sized from the plan too). Over the control group
+  too: small messages never queue behind an activation on one connection (a 2-stage run sends both between the
+  same two ranks).
 
 Sends never block: they are posted and completed lazily (at most ``_MAX_SENDS`` outstanding, then the oldest is
 waited for; ``flush`` waits for all). On host-staged CUDA, the copy to pinned memory is asynchronous and its send
@@ -44,6 +46,7 @@ import torch.distributed as dist
 
 from pp_runtime.plan import MicroBatch
 from pp_runtime.trace.tracer import EventKind, Tracer
+from stages.vocab_parallel import HeadSplit
 
 DATA, STOP, ABORT = 0, 1, 2
 _ACT, _TOKENS, _PLAN = 0, 1, 2  # gloo tags (NCCL matches by order alone)
@@ -66,7 +69,7 @@ class Transport:
 
     def __init__(self, rank: int, world_size: int, *, device: torch.device, hidden_size: int, dtype: torch.dtype,
                  timeout_s: float, tracer: Tracer, cpu_group=None, control_group=None, host_staging: bool = False,
-                 max_rows: int = 0):
+                 max_rows: int = 0, head_split: HeadSplit | None = None):
         self.rank, self.world_size = rank, world_size
         self.next, self.prev, self.last = (rank + 1) % world_size, (rank - 1) % world_size, world_size - 1
         self.device, self.hidden_size, self.dtype = device, hidden_size, dtype
@@ -79,6 +82,7 @@ class Transport:
         # CUDA activations over gloo: copied to pinned host memory to send, received there, copied back.
         self.host_staging = host_staging
         self.max_rows = max_rows  # the most tokens a micro-batch can hold; 0: post receives only for known plans
+        self.head_split = head_split  # the last stage sends its half of a split LM head, not token ids
         self._sends: deque[tuple[object, str, int, bool, object]] = deque()  # (work, what, peer, poll, tensor)
         self._staged: deque[tuple[torch.cuda.Event, torch.Tensor, int]] = deque()  # copies to host not yet sent
         self._inbox: _PlanInbox | None = None
@@ -102,21 +106,26 @@ class Transport:
         self.tracer.record(EventKind.SEND, t0, self.tracer.now_ns(), mb.id)
 
     def post_tokens(self, mb: MicroBatch) -> tuple[MicroBatch, object, torch.Tensor]:
-        """Post the receive of ``mb``'s sampled ids from the last stage; ``wait_tokens`` takes what this returns."""
-        buf = torch.empty(1 + sum(p.sample for p in mb.pieces), dtype=torch.int64)  # [1 + S]: mb id, ids
+        """Post the receive of ``mb``'s sampled ids (or, with a split head, the last stage's half of the head) from
+        the last stage; ``wait_tokens`` takes what this returns."""
+        if self.head_split is not None:
+            buf = torch.empty(self.head_split.message_bytes(mb), dtype=torch.uint8)
+        else:
+            buf = torch.empty(1 + sum(p.sample for p in mb.pieces), dtype=torch.int64)  # [1 + S]: mb id, ids
         return mb, dist.irecv(buf, self.last, group=self._control(), tag=_TOKENS), buf
 
-    def wait_tokens(self, posted: tuple[MicroBatch, object, torch.Tensor]) -> list[int]:
-        """Block (up to the timeout) for the sampled ids ``post_tokens`` asked for; time blocked is a WAIT."""
+    def wait_tokens(self, posted: tuple[MicroBatch, object, torch.Tensor]) -> list[int] | torch.Tensor:
+        """Block (up to the timeout) for what ``post_tokens`` asked for; time blocked is a WAIT. Returns the sampled
+        ids, or with a split head the last stage's message (uint8, ``HeadSplit.unpack`` reads it)."""
         mb, work, buf = posted
         t0 = self.tracer.now_ns()
         self._drain_staged()
         self._wait(work, "receive tokens from", self.last)
         self.tracer.record(EventKind.WAIT, t0, self.tracer.now_ns(), mb.id)
-        got = buf.tolist()
-        if got[0] != mb.id:
-            raise PipelineError(f"stage 0 expected tokens of micro-batch {mb.id}, got those of {got[0]}")
-        return got[1:]
+        got_id = int(buf[:8].view(torch.int64)[0]) if buf.dtype == torch.uint8 else int(buf[0])
+        if got_id != mb.id:
+            raise PipelineError(f"stage 0 expected tokens of micro-batch {mb.id}, got those of {got_id}")
+        return buf if self.head_split is not None else buf[1:].tolist()
 
     def send_stop(self) -> None:
         """Tell every other stage that no plan follows (they finish what they hold, then stop)."""
@@ -156,11 +165,13 @@ class Transport:
             self._isend(tensor, self.next, self.data_group, _ACT, "send activations to")
         self.tracer.record(EventKind.SEND, t0, self.tracer.now_ns(), mb_id)
 
-    def send_tokens(self, mb_id: int, token_ids: list[int]) -> None:
-        """The last stage: send the sampled ids to stage 0 without blocking."""
+    def send_tokens(self, mb_id: int, payload: list[int] | torch.Tensor) -> None:
+        """The last stage: send the sampled ids (or, with a split head, the packed message that starts with
+        ``mb_id``) to stage 0 without blocking."""
         t0 = self.tracer.now_ns()
-        self._isend(torch.tensor([mb_id, *token_ids], dtype=torch.int64), 0, self._control(), _TOKENS,
-                    "send tokens to")
+        if not isinstance(payload, torch.Tensor):
+            payload = torch.tensor([mb_id, *payload], dtype=torch.int64)
+        self._isend(payload, 0, self._control(), _TOKENS, "send tokens to")
         self.tracer.record(EventKind.SEND, t0, self.tracer.now_ns(), mb_id)
 
     def recv_micro_batch(self) -> tuple[MicroBatch, torch.Tensor] | None:

@@ -24,21 +24,24 @@ def _index(model_dir: Path) -> dict[str, str]:
 
 
 def load_owned_weights(model_dir: str, owned: dict[str, nn.Module], hf_config, *, device: torch.device,
-                       dtype: torch.dtype, embed_name: str) -> None:
+                       dtype: torch.dtype, embed_name: str, rows: dict[str, slice] | None = None) -> None:
     """Fill every parameter and persistent buffer of ``owned`` (full-model path -> module) from the files.
 
-    A tied LM head without its own tensor is read from the embedding. Raises if anything stays unloaded.
+    ``rows``: full-model path -> the rows (first dimension) of that module's tensors to load, for a module that
+    holds part of them (a vocabulary-parallel LM head). A tied LM head without its own tensor is read from the
+    embedding. Raises if anything stays unloaded or a tensor's shape differs from the module's.
     """
+    rows = rows or {}
     model_dir = Path(model_dir)
     where = _index(model_dir)
-    wanted: dict[str, tuple[nn.Module, str]] = {}
+    wanted: dict[str, tuple[nn.Module, str, slice | None]] = {}
     for path, module in owned.items():
         for name, _ in list(module.named_parameters()) + list(module.named_buffers()):
             owner_path, _, leaf = name.rpartition(".")
             owner = module.get_submodule(owner_path) if owner_path else module
             if leaf in getattr(owner, "_non_persistent_buffers_set", set()):
                 continue
-            wanted[f"{path}.{name}"] = (owner, leaf)
+            wanted[f"{path}.{name}"] = (owner, leaf, rows.get(path))
     by_file: dict[str, list[tuple[str, str]]] = {}
     missing = []
     for full_name in wanted:
@@ -52,9 +55,10 @@ def load_owned_weights(model_dir: str, owned: dict[str, nn.Module], hf_config, *
     for file, names in by_file.items():
         with safe_open(model_dir / file, framework="pt", device=str(device)) as f:
             for full_name, key in names:
-                owner, leaf = wanted[full_name]
+                owner, leaf, part = wanted[full_name]
                 current = getattr(owner, leaf)
-                tensor = f.get_tensor(key).to(dtype=current.dtype if not current.is_floating_point() else dtype)
+                tensor = f.get_tensor(key) if part is None else f.get_slice(key)[part]
+                tensor = tensor.to(dtype=current.dtype if not current.is_floating_point() else dtype)
                 if tensor.shape != current.shape:
                     raise ValueError(f"{model_dir}: {key} has shape {tuple(tensor.shape)}, the model expects "
                                      f"{tuple(current.shape)}")

@@ -263,3 +263,22 @@ def test_hop_per_micro_batch_is_each_stage_hop_over_the_micro_batches_it_compute
     assert p["num_microbatches"] == 8 * stages
     assert p["hop_per_mb_ms"] == pytest.approx(p["hop_ns"] / (8 * stages) / 1e6)
     assert "hop ms/mb" in format_attribution_table(a)
+
+
+def test_rank_0_waiting_for_its_half_of_a_split_head_is_the_last_stage_s_imbalance():
+    # Stage 0 computes each micro-batch's layers (C) and later, once the last stage (2C) is done with it, its half
+    # of the LM head (h): a second compute event of the same micro-batch, whose input is that micro-batch's own
+    # compute on the last stage, not an earlier token return.
+    h = C // 10
+    rows0 = [(EventKind.COMPUTE, 0, C, 0, 5, 0), (EventKind.COMPUTE, C, 2 * C, 1, 5, 0),
+             (EventKind.COMPUTE, 3 * C, 3 * C + h, 0, 0, 0), (EventKind.COMPUTE, 3 * C + h, 4 * C + h, 2, 0, 1),
+             (EventKind.COMPUTE, 5 * C, 5 * C + h, 1, 0, 0), (EventKind.COMPUTE, 7 * C, 7 * C + h, 2, 0, 0)]
+    rows1 = [(EventKind.COMPUTE, C, 3 * C, 0, 5, 0), (EventKind.COMPUTE, 3 * C, 5 * C, 1, 5, 0),
+             (EventKind.COMPUTE, 5 * C, 7 * C, 2, 0, 1)]
+    events = {0: np.array(rows0, dtype=np.int64), 1: np.array(rows1, dtype=np.int64)}
+    a = attribute_idle(events)
+    assert_sums(a, events)
+    s0 = a["stages"]["0"]
+    # Idle [2C, 3C), [4C + h, 5C) and [5C + h, 7C): each while the last stage computed the micro-batch whose head
+    # half comes next, longer than stage 0's own work before it.
+    assert s0["imbalance_ns"] == s0["idle_ns"] == C + (C - h) + (2 * C - h)

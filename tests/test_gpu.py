@@ -63,7 +63,8 @@ def _hf_greedy(model, prompt: list[int], n: int) -> list[int]:
     (1, ["model.attention=triton"]),
     (1, ["model.attention=sdpa"]),
     (2, ["model.attention=triton", "pipeline.transport=gloo"]),
-], ids=["1st-triton", "1st-sdpa", "2st-triton-gloo"])
+    (2, ["model.attention=triton", "pipeline.transport=gloo", "pipeline.split_lm_head=true"]),
+], ids=["1st-triton", "1st-sdpa", "2st-triton-gloo", "2st-triton-gloo-split-head"])
 def test_greedy_fp32_equals_hf_generate_on_one_gpu(model_dir, tmp_path, stages, extra):
     got = _run(model_dir, tmp_path, "out", stages, ["dtype=float32", *extra])
     hf = _hf_model(model_dir, torch.float32)

@@ -162,14 +162,16 @@ def test_the_split_follows_the_workloads_sampled_share():
         check_layout(2, 3)
 
 
-def _job(model_overrides: dict, workload: list[str], policy: str = "sarathi", *, memory_gib=None):
+def _job(model_overrides: dict, workload: list[str], policy: str = "sarathi", *, memory_gib=None,
+         split_head: str = "false"):
     import torch
     from transformers import LlamaConfig
 
     from pp_runtime.job import resolve_job
     from tests.jobs import make_config
 
-    cfg = make_config([*workload, f"scheduler={policy}", "scheduler.token_budget=128", "pipeline.stages=2"])
+    cfg = make_config([*workload, f"scheduler={policy}", "scheduler.token_budget=128", "pipeline.stages=2",
+                       f"pipeline.split_lm_head={split_head}"])
     cfg.validate()
     hf = LlamaConfig(vocab_size=49152, max_position_embeddings=4096, **model_overrides)
     return resolve_job(cfg, hf_config=hf, tokenizer=None, model_dir=None, dtype=torch.float32,
@@ -188,22 +190,26 @@ def test_the_cpu_split_prices_the_lm_head_over_the_micro_batches_sarathi_makes()
     from pp_runtime.model.partition import head_cost_layers, sampled_share
 
     job = _job(SMOLLM2, PREFILL_HEAVY)
-    assert [len(r) for r in job.layer_ranges] == [16, 14]
+    assert [len(r) for r in job.layer_ranges] == [16, 14] and job.head_split is None
     share = head_cost_layers(job.hf_config, sampled_share(job.requests))
     assert [len(r) for r in partition_layers(30, 2, head_cost=share)] == [15, 15]  # what the share alone gave
+    # With the head's vocabulary split between the two ends (the CPU default), each carries half: 15/15.
+    split = _job(SMOLLM2, PREFILL_HEAVY, split_head="auto")
+    assert [len(r) for r in split.layer_ranges] == [15, 15] and split.head_split == 24576
 
 
 def test_the_long_prompt_sample_gives_stage_0_five_of_eight_layers_on_the_cpu():
     long = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=6,
                 num_key_value_heads=2)
-    job = _job(long, ["workload=synthetic", "workload.num_requests=24", "workload.prefill_len=640",
-                      "workload.pd_ratio=13.6"])
-    assert [len(r) for r in job.layer_ranges] == [5, 3]
+    workload = ["workload=synthetic", "workload.num_requests=24", "workload.prefill_len=640", "workload.pd_ratio=13.6"]
+    assert [len(r) for r in _job(long, workload).layer_ranges] == [5, 3]
+    assert [len(r) for r in _job(long, workload, split_head="auto").layer_ranges] == [4, 4]  # half a head each
 
 
 def test_on_a_gpu_the_head_keeps_the_sampled_share_of_the_mix():
     """No fixed part is measured on a GPU: the mix's share of sampled rows, as before (15/15 here)."""
-    assert [len(r) for r in _job(SMOLLM2, PREFILL_HEAVY, memory_gib=80.0).layer_ranges] == [15, 15]
+    job = _job(SMOLLM2, PREFILL_HEAVY, memory_gib=80.0, split_head="auto")
+    assert [len(r) for r in job.layer_ranges] == [15, 15] and job.head_split is None  # auto splits on the CPU only
 
 
 def test_head_cost_of_mix_counts_a_fixed_part_per_micro_batch(monkeypatch):

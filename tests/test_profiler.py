@@ -18,6 +18,7 @@ class _Executor:
         self.cache = SimpleNamespace(num_blocks=64, block_size=16)
         self.model = SimpleNamespace(is_first=first)
         self.device = torch.device("cpu")
+        self.head_split = None  # the LM head is whole on the last stage
 
     def execute(self, mb, hidden=None):
         assert (hidden is None) == self.model.is_first
@@ -39,3 +40,24 @@ def test_every_shape_is_warmed_before_the_first_timing(monkeypatch):
         assert warmed == shapes  # each shape once, before any timing
         timed = [entry[1] for entry in log[first_clock:] if entry[0] == "run"]
         assert timed == shapes
+
+
+def test_stage_0_times_its_half_of_a_split_head_with_each_shape(monkeypatch):
+    log: list = []
+    clock = iter(range(10_000))
+    monkeypatch.setattr(profiler.time, "perf_counter", lambda: (log.append(("clock",)), next(clock))[1])
+    executor = _Executor(log, first=True)
+    executor.head_split = object()  # any split: stage 0 then runs its half of the head on the sampled rows
+
+    def head_logits(normed):
+        log.append(("head", normed.shape[0]))
+        return torch.zeros(normed.shape[0], 4)
+
+    executor.model.head_logits = head_logits
+    profiler.profile_stage(0, executor, token_budget=64, max_context_len=300, hidden_size=8, dtype=torch.float32)
+    first_clock = log.index(("clock",))
+    timed = log[first_clock:]
+    # Between each pair of clock reads: the shape's layers, then the head on one row per piece (every piece samples).
+    for start in range(0, len(timed), 4):
+        clock_a, run, head, clock_b = timed[start:start + 4]
+        assert clock_a == clock_b == ("clock",) and run[0] == "run" and head == ("head", len(run[1]))

@@ -83,6 +83,7 @@ class _FakeStage:
 
         self.stage, self.hidden, self.fail_at = stage, hidden, fail_at
         self.model = SimpleNamespace(is_first=stage == 0, is_last=stage == world - 1)
+        self.head_split = None  # the LM head is not split (tests/test_vocab_parallel.py runs a split one)
         self.computed: list[int] = []
         self.transport = None
         self.posted_while_computing: list[bool] = []  # whether the next input's receive was posted already

@@ -67,12 +67,13 @@ def activation_bytes(hf_config, token_budget: int, *, last: bool, dtype: torch.d
 
 
 def resolve_num_blocks(cache: CacheConfig, *, hf_config, layer_ranges: list[range], token_budget: int,
-                       dtype: torch.dtype, device_memory_gib: float | None) -> int:
+                       dtype: torch.dtype, device_memory_gib: float | None, split_head: bool = False) -> int:
     """KV blocks per stage (every stage the same) for ``cache`` on a device of ``device_memory_gib`` (None: the CPU).
 
     ``cache.num_blocks`` wins, then ``cache.memory_gib``; else on a GPU each stage gets
     ``gpu_memory_utilization x device_memory_gib`` less its weights and activations, and the stage that fits the
-    fewest blocks sets the count. Raises ConfigError, with the numbers, when weights and activations leave no room.
+    fewest blocks sets the count (with ``split_head``, stage 0 is priced with a whole LM head and its logits too:
+    an upper bound of its half). Raises ConfigError, with the numbers, when weights and activations leave no room.
     """
     if cache.num_blocks is not None:
         return cache.num_blocks
@@ -84,8 +85,9 @@ def resolve_num_blocks(cache: CacheConfig, *, hf_config, layer_ranges: list[rang
     counts = []
     for s, layers in enumerate(layer_ranges):
         last = s == len(layer_ranges) - 1
-        weights = stage_weight_bytes(hf_config, layers, first=s == 0, last=last, dtype=dtype)
-        act = activation_bytes(hf_config, token_budget, last=last, dtype=dtype)
+        head = last or (split_head and s == 0)
+        weights = stage_weight_bytes(hf_config, layers, first=s == 0, last=head, dtype=dtype)
+        act = activation_bytes(hf_config, token_budget, last=head, dtype=dtype)
         left = usable - weights - act
         if left < bytes_per_block(len(layers), cache.block_size, hf_config, dtype):
             raise ConfigError(

@@ -30,6 +30,25 @@ HEAD_TOKEN_FRACTION = 0.25
 CPU_FIXED_ROWS = 8
 # Requests of the workload the planner is driven over to find its micro-batches (the mix is what matters).
 MIX_REQUESTS = 256
+_HEAD_SPLIT_ALIGN = 64  # a split LM head's split point is a multiple of this (GEMM-friendly widths) where possible
+
+
+def head_split_point(vocab_size: int) -> int:
+    """``v0`` of a vocabulary-parallel LM head (``stages/vocab_parallel.py``): stage 0 computes tokens ``[0, v0)``,
+    the last stage ``[v0, vocab_size)``; half, rounded down to a multiple of 64 where the vocabulary holds at least
+    two such blocks. Raises ValueError below 2 tokens."""
+    if vocab_size < 2:
+        raise ValueError(f"a vocabulary of {vocab_size} token(s) cannot be split")
+    half = vocab_size // 2
+    return half - half % _HEAD_SPLIT_ALIGN if vocab_size >= 2 * _HEAD_SPLIT_ALIGN else half
+
+
+def resolve_head_split(setting, *, vocab_size: int, num_stages: int, cpu: bool) -> int | None:
+    """``v0`` when ``pipeline.split_lm_head`` (``setting``: "auto", True or False) splits the head, else None: never
+    with one stage; ``auto`` on the CPU only (the split has not run on a GPU yet)."""
+    if num_stages < 2 or setting is False or (setting == "auto" and not cpu):
+        return None
+    return head_split_point(vocab_size)
 
 
 def layer_params(hf_config) -> int:
@@ -105,16 +124,18 @@ def check_layout(num_layers: int, num_stages: int, layers_per_stage: list[int] |
 
 
 def partition_layers(num_layers: int, num_stages: int, *, head_cost: float = 0.0,
-                     layers_per_stage: list[int] | None = None) -> list[range]:
+                     layers_per_stage: list[int] | None = None, first_head_share: float = 0.0) -> list[range]:
     """Contiguous layer ranges, one per stage, minimising the most expensive stage.
 
-    ``head_cost`` is the last stage's extra cost in layer equivalents. ``layers_per_stage`` overrides.
+    ``head_cost`` is the LM head's cost in layer equivalents: on the last stage, but for ``first_head_share`` of
+    it on stage 0 (a vocabulary-parallel head: ``v0 / vocab``). ``layers_per_stage`` overrides.
     """
     check_layout(num_layers, num_stages, layers_per_stage)
     if layers_per_stage is not None:
         counts = list(layers_per_stage)
     else:
-        counts = _balanced_counts(num_layers, num_stages, head_cost)
+        counts = _balanced_counts(num_layers, num_stages, head_cost * (1 - first_head_share),
+                                  first_cost=head_cost * first_head_share)
     return _ranges(counts)
 
 

@@ -47,9 +47,11 @@ def prediction_error(model: CostModel, work_by_mb: dict[int, tuple[int, int, int
     errors = []
     for stage, rows in events.items():
         rows = np.asarray(rows).reshape(-1, 6)
+        measured_by_mb: dict[int, float] = {}  # a stage's compute events of one micro-batch, summed (split head)
         for _, start, end, mb, _, _ in rows[rows[:, 0] == EventKind.COMPUTE].tolist():
-            w = work_by_mb.get(int(mb))
-            measured = (end - start) / 1e9
+            measured_by_mb[int(mb)] = measured_by_mb.get(int(mb), 0.0) + (end - start) / 1e9
+        for mb, measured in measured_by_mb.items():
+            w = work_by_mb.get(mb)
             if w is not None and measured > 0 and int(stage) < model.num_stages:
                 errors.append(abs(model.stage_times(*w)[int(stage)] - measured) / measured)
     if not errors:

@@ -22,10 +22,14 @@ class PartTimes:
     embed: float
     head: float
 
-    def stage_times(self, layer_counts: Sequence[int]) -> list[float]:
-        """Seconds on each stage of a split owning ``layer_counts[s]`` layers (embed first, head last)."""
+    def stage_times(self, layer_counts: Sequence[int], first_head_share: float = 0.0) -> list[float]:
+        """Seconds on each stage of a split owning ``layer_counts[s]`` layers (embed first, head last; with a
+        vocabulary-parallel head ``first_head_share`` of the head on stage 0 and the rest on the last stage)."""
         last = len(layer_counts) - 1
-        return [self.fixed + n * self.layer + (self.embed if s == 0 else 0.0) + (self.head if s == last else 0.0)
+        share = first_head_share if last > 0 else 0.0
+        head = [share * self.head if s == 0 else 0.0 for s in range(last + 1)]
+        head[last] += (1 - share) * self.head
+        return [self.fixed + n * self.layer + (self.embed if s == 0 else 0.0) + head[s]
                 for s, n in enumerate(layer_counts)]
 
     def __add__(self, other: PartTimes) -> PartTimes:
@@ -60,11 +64,12 @@ def total_parts(source: PartSource, micro_batches: Iterable[Iterable]) -> PartTi
 class SplitTimeModel:
     """A time model (``num_stages``, ``predict(pieces)``) for one layer split, from a per-part source."""
 
-    def __init__(self, source: PartSource, layer_counts: Sequence[int]):
+    def __init__(self, source: PartSource, layer_counts: Sequence[int], first_head_share: float = 0.0):
         if not layer_counts or min(layer_counts) < 1:
             raise ValueError(f"layer_counts={list(layer_counts)} needs at least one stage of at least one layer")
         self.source = source
         self.layer_counts = list(layer_counts)
+        self.first_head_share = first_head_share  # a vocabulary-parallel head's share on stage 0
 
     @property
     def num_stages(self) -> int:
@@ -75,4 +80,4 @@ class SplitTimeModel:
 
     def predict(self, pieces: Iterable) -> list[float]:
         """Seconds of a micro-batch made of ``pieces`` on each stage."""
-        return self.source.part_times(pieces).stage_times(self.layer_counts)
+        return self.source.part_times(pieces).stage_times(self.layer_counts, self.first_head_share)

@@ -142,8 +142,9 @@ class MeasuredTimes:
         for s in range(self.num_stages):
             ev = events[s]
             compute = ev[(ev[:, 0] == EventKind.COMPUTE) & (ev[:, 3] >= 0)]
-            compute = compute[np.argsort(compute[:, 3], kind="stable")]
-            per_stage.append((compute[:, 2] - compute[:, 1]) / 1e9)
+            # A micro-batch may have several compute events on a stage (stage 0's half of a split LM head): summed.
+            mbs, at = np.unique(compute[:, 3], return_inverse=True)
+            per_stage.append(np.bincount(at, weights=compute[:, 2] - compute[:, 1], minlength=len(mbs)) / 1e9)
         counts = {len(d) for d in per_stage}
         if len(counts) != 1:
             raise ReplayError(f"stages recorded different numbers of compute events ({sorted(counts)}); the run's "

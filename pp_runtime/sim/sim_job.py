@@ -56,7 +56,7 @@ def resolve_sim_job(cfg: Config, *, run_cost_model=None) -> SimJob:
     job = resolve_job(cfg, hf_config=hf_config, tokenizer=tokenizer, model_dir=folder, dtype=dtype,
                       device_memory_gib=memory_gib)
     time_model = build_time_model(cfg, hf_config=hf_config, layer_ranges=job.layer_ranges,
-                                  run_cost_model=run_cost_model)
+                                  run_cost_model=run_cost_model, head_split=job.head_split)
     links = LinkModel.from_config(cfg.sim, cfg.pipeline.stages, cpu=cpu)
     return SimJob(**vars(job), time_model=time_model, links=links, planner_cost_model=run_cost_model)
 

@@ -52,8 +52,10 @@ def part_source(cfg, *, hf_config) -> PartSource | None:
     return None
 
 
-def build_time_model(cfg, *, hf_config, layer_ranges: list[range], run_cost_model=None):
-    """The time model ``cfg.sim.cost_model`` names, for the split ``layer_ranges`` (one range per stage).
+def build_time_model(cfg, *, hf_config, layer_ranges: list[range], run_cost_model=None,
+                     head_split: int | None = None):
+    """The time model ``cfg.sim.cost_model`` names, for the split ``layer_ranges`` (one range per stage) and the
+    LM head's (``head_split``: v0 of a vocabulary-parallel head, whose first v0 tokens are stage 0's).
 
     profiled: ``sim.cost_model_path``, else ``run_cost_model``, else ``scheduler.cost_model_path``, else
     ``CostModel.default``; its stage count must be the split's. layer_profile / roofline: scaled to the split.
@@ -62,7 +64,7 @@ def build_time_model(cfg, *, hf_config, layer_ranges: list[range], run_cost_mode
     counts = [len(r) for r in layer_ranges]
     source = part_source(cfg, hf_config=hf_config)
     if source is not None:
-        return SplitTimeModel(source, counts)
+        return SplitTimeModel(source, counts, (head_split or 0) / hf_config.vocab_size)
     key, path = "sim.cost_model_path", cfg.sim.cost_model_path
     if not path and run_cost_model is None:
         key, path = "scheduler.cost_model_path", cfg.scheduler.cost_model_path

@@ -11,7 +11,8 @@ with ``a`` = window start), after its previous compute event ``[a - d_prev, a)``
 
 - **the input of m**: for s > 0, m's compute on stage s-1, over ``[u, r)``. For stage 0, the token return that
   let rank 0 launch m: the last stage's compute of another micro-batch with the latest end ``r <= b`` (its
-  sampled tokens came back just then), over ``[u, r)``. Stage 0 of a 1-stage run depends on itself.
+  sampled tokens came back just then), over ``[u, r)``; for rank 0's half of a split LM head (a second compute
+  event of m on stage 0) m's own compute on the last stage. Stage 0 of a 1-stage run depends on itself.
 - **hop latency** = ``[max(a, r), b)``: the input existed upstream but this stage had not started m yet:
   transport, (un)pickling the plan, wake-ups, Python between steps. On stage 0 rank 0 also does its own host
   work there; what of it the events show is **host**, not hop: when rank 0 recorded WAIT events (the runtime
@@ -70,7 +71,10 @@ class _Timeline:
         self.by_mb = {}  # mb_id -> (start, end) of its first compute event on this stage
         self.opening = {}  # start -> (mb_id, duration) of the first compute event starting then
         self.longest_ending = {}  # end -> the longest duration of the compute events ending then
+        self.head_starts = set()  # starts of a micro-batch's later compute events: rank 0's half of a split LM head
         for _, start, end, mb, _, _ in self.compute.tolist():
+            if mb in self.by_mb and mb >= 0:
+                self.head_starts.add(start)
             self.by_mb.setdefault(mb, (start, end))
             self.opening.setdefault(start, (mb, end - start))
             self.longest_ending[end] = max(self.longest_ending.get(end, 0), end - start)
@@ -110,6 +114,10 @@ class _Timeline:
 def _input_of(stage: int, mb: int, a: int, b: int, timelines: dict[int, _Timeline], stages: list[int]):
     """(u, r, upstream timeline) of micro-batch ``mb``'s input on ``stage``, or None (see module docstring)."""
     pos = stages.index(stage)
+    if pos == 0 and len(stages) > 1 and b in timelines[stage].head_starts:
+        # Rank 0's half of a split LM head on mb: its input is mb's own compute on the last stage.
+        up = timelines[stages[-1]]
+        return (*up.by_mb[mb], up) if mb in up.by_mb else None
     if pos > 0:
         up = timelines[stages[pos - 1]]
         if mb not in up.by_mb:

@@ -143,27 +143,38 @@ def run_job(cfg: Config) -> dict | None:
     Returns rank 0's metrics (None on other ranks). Raises on failure; the error names the failing stage.
     Raises ``Preempted`` on every rank when a SIGTERM / SIGUSR1 stopped the job early (outputs are flushed).
     """
-    from stages.preemption import Preempted, StopSignal
+    from launch.cores import pinned
+    from stages.preemption import StopSignal
 
     with StopSignal() as stop:  # from the start: a signal while loading still ends the job gracefully
         job = resolve_rank_job(cfg)
-        if job.world_size > 1:
-            # The default group carries the activations: NCCL binds it to this rank's GPU; gloo takes no device.
-            kwargs = {"device_id": job.device} if job.transport == "nccl" else {}
-            dist.init_process_group(job.transport, timeout=timedelta(seconds=cfg.runtime.timeout_s), **kwargs)
-        try:
-            from stages.runtime import run_stage
+        # Before the process groups exist: their threads inherit this rank's cores.
+        with pinned(cfg.runtime.pin_cores, device_type=job.device.type, threads=cfg.runtime.threads,
+                    local_rank=int(os.environ.get("LOCAL_RANK", job.rank)),
+                    local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", job.world_size))):
+            return _run_rank(cfg, job, stop)
 
-            return run_stage(job, stop=stop)
-        except Preempted:
-            raise
-        except BaseException as exc:
-            if job.world_size > 1:
-                _blame(job.rank, exc)
-            raise
-        finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
+
+def _run_rank(cfg: Config, job: RankJob, stop) -> dict | None:
+    from stages.preemption import Preempted
+
+    if job.world_size > 1:
+        # The default group carries the activations: NCCL binds it to this rank's GPU; gloo takes no device.
+        kwargs = {"device_id": job.device} if job.transport == "nccl" else {}
+        dist.init_process_group(job.transport, timeout=timedelta(seconds=cfg.runtime.timeout_s), **kwargs)
+    try:
+        from stages.runtime import run_stage
+
+        return run_stage(job, stop=stop)
+    except Preempted:
+        raise
+    except BaseException as exc:
+        if job.world_size > 1:
+            _blame(job.rank, exc)
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _blame(rank: int, exc: BaseException) -> None:

@@ -258,6 +258,11 @@ class RuntimeConfig:
     timeout_s: float = 300.0
     # Intra-op threads per rank (one per rank by default: ranks share the machine's cores).
     threads: int = 1
+    # Keep each rank's threads on cores of its own (runtime.threads of them, the node's ranks in order), so that
+    # one stage's helper threads never wake on another stage's core (launch/cores.py). auto: on the CPU when the
+    # node's ranks x runtime.threads fit the cores the job may use; true: also on a GPU, and refuse when they do
+    # not fit; false: never.
+    pin_cores: Any = "auto"
     # Show a progress bar on rank 0 when stdout is a terminal.
     progress: bool = True
     # A run directory that already holds outputs.jsonl: true continues it (requests already in the file are
@@ -278,6 +283,8 @@ class RuntimeConfig:
     def validate(self) -> None:
         _check(self.timeout_s > 0, "runtime.timeout_s", self.timeout_s, "must be > 0")
         _check(self.threads >= 1, "runtime.threads", self.threads, "must be >= 1")
+        _check(self.pin_cores == "auto" or isinstance(self.pin_cores, bool), "runtime.pin_cores", self.pin_cores,
+               "use auto, true or false")
         _check(self.resume is True or self.resume is False or self.resume == "force", "runtime.resume",
                self.resume, "use true (continue the run directory), false (start over) or force")
         _check(self.drain_timeout_s >= 0, "runtime.drain_timeout_s", self.drain_timeout_s, "must be >= 0")

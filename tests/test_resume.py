@@ -259,6 +259,24 @@ def test_a_run_recorded_when_every_policy_said_prefill_order_fair_still_resumes(
         plan_resume(cfg, [])
 
 
+def test_a_run_recorded_before_a_config_key_existed_resumes_with_its_default(model, request_file, tmp_path):
+    """pipeline.split_lm_head came after runs whose run_state.json does not name it: those still resume, unless the
+    key is now set to something other than its default."""
+    from pp_runtime.rundir.run_state import config_fingerprint
+
+    cfg = make_config(["pipeline.stages=1", *_overrides(model, request_file, tmp_path)])
+    cfg.validate()
+    plan = plan_resume(cfg, [])
+    recorded = config_fingerprint(cfg)
+    del recorded["pipeline.split_lm_head"]
+    plan.state.update(config=recorded, config_hash="recorded-before")
+    begin_attempt(tmp_path, plan)
+    assert plan_resume(cfg, []).state["attempt"] == 2
+    cfg.pipeline.split_lm_head = False
+    with pytest.raises(ConfigError, match=r"pipeline.split_lm_head: 'auto' -> False"):
+        plan_resume(cfg, [])
+
+
 def test_runtime_resume_values_are_validated(model, request_file, tmp_path):
     for value, expected in (("false", False), ("true", True), ("force", "force")):
         assert make_config([f"runtime.resume={value}"]).runtime.resume == expected

@@ -180,6 +180,19 @@ def test_an_orca_run_recorded_when_every_policy_said_prefill_order_fair_loads_fo
                                                                                                        None)
 
 
+def test_a_run_recorded_before_the_head_could_be_split_replays_with_the_head_whole(tmp_path):
+    from dataclasses import asdict
+
+    from pp_runtime.sim.replay import load_run_config
+
+    config = asdict(make_config(["pipeline.stages=2"]))
+    (tmp_path / "metrics.json").write_text(json.dumps({"config": config}))
+    assert load_run_config(tmp_path).pipeline.split_lm_head == "auto"  # recorded: kept
+    del config["pipeline"]["split_lm_head"]
+    (tmp_path / "metrics.json").write_text(json.dumps({"config": config}))
+    assert load_run_config(tmp_path).pipeline.split_lm_head is False  # not recorded: that run's head was whole
+
+
 def test_pp_sim_needs_pipeline_stages(model, tmp_path):
     from launch.sim import simulate_job
     from pp_runtime.config import ConfigError

@@ -61,6 +61,13 @@ def config_fingerprint(cfg: Config) -> dict:
 
     ``workload.path`` is left out for request files: their content is hashed instead, so a moved file is fine.
     """
+    flat = _flatten(cfg)
+    if cfg.workload.kind in ("jsonl", "trace"):
+        flat.pop("workload.path", None)
+    return flat
+
+
+def _flatten(cfg: Config) -> dict:
     flat: dict = {}
 
     def walk(prefix: str, value) -> None:
@@ -71,8 +78,6 @@ def config_fingerprint(cfg: Config) -> dict:
             flat[prefix] = list(value) if isinstance(value, tuple) else value
 
     walk("", {k: v for k, v in asdict(cfg).items() if k not in _VOLATILE})
-    if cfg.workload.kind in ("jsonl", "trace"):
-        flat.pop("workload.path", None)
     return flat
 
 
@@ -145,6 +150,11 @@ def _changes(old: dict, new: dict, cfg: Config) -> list[str]:
         if f"scheduler.{key}" in before:
             before[f"scheduler.{key}"] = unread_dropped(before.get("scheduler.policy"), key,
                                                         before[f"scheduler.{key}"])
+    # A key added to the config since the run started (e.g. pipeline.split_lm_head) is not in its record: it
+    # compares as its default, so such a run still resumes unless the key is set to something else now.
+    for key, value in _flatten(Config()).items():
+        if before and key in now and key not in before:
+            before[key] = value
     if old.get("config_hash") != new["config_hash"] and _digest(before) != new["config_hash"]:
         keys = [k for k in sorted(set(before) | set(now)) if before.get(k, "<unset>") != now.get(k, "<unset>")]
         shown = ", ".join(f"{k}: {before.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}" for k in keys[:8])

@@ -50,6 +50,8 @@ def load_run_config(run_dir: str | Path) -> Config:
         raise ReplayError(f"run dir {str(run)!r}: its config does not fit this checkout's schema ({exc})") from None
     for key in UNREAD_BY_UNORDERED:  # recorded before the other policies refused them
         setattr(cfg.scheduler, key, unread_dropped(cfg.scheduler.policy, key, getattr(cfg.scheduler, key)))
+    if "split_lm_head" not in data.get("pipeline", {}):  # recorded before the head could be split: it was not
+        cfg.pipeline.split_lm_head = False
     _resolve_launch_relative(cfg, run, launch_dir)
     if cfg.pipeline.stages is None and (run / "events.npz").exists():
         from pp_runtime.trace.reports import load_events

@@ -85,11 +85,14 @@ class DrawnRows:
     top_k: torch.Tensor  # [N] int64, 0 = off
     top_p: torch.Tensor  # [N] float32, 1 = off
     keys: torch.Tensor  # [N] int64: row_key(seed, step) as a 64-bit pattern
+    num_top_k: int = 0  # the first rows of these with top-k on (known on the host): drawn from their top-k only
 
     @staticmethod
     def build(drawn: list[tuple[int, Piece]], device: torch.device) -> DrawnRows | None:
+        """Rows with top-k go first (in plan order), then the others (in plan order)."""
         if not drawn:
             return None
+        drawn = [d for d in drawn if d[1].params.top_k > 0] + [d for d in drawn if d[1].params.top_k <= 0]
         # top_k beyond any vocabulary means no filter; clamped so that it fits an int64.
         ints = torch.tensor([[i for i, _ in drawn], [min(p.params.top_k, _MAX_TOP_K) for _, p in drawn],
                              [_signed(row_key(_seed(p), p.step)) for _, p in drawn]], dtype=torch.int64)  # [3, N]
@@ -98,7 +101,7 @@ class DrawnRows:
                                [p.params.top_p for _, p in drawn]], dtype=torch.float32)  # [2, N]
         ints, floats = _to_device(ints, device), _to_device(floats, device)
         return DrawnRows(len(drawn), index=ints[0], temperature=floats[0], top_k=ints[1], top_p=floats[1],
-                         keys=ints[2])
+                         keys=ints[2], num_top_k=sum(p.params.top_k > 0 for _, p in drawn))
 
 
 @dataclass(frozen=True)
@@ -173,10 +176,16 @@ def merge_best(low: tuple[torch.Tensor, torch.Tensor], high: tuple[torch.Tensor,
 
 def draw_filtered(logits: torch.Tensor, rows: DrawnRows) -> torch.Tensor:
     """Token ids ``[F]`` for the filtered rows from their whole rows of logits ``[F, vocab]`` (float32, in the order of
-    ``rows.index``): top-k, then top-p, then the Gumbel draw over the kept tokens."""
-    tokens = [_draw_filtered(logits[i:i + _ROW_BLOCK], rows.temperature[i:i + _ROW_BLOCK], rows.keys[i:i + _ROW_BLOCK],
-                             rows.top_k[i:i + _ROW_BLOCK], rows.top_p[i:i + _ROW_BLOCK])
-              for i in range(0, rows.count, _ROW_BLOCK)]
+    ``rows.index``): top-k, then top-p, then the Gumbel draw over the kept tokens. On the CPU rows with top-k (the
+    first ``rows.num_top_k``) sort only their top-k candidates, the others the whole vocabulary."""
+    tokens = []
+    # On a GPU every row takes the full sort: fast there, and the candidates' count would need a host synchronisation.
+    cpu = logits.device.type == "cpu"
+    for lo, hi, top_k_only in ((0, rows.num_top_k, cpu), (rows.num_top_k, rows.count, False)):
+        for i in range(lo, hi, _ROW_BLOCK):
+            block = slice(i, min(i + _ROW_BLOCK, hi))
+            tokens.append(_draw_filtered(logits[block], rows.temperature[block], rows.keys[block], rows.top_k[block],
+                                         rows.top_p[block], top_k_only=top_k_only))
     return torch.cat(tokens)
 
 
@@ -193,15 +202,19 @@ def sample_tensors(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
 
 
 def _draw_filtered(logits: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor, top_k: torch.Tensor,
-                   top_p: torch.Tensor) -> torch.Tensor:
+                   top_p: torch.Tensor, *, top_k_only: bool = False) -> torch.Tensor:
     """Top-k, then top-p, then the Gumbel draw, for a block of rows ``[B, V]`` at once in sorted order (stable, so
-    ties are ordered by token id whatever the batch). Rows with top_k 0 and top_p 1 keep every token."""
+    ties are ordered by token id whatever the batch). Rows with top_k 0 and top_p 1 keep every token.
+    ``top_k_only``: every row has top_k > 0, so only its top-k candidates (and ties with the k-th) are sorted."""
     vocab = logits.shape[-1]
     # The filters see the tempered row shifted by its maximum (a tiny temperature must not overflow to inf - inf).
     scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperature[:, None]  # [B, V]
-    ordered, order = torch.sort(scaled, dim=-1, descending=True, stable=True)  # [B, V] each
-    # top-k keeps every token at least as large as the k-th largest (ties with it stay, as a threshold would).
     k = torch.where((top_k > 0) & (top_k < vocab), top_k, vocab)  # [B]
+    if top_k_only:
+        ordered, order = _top_k_sorted(scaled, k)  # [B, C] each, C >= max k
+    else:
+        ordered, order = torch.sort(scaled, dim=-1, descending=True, stable=True)  # [B, V] each
+    # top-k keeps every token at least as large as the k-th largest (ties with it stay, as a threshold would).
     kth = ordered.gather(1, (k - 1)[:, None])  # [B, 1]
     ordered = ordered.masked_fill(ordered < kth, float("-inf"))
     # top-p drops a token once the tokens before it already reach p; the first token always stays.
@@ -213,6 +226,23 @@ def _draw_filtered(logits: torch.Tensor, temperature: torch.Tensor, keys: torch.
     score = logits.double().gather(1, order) / temperature[:, None].double() + gumbel_noise(keys, order)
     pick = score.masked_fill(~keep, float("-inf")).argmax(dim=-1)  # [B]
     return order.gather(1, pick[:, None]).squeeze(1)
+
+
+def _top_k_sorted(scaled: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's tokens at least as large as its k-th largest, sorted as ``torch.sort(..., stable=True)`` sorts the
+    whole row (descending, ties by token id): ``(values [B, C], token ids [B, C])``, C the most candidates of a row;
+    shorter rows are padded with -inf and id 0 (never kept). ``torch.topk`` finds the thresholds in O(V) per row
+    instead of sorting all V tokens: some 40 ms for 8 rows of 49152 on one CPU core, the draw's main cost."""
+    kth = torch.topk(scaled, int(k.max()), dim=-1).values.gather(1, (k - 1)[:, None])  # [B, 1]
+    rows, ids = (scaled >= kth).nonzero(as_tuple=True)  # row-major: ascending ids within a row
+    counts = torch.bincount(rows, minlength=scaled.shape[0])  # [B]
+    pos = torch.arange(rows.numel(), device=scaled.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    width = int(counts.max())
+    values = torch.full((scaled.shape[0], width), float("-inf"), dtype=scaled.dtype, device=scaled.device)
+    cand = torch.zeros((scaled.shape[0], width), dtype=torch.int64, device=scaled.device)
+    values[rows, pos], cand[rows, pos] = scaled[rows, ids], ids
+    ordered, at = torch.sort(values, dim=-1, descending=True, stable=True)
+    return ordered, cand.gather(1, at)
 
 
 def sample(logits: torch.Tensor, pieces: list[Piece]) -> list[int]:

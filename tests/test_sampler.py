@@ -244,3 +244,22 @@ def test_batches_larger_than_a_row_block_draw_each_row_as_alone():
     together = sample(logits, pieces)
     assert together == [sample(logits[i:i + 1], [pieces[i]])[0] for i in range(150)]
     assert len(set(together)) > 10
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_top_k_rows_sorting_only_their_candidates_draw_what_the_full_sort_draws(data):
+    from stages.sampler import _draw_filtered
+
+    n = data.draw(st.integers(1, 5))
+    vocab = data.draw(st.integers(2, 300))
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
+    logits = torch.randn(n, vocab, generator=gen) * 3
+    if data.draw(st.booleans()):  # many ties, also at the k-th largest
+        logits = logits.round()
+    temperature = torch.tensor([data.draw(st.sampled_from([0.3, 1.0, 2.0])) for _ in range(n)])
+    top_k = torch.tensor([data.draw(st.integers(1, vocab + 5)) for _ in range(n)])
+    top_p = torch.tensor([data.draw(st.sampled_from([1.0, 0.9, 0.5, 0.05])) for _ in range(n)])
+    keys = torch.randint(-2**63, 2**63 - 1, (n,), generator=gen, dtype=torch.int64)
+    full = _draw_filtered(logits, temperature, keys, top_k, top_p)
+    assert _draw_filtered(logits, temperature, keys, top_k, top_p, top_k_only=True).tolist() == full.tolist()

@@ -11,11 +11,14 @@ The mask is set on the rank's main thread before its process groups exist, so ev
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pp_runtime.config import ConfigError
+
+log = logging.getLogger("pp_runtime")
 
 
 def rank_cores(available: list[int], *, local_rank: int, local_world_size: int, threads: int) -> list[int] | None:
@@ -30,20 +33,23 @@ def rank_cores(available: list[int], *, local_rank: int, local_world_size: int, 
 @contextmanager
 def pinned(setting, *, device_type: str, local_rank: int, local_world_size: int, threads: int) -> Iterator[None]:
     """Keep this thread (and the threads it starts) on this rank's cores while the block runs, then restore its
-    mask. ``setting`` is ``runtime.pin_cores``: auto (on the CPU, when the ranks fit the cores), true (raises
-    ConfigError when they do not fit) or false."""
-    if setting is False or (setting == "auto" and device_type != "cpu") or not hasattr(os, "sched_setaffinity"):
+    mask. ``setting`` is ``runtime.pin_cores``: auto (on the CPU with 2+ ranks on the node, when they fit the
+    cores), true (raises ConfigError when they do not fit) or false."""
+    auto_off = device_type != "cpu" or local_world_size < 2
+    if setting is False or (setting == "auto" and auto_off) or not hasattr(os, "sched_setaffinity"):
         yield
         return
     before = os.sched_getaffinity(0)
     cores = rank_cores(list(before), local_rank=local_rank, local_world_size=local_world_size, threads=threads)
     if cores is None:
         if setting is True:
+            fix = "run fewer ranks on this node" if threads == 1 else "lower runtime.threads"
             raise ConfigError(f"runtime.pin_cores=true but {local_world_size} rank(s) x runtime.threads={threads} "
-                              f"need more than the {len(before)} core(s) this process may use; lower runtime.threads "
-                              f"or set runtime.pin_cores=auto")
+                              f"need more than the {len(before)} core(s) this process may use; {fix}, or set "
+                              f"runtime.pin_cores=auto (pins only when they fit) or false")
         yield
         return
+    log.info("rank %d: threads on core(s) %s (runtime.pin_cores=%s)", local_rank, ",".join(map(str, cores)), setting)
     os.sched_setaffinity(0, cores)
     try:
         yield

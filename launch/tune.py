@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     table = frontier_table(result)
     print(f"pp-tune: {len(result.trials)} simulation(s); frontier (throughput vs p99 TBT):\n{table}")
-    path = write_override_file(result.winner.candidate, Path(args.out), args.name)
+    path = write_override_file(result.winner.candidate, Path(args.out), args.name, split_lm_head=_simulated_split(cfg))
     (Path(args.out) / "frontier.txt").write_text(table + "\n")
     print(f"winner: {result.winner.candidate} -> {path}\nload it with: hydra.searchpath=[file://"
           f"{Path(args.out).resolve()}] +tune={args.name}")
@@ -230,17 +230,28 @@ def planned_pieces(job, requests) -> list[tuple]:
     return mbs
 
 
-def write_override_file(cand: Candidate, out: Path, name: str) -> Path:
-    """Write ``cand`` as ``<out>/tune/<name>.yaml`` (a ``_global_`` Hydra config-group file)."""
+def write_override_file(cand: Candidate, out: Path, name: str, *, split_lm_head: bool | None = None) -> Path:
+    """Write ``cand`` as ``<out>/tune/<name>.yaml`` (a ``_global_`` Hydra config-group file); ``split_lm_head``: whether
+    the simulations split the LM head, recorded so that the run uses the layout that was simulated."""
     lines = ["# @package _global_", f"# Written by pp-tune: load with hydra.searchpath=[file://{out.resolve()}] "
              f"+tune={name}"]
     for group, values in cand.overrides().items():
+        if group == "pipeline" and split_lm_head is not None:
+            values = {**values, "split_lm_head": str(split_lm_head).lower()}
         lines.append(f"{group}:")
         lines += [f"  {key}: {value}" for key, value in values.items()]
     path = out / "tune" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _simulated_split(cfg) -> bool:
+    """Whether the simulations of ``cfg`` split the LM head (``pipeline.split_lm_head``, auto: when they simulate CPU
+    stages)."""
+    from pp_runtime.sim.sim_job import simulates_cpu
+
+    return cfg.pipeline.split_lm_head is True or (cfg.pipeline.split_lm_head == "auto" and simulates_cpu(cfg))
 
 
 def _simulate():

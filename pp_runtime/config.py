@@ -259,9 +259,9 @@ class RuntimeConfig:
     # Intra-op threads per rank (one per rank by default: ranks share the machine's cores).
     threads: int = 1
     # Keep each rank's threads on cores of its own (runtime.threads of them, the node's ranks in order), so that
-    # one stage's helper threads never wake on another stage's core (launch/cores.py). auto: on the CPU when the
-    # node's ranks x runtime.threads fit the cores the job may use; true: also on a GPU, and refuse when they do
-    # not fit; false: never.
+    # one stage's helper threads never wake on another stage's core (launch/cores.py). auto: on the CPU with 2+
+    # ranks on the node, when they x runtime.threads fit the cores the job may use; true: also on a GPU or alone,
+    # and refuse when they do not fit; false: never.
     pin_cores: Any = "auto"
     # Show a progress bar on rank 0 when stdout is a terminal.
     progress: bool = True

@@ -38,6 +38,8 @@ def run_stage(job: RankJob, *, stop=None) -> dict | None:
     layers = job.layer_ranges[rank]
     tracer = Tracer(rank, capacity=cfg.tracer.capacity, enabled=cfg.tracer.enabled, device=job.device)
     head_split = None
+    if cfg.pipeline.split_lm_head is True and world == 1:
+        log.info("pipeline.split_lm_head=true: one stage holds the whole LM head, there is nothing to split")
     if job.head_split is not None and world > 1:
         head_split = HeadSplit(job.head_split, job.hf_config.vocab_size, job.hf_config.hidden_size, job.dtype)
     model = build_stage_model(job.model_dir, job.hf_config, layers, num_stages=world, stage=rank,
@@ -142,7 +144,8 @@ def _cost_model(job: RankJob, executor: StageExecutor, transport: Transport | No
         model_dir=job.model_dir, layers_per_stage=[len(r) for r in job.layer_ranges],
         device=cost_cache.device_name(job.device), dtype=str(job.dtype).removeprefix("torch."),
         backend=job.attention_backend, threads=cfg.runtime.threads, token_budget=budget,
-        max_context_len=max_context_len, stage_code=stage_code_digest())
+        max_context_len=max_context_len, stage_code=stage_code_digest(),
+        head_split=job.head_split if world > 1 else None)
     # Rank 0 decides (other nodes may hold other caches) and tells the others whether to profile.
     cached = cost_cache.load_cached(key) if rank == 0 and cfg.runtime.cost_model_cache else None
     hit = [cached is not None]

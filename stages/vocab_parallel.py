@@ -95,7 +95,8 @@ def first_stage_tokens(model, message: torch.Tensor, mb: MicroBatch, split: Head
     if mb_id != mb.id:
         raise ValueError(f"stage 0 expected the LM head rows of micro-batch {mb.id}, got those of {mb_id}")
     st = SamplingTensors.build([p for p in mb.pieces if p.sample], device)
-    normed = normed.to(device, non_blocking=True)
+    # A copy, also on the CPU: a view into the message may be unaligned, and BLAS then rounds another way.
+    normed = normed.to(device, non_blocking=True, copy=True)
     logits = model.head_logits(normed)  # [S, v0]
     out = merge_best(best_in_shard(logits, st, 0), (scores.to(device), ids.to(device)))
     if st.filtered is not None:

@@ -22,9 +22,15 @@ def test_ranks_take_consecutive_cores_in_rank_order():
 def test_pinned_keeps_the_block_on_the_rank_s_cores_and_restores_the_mask():
     before = os.sched_getaffinity(0)
     cores = sorted(before)
-    with pinned("auto", device_type="cpu", local_rank=0, local_world_size=1, threads=1):
+    with pinned(True, device_type="cpu", local_rank=0, local_world_size=1, threads=1):
         assert os.sched_getaffinity(0) == {cores[0]}
     assert os.sched_getaffinity(0) == before
+    with pinned("auto", device_type="cpu", local_rank=0, local_world_size=1, threads=1):  # auto: 2+ ranks only
+        assert os.sched_getaffinity(0) == before
+    if len(cores) >= 2:
+        with pinned("auto", device_type="cpu", local_rank=1, local_world_size=2, threads=1):
+            assert os.sched_getaffinity(0) == {cores[1]}
+        assert os.sched_getaffinity(0) == before
     with pinned("auto", device_type="cuda", local_rank=0, local_world_size=1, threads=1):  # auto: the CPU only
         assert os.sched_getaffinity(0) == before
     with pinned(False, device_type="cpu", local_rank=0, local_world_size=1, threads=1):
@@ -32,7 +38,7 @@ def test_pinned_keeps_the_block_on_the_rank_s_cores_and_restores_the_mask():
     too_many = len(before) + 1
     with pinned("auto", device_type="cpu", local_rank=0, local_world_size=too_many, threads=1):  # does not fit
         assert os.sched_getaffinity(0) == before
-    with pytest.raises(ConfigError, match="runtime.pin_cores=true"):
+    with pytest.raises(ConfigError, match="runtime.pin_cores=true .* run fewer ranks on this node"):
         with pinned(True, device_type="cpu", local_rank=0, local_world_size=too_many, threads=1):
             pass
     assert os.sched_getaffinity(0) == before

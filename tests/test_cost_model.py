@@ -230,3 +230,15 @@ def test_the_cost_model_cache_key_changes_with_the_stage_code(monkeypatch, tmp_p
     cost_cache.store(cost_cache.cost_model_key(**args, stage_code=digest), CostModel((1e-3,), (1e-4,), (0.0,), (0.0,)))
     assert cost_cache.load_cached(cost_cache.cost_model_key(**args, stage_code=module.stage_code_digest())) is None
     assert cost_cache.load_cached(cost_cache.cost_model_key(**args, stage_code=digest)) is not None
+
+
+def test_the_cost_model_cache_key_tells_a_split_head_from_a_whole_one(monkeypatch, tmp_path):
+    # The same layers timed with half of the LM head on stage 0 are another model (the newcomer reused one for both).
+    from pp_runtime.model import cost_cache
+
+    monkeypatch.setenv("PP_RUNTIME_COST_CACHE", str(tmp_path))
+    args = dict(model_dir="llama-3.1-8b", layers_per_stage=[15, 15], device="cpu:x", dtype="float32", backend="sdpa",
+                threads=1, token_budget=256, max_context_len=8192)
+    cost_cache.store(cost_cache.cost_model_key(**args, head_split=24576), CostModel((1e-3,), (1e-4,), (0.0,), (0.0,)))
+    assert cost_cache.load_cached(cost_cache.cost_model_key(**args)) is None
+    assert cost_cache.load_cached(cost_cache.cost_model_key(**args, head_split=24576)) is not None

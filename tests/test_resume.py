@@ -260,21 +260,30 @@ def test_a_run_recorded_when_every_policy_said_prefill_order_fair_still_resumes(
 
 
 def test_a_run_recorded_before_a_config_key_existed_resumes_with_its_default(model, request_file, tmp_path):
-    """pipeline.split_lm_head came after runs whose run_state.json does not name it: those still resume, unless the
-    key is now set to something other than its default."""
+    """A key added to the config after a run started is not in its run_state.json: the run still resumes, unless
+    the key is now set to something other than its default."""
     from pp_runtime.rundir.run_state import config_fingerprint
 
     cfg = make_config(["pipeline.stages=1", *_overrides(model, request_file, tmp_path)])
     cfg.validate()
     plan = plan_resume(cfg, [])
     recorded = config_fingerprint(cfg)
-    del recorded["pipeline.split_lm_head"]
+    del recorded["cache.gpu_memory_utilization"]  # as if the key had come after the run started
     plan.state.update(config=recorded, config_hash="recorded-before")
     begin_attempt(tmp_path, plan)
     assert plan_resume(cfg, []).state["attempt"] == 2
-    cfg.pipeline.split_lm_head = False
-    with pytest.raises(ConfigError, match=r"pipeline.split_lm_head: 'auto' -> False"):
+    cfg.cache.gpu_memory_utilization = 0.5
+    with pytest.raises(ConfigError, match=r"cache.gpu_memory_utilization: 0.9 -> 0.5"):
         plan_resume(cfg, [])
+
+
+def test_splitting_the_lm_head_or_not_between_attempts_resumes(model, request_file, tmp_path):
+    cfg = make_config(["pipeline.stages=1", *_overrides(model, request_file, tmp_path)])
+    cfg.validate()
+    begin_attempt(tmp_path, plan_resume(cfg, []))
+    (tmp_path / "outputs.jsonl").write_text(json.dumps({"id": "x", "finish_reason": "length"}) + "\n")
+    cfg.pipeline.split_lm_head = False  # the same tokens either way: not a change of the run
+    assert plan_resume(cfg, []).state["attempt"] == 2
 
 
 def test_runtime_resume_values_are_validated(model, request_file, tmp_path):

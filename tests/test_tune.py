@@ -143,6 +143,9 @@ def test_the_override_file_loads_into_a_job_config(tmp_path, job, monkeypatch, c
     assert str(cfg.pipeline.num_microbatches) == fields["num_microbatches"]
     assert str(cfg.pipeline.layers_per_stage) == fields["layers_per_stage"]
     assert cfg.pipeline.stages == 2 and sum(cfg.pipeline.layers_per_stage) == NUM_LAYERS
+    # A GPU preset simulates the LM head whole (split_lm_head=auto splits on the CPU only): the file says so, so a
+    # CPU run of the winner uses the simulated layout.
+    assert fields["split_lm_head"] == "false" and cfg.pipeline.split_lm_head is False
     cfg.validate()
 
 

@@ -27,10 +27,12 @@ def cache_dir() -> Path:
 
 
 def cost_model_key(*, model_dir: str, layers_per_stage: list[int], device: str, dtype: str, backend: str,
-                   threads: int, token_budget: int, max_context_len: int, stage_code: str | None = None) -> dict:
+                   threads: int, token_budget: int, max_context_len: int, stage_code: str | None = None,
+                   head_split: int | None = None) -> dict:
     """What a profiled cost model depends on. ``model_dir``: a model folder (or a shape preset's name); ``device``:
     its kind and name (``cuda:NVIDIA H100``, ``cpu:<model>``); ``stage_code``: a hash of the code that was timed
-    (``stages.profiler.stage_code_digest``; None where nothing real is timed)."""
+    (``stages.profiler.stage_code_digest``; None where nothing real is timed); ``head_split``: v0 of a split LM
+    head (None: whole on the last stage), which moves half of the head's time to stage 0."""
     import torch
 
     from pp_runtime.planner.cost_model import FORM_VERSION
@@ -40,7 +42,7 @@ def cost_model_key(*, model_dir: str, layers_per_stage: list[int], device: str, 
             "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.exists() else None,
             "layers_per_stage": list(layers_per_stage), "device": device, "dtype": dtype, "backend": backend,
             "threads": threads, "token_budget": token_budget, "max_context_len": max_context_len,
-            "torch": torch.__version__, "form": FORM_VERSION, "stage_code": stage_code}
+            "torch": torch.__version__, "form": FORM_VERSION, "stage_code": stage_code, "head_split": head_split}
 
 
 def device_name(device) -> str:

@@ -42,6 +42,9 @@ RUN_FILES = (OUTPUTS_FILE, STATE_FILE, MARKER_FILE, "metrics.json", "cost_model.
              "bubbles.json", "timeline.png", "replay")
 # May change between attempts: outputs do not depend on them.
 _VOLATILE = ("output_dir", "runtime", "tracer", "debug", "sim")
+# Keys that move work between stages and never change a token (tests/test_vocab_parallel.py): an attempt may
+# change them.
+_SAME_TOKENS = ("pipeline.split_lm_head",)
 
 
 @dataclass
@@ -64,6 +67,8 @@ def config_fingerprint(cfg: Config) -> dict:
     flat = _flatten(cfg)
     if cfg.workload.kind in ("jsonl", "trace"):
         flat.pop("workload.path", None)
+    for key in _SAME_TOKENS:
+        flat.pop(key, None)
     return flat
 
 

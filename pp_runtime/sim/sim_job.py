@@ -49,7 +49,7 @@ def resolve_sim_job(cfg: Config, *, run_cost_model=None) -> SimJob:
                           "set pipeline.stages=N")
     cfg.validate()
     hf_config, tokenizer, folder = _model(cfg)
-    cpu = cfg.device == "cpu" or (cfg.device == "auto" and cfg.sim.cost_model == "profiled")
+    cpu = simulates_cpu(cfg)
     dtype = getattr(torch, cfg.dtype if cfg.dtype != "auto" else ("float32" if cpu else "bfloat16"))
     # A simulated GPU sizes the default cache from its preset's memory, as the runtime does from the real one's.
     memory_gib = None if cpu else gpu(cfg.sim.gpu).memory_gib
@@ -59,6 +59,12 @@ def resolve_sim_job(cfg: Config, *, run_cost_model=None) -> SimJob:
                                   run_cost_model=run_cost_model, head_split=job.head_split)
     links = LinkModel.from_config(cfg.sim, cfg.pipeline.stages, cpu=cpu)
     return SimJob(**vars(job), time_model=time_model, links=links, planner_cost_model=run_cost_model)
+
+
+def simulates_cpu(cfg: Config) -> bool:
+    """Whether ``cfg`` simulates CPU stages (``device=cpu``, or ``auto`` with a profiled cost model) rather than a GPU
+    preset: the default cache size and ``auto`` settings (``pipeline.split_lm_head``) follow."""
+    return cfg.device == "cpu" or (cfg.device == "auto" and cfg.sim.cost_model == "profiled")
 
 
 def _model(cfg: Config):

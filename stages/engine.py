@@ -6,9 +6,8 @@ only when the loop folds it back (with one stage the whole model runs in place, 
 micro-batch is launched before this one's tokens are read). Each plan goes to every stage before stage 0
 computes it, so they post their receives meanwhile. With a vocabulary-parallel LM head, rank 0 computes its half
 of the head when it reads a micro-batch's tokens (a second COMPUTE event of that micro-batch on stage 0, with no
-tokens counted). While waiting for an arrival (online mode) it sleeps,
-waking for a stop signal (``StopSignal``). ``Engine.run`` then sends every stage the stop message, so every
-stage ends cleanly.
+tokens counted). While waiting for an arrival (online mode) it sleeps, waking for a stop signal (``StopSignal``).
+``Engine.run`` then sends every stage the stop message, so every stage ends cleanly.
 """
 
 from __future__ import annotations

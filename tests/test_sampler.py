@@ -248,18 +248,21 @@ def test_batches_larger_than_a_row_block_draw_each_row_as_alone():
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
-def test_top_k_rows_sorting_only_their_candidates_draw_what_the_full_sort_draws(data):
+def test_sorting_only_the_candidates_draws_what_the_full_sort_draws(data):
     from stages.sampler import _draw_filtered
 
     n = data.draw(st.integers(1, 5))
-    vocab = data.draw(st.integers(2, 300))
+    vocab = data.draw(st.integers(2, 600))
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
-    logits = torch.randn(n, vocab, generator=gen) * 3
-    if data.draw(st.booleans()):  # many ties, also at the k-th largest
+    logits = torch.randn(n, vocab, generator=gen) * data.draw(st.sampled_from([0.1, 1.0, 3.0]))
+    if data.draw(st.booleans()):  # many ties, also at the k-th largest and at the nucleus's edge
         logits = logits.round()
     temperature = torch.tensor([data.draw(st.sampled_from([0.3, 1.0, 2.0])) for _ in range(n)])
-    top_k = torch.tensor([data.draw(st.integers(1, vocab + 5)) for _ in range(n)])
-    top_p = torch.tensor([data.draw(st.sampled_from([1.0, 0.9, 0.5, 0.05])) for _ in range(n)])
-    keys = torch.randint(-2**63, 2**63 - 1, (n,), generator=gen, dtype=torch.int64)
+    top_k = torch.tensor([data.draw(st.sampled_from([0, 1, 3, 50, vocab, vocab + 5])) for _ in range(n)])
+    top_p = torch.tensor([data.draw(st.sampled_from([1.0, 0.995, 0.9, 0.5, 0.05])) for _ in range(n)])
+    # Each row drawn 64 times (other keys): a kept token left out of the candidates would win some of the draws.
+    reps = 64
+    logits, temperature, top_k, top_p = (x.repeat_interleave(reps, dim=0) for x in (logits, temperature, top_k, top_p))
+    keys = torch.randint(-2**63, 2**63 - 1, (n * reps,), generator=gen, dtype=torch.int64)
     full = _draw_filtered(logits, temperature, keys, top_k, top_p)
-    assert _draw_filtered(logits, temperature, keys, top_k, top_p, top_k_only=True).tolist() == full.tolist()
+    assert _draw_filtered(logits, temperature, keys, top_k, top_p, candidates=True).tolist() == full.tolist()

@@ -41,15 +41,18 @@ def pinned(setting, *, device_type: str, local_rank: int, local_world_size: int,
         return
     before = os.sched_getaffinity(0)
     cores = rank_cores(list(before), local_rank=local_rank, local_world_size=local_world_size, threads=threads)
+    shown = str(setting).lower()
     if cores is None:
         if setting is True:
             fix = "run fewer ranks on this node" if threads == 1 else "lower runtime.threads"
             raise ConfigError(f"runtime.pin_cores=true but {local_world_size} rank(s) x runtime.threads={threads} "
                               f"need more than the {len(before)} core(s) this process may use; {fix}, or set "
                               f"runtime.pin_cores=auto (pins only when they fit) or false")
+        log.info("rank %d: not pinned: %d rank(s) x runtime.threads=%d do not fit the %d core(s) this job may use "
+                 "(runtime.pin_cores=auto)", local_rank, local_world_size, threads, len(before))
         yield
         return
-    log.info("rank %d: threads on core(s) %s (runtime.pin_cores=%s)", local_rank, ",".join(map(str, cores)), setting)
+    log.info("rank %d: threads on core(s) %s (runtime.pin_cores=%s)", local_rank, ",".join(map(str, cores)), shown)
     os.sched_setaffinity(0, cores)
     try:
         yield

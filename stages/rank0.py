@@ -71,6 +71,8 @@ def serve_requests(job: RankJob, executor, transport, tracer, faults, *, cost_mo
     metrics["policy"] = cfg.scheduler.policy
     metrics["stages"] = job.world_size
     metrics["token_budget"] = budget_choice
+    # pipeline.split_lm_head as resolved: the last stage's first token id (v0), or null with the head whole.
+    metrics["lm_head_split"] = job.head_split if job.world_size > 1 else None
     # No request lost: read the file back and hold every input id against it.
     scan = scan_outputs(out_dir / OUTPUTS_FILE)
     check = check_ids([r.id for r in job.requests], scan.ids)

@@ -165,3 +165,19 @@ def test_tune_with_the_real_simulator_meets_its_slo(tmp_path, job):
     assert result.winner.p99(TBT) <= slo
     assert result.winner.metrics["completed"] == NUM_REQUESTS
     assert len(result.trials) <= 12
+
+
+def test_a_layer_profile_taken_on_the_cpu_is_simulated_as_cpu_stages(tmp_path, job):
+    # pp-tune profiles a layer on this machine: on the CPU its simulations (and so its winner) split the LM head as
+    # a CPU run does; a GPU preset's roofline does not.
+    from pp_runtime.sim.sim_job import simulates_cpu
+
+    cfg = _cfg(tmp_path, job)  # a layer profile whose meta says device cpu, device=auto
+    assert simulates_cpu(cfg) and tune_cli._simulated_split(cfg)
+    gpu_profile = tmp_path / "gpu.json"
+    LayerProfile({p: (1e-3, 0, 0, 0) for p in ("fixed", "layer", "embed", "head")}, {"device": "cuda"}).to_json(
+        gpu_profile)
+    cfg.sim.layer_profile_path = str(gpu_profile)
+    assert not simulates_cpu(cfg) and not tune_cli._simulated_split(cfg)
+    cfg.device = "cpu"
+    assert simulates_cpu(cfg)

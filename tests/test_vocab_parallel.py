@@ -174,9 +174,11 @@ def test_sampled_requests_get_the_same_tokens_with_the_head_split_or_not(tmp_pat
     outs = {}
     for split in ("true", "false"):
         out = tmp_path / f"out-{split}"
-        run_job_ranks(stages, [f"model.path={model}", "workload=jsonl", f"workload.path={path}", f"output_dir={out}",
-                               f"pipeline.split_lm_head={split}", "scheduler.token_budget=32", "cache.num_blocks=64",
-                               "cache.block_size=4", "tracer.timeline=false"])
+        metrics = run_job_ranks(stages, [f"model.path={model}", "workload=jsonl", f"workload.path={path}",
+                                         f"output_dir={out}", f"pipeline.split_lm_head={split}",
+                                         "scheduler.token_budget=32", "cache.num_blocks=64", "cache.block_size=4",
+                                         "tracer.timeline=false"])
+        assert metrics["lm_head_split"] == (128 if split == "true" else None)  # v0 of the 320-token vocabulary
         outs[split] = {k: v["output_token_ids"] for k, v in read_outputs(out).items()}
     assert outs["true"] == outs["false"] and len(outs["true"]) == len(reqs)
     assert len({tuple(v) for v in outs["true"].values()}) > 1

@@ -62,9 +62,21 @@ def resolve_sim_job(cfg: Config, *, run_cost_model=None) -> SimJob:
 
 
 def simulates_cpu(cfg: Config) -> bool:
-    """Whether ``cfg`` simulates CPU stages (``device=cpu``, or ``auto`` with a profiled cost model) rather than a GPU
-    preset: the default cache size and ``auto`` settings (``pipeline.split_lm_head``) follow."""
-    return cfg.device == "cpu" or (cfg.device == "auto" and cfg.sim.cost_model == "profiled")
+    """Whether ``cfg`` simulates CPU stages rather than a GPU preset: ``device=cpu``, or ``auto`` with a profiled cost
+    model or a layer profile taken on the CPU. The default cache size and ``auto`` settings
+    (``pipeline.split_lm_head``) follow."""
+    if cfg.device != "auto":
+        return cfg.device == "cpu"
+    if cfg.sim.cost_model == "profiled":
+        return True
+    if cfg.sim.cost_model == "layer_profile" and cfg.sim.layer_profile_path:
+        from pp_runtime.sim.layer_profile import LayerProfile
+
+        try:
+            return LayerProfile.from_json(cfg.sim.layer_profile_path).meta.get("device") == "cpu"
+        except (OSError, ValueError):  # a missing or bad file is reported where the time model reads it
+            return False
+    return False
 
 
 def _model(cfg: Config):

@@ -5,7 +5,8 @@ micro-batch (one row per finished prompt) and as much as ~10 decoder layers per 
 (49152 x 384 against 1.8 M multiply-adds per token per layer). On the last stage alone it makes decode micro-batches
 heavier there and prefill ones lighter, and no layer split balances both (docs/BENCHMARKS.md, issue 14). Split
 over the two ends of the pipeline, as Yeung et al. split it over all stages in training ("Balancing Pipeline
-Parallelism with Vocabulary Parallelism", MLSys 2025, arXiv:2411.05288), each end carries half of it in both phases.
+Parallelism with Vocabulary Parallelism", MLSys 2025, arXiv:2411.05288), each end carries about half of it in both
+phases (``pp_runtime.model.partition.head_split_point``). Rows with top-k or top-p are drawn on rank 0.
 
 The data path of a micro-batch's ``S`` sampled rows:
 

@@ -6,7 +6,8 @@ lower bottleneck.
 
 A stage plan is data: one ``range`` of global layer indices per stage. Stage 0 also owns the embeddings and
 the last stage the final norm and LM head, whose cost is weighed in as "layer equivalents". The embedding is a
-table lookup (no matmul) and weighs nothing; the LM head is a vocab x hidden matmul on the sampled tokens.
+table lookup (no matmul) and weighs nothing; the LM head is a vocab x hidden matmul on the sampled tokens. With a
+vocabulary-parallel head (``pipeline.split_lm_head``, ``resolve_head_split``) stage 0 carries its share of it.
 
 The job prices the LM head over the micro-batches its planner actually makes of the workload (``planned_rows``,
 ``head_cost_of_mix``): per micro-batch a layer costs a fixed part plus its tokens, the head a fixed part plus its

@@ -249,9 +249,10 @@ def write_override_file(cand: Candidate, out: Path, name: str, *, split_lm_head:
 def _simulated_split(cfg) -> bool:
     """Whether the simulations of ``cfg`` split the LM head (``pipeline.split_lm_head``, auto: when they simulate CPU
     stages)."""
+    from pp_runtime.model.partition import splits_head
     from pp_runtime.sim.sim_job import simulates_cpu
 
-    return cfg.pipeline.split_lm_head is True or (cfg.pipeline.split_lm_head == "auto" and simulates_cpu(cfg))
+    return splits_head(cfg.pipeline.split_lm_head, num_stages=cfg.pipeline.stages, cpu=simulates_cpu(cfg))
 
 
 def _simulate():

@@ -205,22 +205,23 @@ def _draw_filtered(logits: torch.Tensor, temperature: torch.Tensor, keys: torch.
     k = torch.where((top_k > 0) & (top_k < vocab), top_k, vocab)  # [B]
     # top-k keeps every token at least as large as the k-th largest (ties with it stay, as a threshold would). Its
     # distribution is normalised over the row in token order, so both ways of sorting see the same probabilities.
-    found = None
     if candidates:
         kth = scaled.amin(dim=-1, keepdim=True)  # [B, 1]: rows without top-k keep every token
         with_k = k < vocab
         if bool(with_k.any()):
             top = torch.topk(scaled, int(k[with_k].max()), dim=-1).values  # [B, max k]
             kth = torch.where(with_k[:, None], top.gather(1, (k.clamp(max=top.shape[1]) - 1)[:, None]), kth)
-        probs_row = scaled.masked_fill(scaled < kth, float("-inf")).softmax(dim=-1)  # [B, V]
-        found = _candidates(scaled, kth, probs_row, top_p)
-    if found is None:
+    else:
         ordered, order = torch.sort(scaled, dim=-1, descending=True, stable=True)  # [B, V] each
         kth = ordered.gather(1, (k - 1)[:, None])
-        probs_row = scaled.masked_fill(scaled < kth, float("-inf")).softmax(dim=-1)
-        valid = None
-    else:
-        ordered, order, valid = found  # [B, C] each
+    probs_row = scaled.masked_fill(scaled < kth, float("-inf")).softmax(dim=-1)  # [B, V]
+    valid = None
+    if candidates:
+        found = _candidates(scaled, kth, probs_row, top_p)
+        if found is None:  # a nucleus too large to find: sort the whole rows (the same kth, the same probabilities)
+            ordered, order = torch.sort(scaled, dim=-1, descending=True, stable=True)
+        else:
+            ordered, order, valid = found  # [B, C] each
     probs = probs_row.gather(1, order)
     if valid is not None:
         probs = probs.masked_fill(~valid, 0.0)

@@ -51,11 +51,15 @@ class HeadSplit:
         pieces = [p for p in mb.pieces if p.sample]
         return len(pieces), sum(is_filtered(p.params) for p in pieces)
 
+    def _part_bytes(self, s: int, f: int) -> tuple[int, int, int, int]:
+        """Bytes of ``pack``'s four parts for ``s`` sampled rows, ``f`` of them filtered: mb id and ids, scores,
+        filtered logits, normed rows."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return 8 * (1 + s), 8 * s, 4 * f * self.last_width, itemsize * s * self.hidden_size
+
     def message_bytes(self, mb: MicroBatch) -> int:
         """Bytes of the last stage's message for ``mb`` (rank 0 posts a receive this large)."""
-        s, f = self.counts(mb)
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-        return 8 * (1 + s) + 8 * s + 4 * f * self.last_width + itemsize * s * self.hidden_size
+        return sum(self._part_bytes(*self.counts(mb)))
 
     def pack(self, mb_id: int, ids: torch.Tensor, scores: torch.Tensor, filtered: torch.Tensor,
              normed: torch.Tensor) -> torch.Tensor:
@@ -70,8 +74,10 @@ class HeadSplit:
                                                                   torch.Tensor]:
         """``pack``'s parts from ``buf`` (uint8 ``[message_bytes(mb)]``): mb id, ids, scores, filtered, normed."""
         s, f = self.counts(mb)
-        sizes = (8 * (1 + s), 8 * s, 4 * f * self.last_width)
-        a, b, c = sizes[0], sizes[0] + sizes[1], sizes[0] + sizes[1] + sizes[2]
+        ids_bytes, score_bytes, filtered_bytes, _ = self._part_bytes(s, f)
+        a = ids_bytes
+        b = a + score_bytes
+        c = b + filtered_bytes
         head = buf[:a].view(torch.int64)
         return (int(head[0]), head[1:], buf[a:b].view(torch.float64),
                 buf[b:c].view(torch.float32).reshape(f, self.last_width),

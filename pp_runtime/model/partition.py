@@ -44,12 +44,15 @@ def head_split_point(vocab_size: int) -> int:
     return half - half % _HEAD_SPLIT_ALIGN if vocab_size >= 2 * _HEAD_SPLIT_ALIGN else half
 
 
+def splits_head(setting, *, num_stages: int, cpu: bool) -> bool:
+    """Whether ``pipeline.split_lm_head`` (``setting``: "auto", True or False) splits the head: never with one stage;
+    ``auto`` on the CPU only (the split has not run on a GPU yet)."""
+    return num_stages >= 2 and (setting is True or (setting == "auto" and cpu))
+
+
 def resolve_head_split(setting, *, vocab_size: int, num_stages: int, cpu: bool) -> int | None:
-    """``v0`` when ``pipeline.split_lm_head`` (``setting``: "auto", True or False) splits the head, else None: never
-    with one stage; ``auto`` on the CPU only (the split has not run on a GPU yet)."""
-    if num_stages < 2 or setting is False or (setting == "auto" and not cpu):
-        return None
-    return head_split_point(vocab_size)
+    """``v0`` when ``splits_head``, else None."""
+    return head_split_point(vocab_size) if splits_head(setting, num_stages=num_stages, cpu=cpu) else None
 
 
 def layer_params(hf_config) -> int:

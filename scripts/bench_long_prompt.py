@@ -13,7 +13,9 @@ next to SGLang's 82.8%. fairness: one 4000-token prompt and 16 of 64 tokens (all
 deadline prefill order, 1 and 2 stages: the short prompts' TTFT p50 against theirs without the long prompt, the
 long TTFT against its own alone, Jain's index over the TTFT slowdowns (cost model), and throughput; plus an
 offline batch (the same mix, 4 times) where fair must cost no throughput against FCFS; and the short requests'
-decodes (largest and median gap between tokens, end-to-end p50), which deadline order holds back once.
+decodes (largest and median gap between tokens, end-to-end p50), which deadline order holds back once. Rows
+"short prompts with 1 output token" run the mix with no short decodes to ride along the long prompt's chunks:
+what serving the short prompts' prefill first costs it by itself, the floor of any order that does.
 orders: the three prefill orders on the real request traces (``../shared/data/traces`` or the folder
 ``PP_RUNTIME_TRACES`` names; full lengths, 256 requests arriving at 20/s: more than one simulated H100 serves, so
 the queue grows), 1 and 2 stages: throughput, TTFT p50 / p99 and inter-token latency p99, i.e. what
@@ -150,6 +152,13 @@ def fairness(args) -> None:
             ttft = {q.request.id: q.first_token_s - q.request.arrival_s for q in res.seqs}
             print(_fair_row(f"{s} stage(s), {order}", ttft, alone, res.metrics))
             decodes[f"{s} stage(s), {order}"] = _short_decodes(res.seqs)
+        # The same order with the short prompts stopping at their first token: no decodes ride along the long
+        # prompt's chunks, so its TTFT is the floor that sharing the prefill alone costs.
+        floor = [mix[0], *({**r, "max_tokens": 1} for r in mix[1:])]
+        for order in ("fair", "deadline"):
+            res, _ = _sim([*common, f"scheduler.prefill_order={order}"], floor, tmp)
+            ttft = {q.request.id: q.first_token_s - q.request.arrival_s for q in res.seqs}
+            print(_fair_row(f"{s} stage(s), {order}, short prompts with 1 output token", ttft, alone, res.metrics))
         batch = [{**r, "id": f"{r['id']}-{k}"} for k in range(4) for r in mix]
         tput = {o: _sim([*common, f"scheduler.prefill_order={o}"], batch, tmp)[0].metrics["total_token_throughput"]
                 for o in ("fcfs", "fair", "deadline")}

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pp_runtime.trace.bubbles import compute_bubbles, format_bubble_table, merge_intervals
+from pp_runtime.trace.bubbles import compute_bubbles, format_bubble_table, merge_intervals, repeat_computes
 from pp_runtime.trace.tracer import EventKind
 
 C, W, S = EventKind.COMPUTE, EventKind.WAIT, EventKind.SEND
@@ -18,6 +18,14 @@ def test_merge_intervals_handles_overlap_nesting_touching_and_order():
     s, e = merge_intervals(np.array([50, 0, 10, 5, 30, 40]), np.array([60, 10, 20, 8, 40, 45]))
     # [0,10) [5,8) [10,20) merge (touching + nested); [30,40) [40,45) touch; [50,60) alone.
     assert s.tolist() == [0, 30, 50] and e.tolist() == [20, 45, 60]
+
+
+def test_repeat_computes_marks_a_micro_batchs_later_compute_on_a_stage():
+    # Stage 0 with a split LM head: mb 0's layers at 0-2 ms, mb 1's at 2-4, then mb 0's head share at 5-6 (0
+    # tokens); rows given out of time order. Events without a micro-batch id (-1) are never repeats.
+    compute = ev((C, 5 * MS, 6 * MS, 0, 0, 0), (C, 0, 2 * MS, 0, 64, 0), (C, 2 * MS, 4 * MS, 1, 0, 8),
+                 (C, 7 * MS, 8 * MS, -1, 0, 0), (C, 9 * MS, 10 * MS, -1, 0, 0))
+    assert repeat_computes(compute).tolist() == [True, False, False, False, False]
 
 
 def test_two_stage_pipeline_exact_figures():

@@ -48,7 +48,7 @@ import bisect
 
 import numpy as np
 
-from pp_runtime.trace.bubbles import merge_intervals, pipeline_window
+from pp_runtime.trace.bubbles import merge_intervals, pipeline_window, repeat_computes
 from pp_runtime.trace.tracer import EventKind
 
 PARTS = ("fill_drain", "imbalance", "hop", "host", "rest")
@@ -71,10 +71,9 @@ class _Timeline:
         self.by_mb = {}  # mb_id -> (start, end) of its first compute event on this stage
         self.opening = {}  # start -> (mb_id, duration) of the first compute event starting then
         self.longest_ending = {}  # end -> the longest duration of the compute events ending then
-        self.head_starts = set()  # starts of a micro-batch's later compute events: rank 0's half of a split LM head
+        # Starts of a micro-batch's later compute events: rank 0's half of a split LM head.
+        self.head_starts = set(self.compute[repeat_computes(self.compute), 1].tolist())
         for _, start, end, mb, _, _ in self.compute.tolist():
-            if mb in self.by_mb and mb >= 0:
-                self.head_starts.add(start)
             self.by_mb.setdefault(mb, (start, end))
             self.opening.setdefault(start, (mb, end - start))
             self.longest_ending[end] = max(self.longest_ending.get(end, 0), end - start)

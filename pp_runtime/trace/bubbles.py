@@ -79,6 +79,20 @@ def _stage(ev: np.ndarray, lo: int, hi: int) -> tuple[dict, list[int], int, int]
     return figures, gaps, active, busy
 
 
+def repeat_computes(compute: np.ndarray) -> np.ndarray:
+    """``[n]`` bool over a stage's compute events (rows of ``Tracer.events()``): True for each one that is not its
+    micro-batch's first on that stage, i.e. stage 0's share of a vocabulary-parallel LM head
+    (``pipeline.split_lm_head``), which it computes when the micro-batch's last stage has answered."""
+    order = np.argsort(compute[:, 1], kind="stable")
+    seen: set[int] = set()
+    repeat = np.zeros(len(compute), dtype=bool)
+    for i in order.tolist():
+        mb = int(compute[i, 3])
+        repeat[i] = mb >= 0 and mb in seen
+        seen.add(mb)
+    return repeat
+
+
 def pipeline_window(events: dict[int, np.ndarray]) -> tuple[int, int] | None:
     """``(first compute start, last compute end)`` in ns over all stages, or None without compute events."""
     starts, ends = [], []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pp_runtime.trace.bubbles import pipeline_window
+from pp_runtime.trace.bubbles import pipeline_window, repeat_computes
 from pp_runtime.trace.tracer import EventKind
 
 _IDLE_COLOUR = "#e6e6e6"
@@ -35,7 +35,8 @@ def draw_timeline(events: dict[int, np.ndarray], path: str, *, title: str) -> No
     """Draw one row per stage (stage 0 on top) of compute bars coloured by micro-batch, and save a PNG to ``path``.
 
     Each bar's lower part, proportional to its prefill token share, is solid; the upper, decode part is hatched.
-    The light background of each row is idle time.
+    Stage 0's share of a split LM head (a micro-batch's second compute there, ``repeat_computes``) is pale and
+    cross-hatched over the bar's full height. The light background of each row is idle time.
     """
     import matplotlib
 
@@ -49,6 +50,7 @@ def draw_timeline(events: dict[int, np.ndarray], path: str, *, title: str) -> No
     window = pipeline_window(events)
     lo, hi = window if window else (0, 0)
     fig, ax = plt.subplots(figsize=(14, 1.2 + 0.7 * len(stages)))
+    any_head = False
     for row, stage in enumerate(stages):
         y = len(stages) - 1 - row  # stage 0 on top
         base = y - _ROW_HEIGHT / 2
@@ -59,8 +61,9 @@ def draw_timeline(events: dict[int, np.ndarray], path: str, *, title: str) -> No
             continue
         x0, x1 = (ev[:, 1] - lo) / 1e6, (ev[:, 2] - lo) / 1e6  # ms from window start
         tokens = ev[:, 4] + ev[:, 5]
-        # Events without token counts draw as all-prefill (solid) bars.
-        prefill_share = np.where(tokens > 0, ev[:, 4] / np.maximum(tokens, 1), 1.0)
+        head = repeat_computes(ev)
+        # Events without token counts draw as all-prefill (solid) bars; a split head's share as none (see below).
+        prefill_share = np.where(head, 0.0, np.where(tokens > 0, ev[:, 4] / np.maximum(tokens, 1), 1.0))
         split = base + _ROW_HEIGHT * prefill_share
         colours = _mb_colours(ev[:, 3])
         bottom = np.full(len(ev), base)
@@ -71,9 +74,12 @@ def draw_timeline(events: dict[int, np.ndarray], path: str, *, title: str) -> No
         light[:, :3] = 0.45 * light[:, :3] + 0.55  # paler tint of the same colour under the hatching
         decode = _bar_vertices(x0, x1, split, top)
         ax.add_collection(PolyCollection(decode, facecolors=light, edgecolors="none"))
-        # One hatched compound path per row: Agg hatches per path drawn, so per-bar hatching takes seconds.
-        ax.add_patch(PathPatch(Path.make_compound_path_from_polys(decode), facecolor="none",
-                               edgecolor=_HATCH_COLOUR, linewidth=0.0, hatch="////"))
+        # One hatched compound path per row and kind: Agg hatches per path drawn, so per-bar hatching takes seconds.
+        for polys, hatch in ((decode[~head], "////"), (decode[head], "xxxx")):
+            if len(polys):
+                any_head = any_head or hatch == "xxxx"
+                ax.add_patch(PathPatch(Path.make_compound_path_from_polys(polys), facecolor="none",
+                                       edgecolor=_HATCH_COLOUR, linewidth=0.0, hatch=hatch))
     ax.set_xlim(0, max((hi - lo) / 1e6, 1e-3))
     ax.set_ylim(-0.6, len(stages) - 0.4)
     ax.set_yticks(range(len(stages)), [f"stage {s}" for s in reversed(stages)])
@@ -82,8 +88,11 @@ def draw_timeline(events: dict[int, np.ndarray], path: str, *, title: str) -> No
     handles = [Patch(facecolor="#4c72b0", label="prefill tokens"),
                Patch(facecolor="#b8c7e0", edgecolor=_HATCH_COLOUR, hatch="////", label="decode tokens"),
                Patch(facecolor=_IDLE_COLOUR, label="idle (bubble)")]
+    if any_head:
+        handles.insert(2, Patch(facecolor="#b8c7e0", edgecolor=_HATCH_COLOUR, hatch="xxxx",
+                                label="stage 0's share of the split LM head"))
     height = fig.get_figheight()
-    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     # Keep the bottom ~0.35 inch free for the legend whatever the number of stages.
     fig.tight_layout(rect=(0, 0.35 / height, 1, 1))
     fig.savefig(path, dpi=110)

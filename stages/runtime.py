@@ -127,7 +127,7 @@ def _max_rows(job: RankJob) -> int:
 
 def _cost_model(job: RankJob, executor: StageExecutor, transport: Transport | None):
     """Rank 0's cost model: the one loaded from scheduler.cost_model_path, or profiled now on every stage."""
-    from pp_runtime.planner.cost_model import CostModel
+    from pp_runtime.planner.cost_model import CostModel, stage_layout
 
     cfg, rank, world = job.cfg, job.rank, job.world_size
     if not needs_cost_model(cfg.scheduler):
@@ -146,6 +146,7 @@ def _cost_model(job: RankJob, executor: StageExecutor, transport: Transport | No
         backend=job.attention_backend, threads=cfg.runtime.threads, token_budget=budget,
         max_context_len=max_context_len, stage_code=stage_code_digest(),
         head_split=job.head_split if world > 1 else None)
+    layout = stage_layout([len(r) for r in job.layer_ranges], job.head_split if world > 1 else None)
     # Rank 0 decides (other nodes may hold other caches) and tells the others whether to profile.
     cached = cost_cache.load_cached(key) if rank == 0 and cfg.runtime.cost_model_cache else None
     hit = [cached is not None]
@@ -154,7 +155,7 @@ def _cost_model(job: RankJob, executor: StageExecutor, transport: Transport | No
     if hit[0]:
         if rank == 0:
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-            cached.to_json(Path(cfg.output_dir) / "cost_model.json")
+            cached.to_json(Path(cfg.output_dir) / "cost_model.json", layout=layout)
             log.info("cost model from the cache (%s; runtime.cost_model_cache=false profiles again): %s",
                      cost_cache.cache_dir(), cached)
         return cached
@@ -168,7 +169,7 @@ def _cost_model(job: RankJob, executor: StageExecutor, transport: Transport | No
         return None
     model = CostModel.fit(rows)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    model.to_json(Path(cfg.output_dir) / "cost_model.json")
+    model.to_json(Path(cfg.output_dir) / "cost_model.json", layout=layout)
     if cfg.runtime.cost_model_cache:
         cost_cache.store(key, model)
     log.info("cost model fitted from %d timings (reuse with scheduler.cost_model_path=%s/cost_model.json): %s",

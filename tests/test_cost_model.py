@@ -132,7 +132,7 @@ def test_missing_file_says_what_to_set(tmp_path):
 
     cfg = make_config([f"scheduler.cost_model_path={tmp_path / 'nope.json'}"])
     with pytest.raises(ConfigError, match=r"scheduler\.cost_model_path=.*nope.json.*scheduler\.cost_model_path=null"):
-        _load_cost_model(cfg)
+        _load_cost_model(cfg, None)
 
 
 def test_default_is_valid_and_weights_the_end_stages():

@@ -1,5 +1,5 @@
-"""SARATHI's cost model in a job: profiled on every stage and saved, reused from scheduler.cost_model_path,
-and a file for another stage count rejected before the ranks meet."""
+"""SARATHI's cost model in a job: profiled on every stage and saved with the layout it was timed on, reused from
+scheduler.cost_model_path, and a file for another stage count or layout rejected before the ranks meet."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pp_runtime.planner.cost_model import CostModel
+from pp_runtime.planner.cost_model import CostModel, recorded_layout, stage_layout
 from tests.jobs import run_job_outcomes, run_job_ranks
 from tests.tiny_models import make_tiny_model
 
@@ -25,6 +25,9 @@ def test_profiled_model_is_saved_and_reused(model, tmp_path):
     run_job_ranks(2, [f"model.path={model}", *WORKLOAD, f"output_dir={first}"])
     fitted = CostModel.from_json(first / "cost_model.json")
     assert fitted.num_stages == 2 and max(fitted.c0 + fitted.c_tok) > 0
+    split = json.loads((first / "metrics.json").read_text())["lm_head_split"]
+    assert split is not None  # auto splits the head on the CPU with 2 stages
+    assert recorded_layout(first / "cost_model.json") == stage_layout([1, 1], split)
     second = tmp_path / "second"
     metrics = run_job_ranks(2, [f"model.path={model}", *WORKLOAD, f"scheduler.cost_model_path={first}/cost_model.json",
                                 f"output_dir={second}"])
@@ -41,6 +44,20 @@ def test_cost_model_for_another_stage_count_fails_before_ranks_meet(model, tmp_p
     for o in outcomes:
         assert o.exitcode == 1 and "ConfigError" in o.error and "scheduler.cost_model_path" in o.error, o.error
         assert "PipelineError" not in o.error
+
+
+@pytest.mark.parametrize("layout, key", [(stage_layout([1, 1], None), "pipeline.split_lm_head=false"),
+                                         (stage_layout([2, 0], 64), "pipeline.layers_per_stage=[2, 0]")])
+def test_cost_model_timed_on_another_layout_fails_before_ranks_meet(model, tmp_path, layout, key):
+    # Two stages both ways, but the file's stage times were taken with the head whole (the job splits it: auto on
+    # the CPU), or with another layer split: the planner would balance with times that are not this job's.
+    path = tmp_path / "cm.json"
+    CostModel.default(2).to_json(path, layout=layout)
+    outcomes = run_job_outcomes(2, [f"model.path={model}", *WORKLOAD, f"scheduler.cost_model_path={path}",
+                                    f"output_dir={tmp_path}"], timeout=60)
+    for o in outcomes:
+        assert o.exitcode == 1 and "ConfigError" in o.error and "was timed on" in o.error, o.error
+        assert key in o.error and "scheduler.cost_model_path=null" in o.error and "PipelineError" not in o.error
 
 
 def test_a_second_run_takes_the_cost_model_from_the_cache(model, tmp_path, monkeypatch):

@@ -200,8 +200,13 @@ class CostModel:
         return cls(*(tuple(c[i] for c in coefs) for i in range(len(_KEYS))))
 
     # ---- files -------------------------------------------------------------------------------------------
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({k: list(v) for k, v in asdict(self).items()}, indent=2) + "\n")
+    def to_json(self, path: str | Path, *, layout: dict | None = None) -> None:
+        """Write the coefficients, and ``layout`` (``stage_layout``: what each stage computed when they were
+        timed) if given, which ``recorded_layout`` reads back."""
+        data = {k: list(v) for k, v in asdict(self).items()}
+        if layout is not None:
+            data["layout"] = layout
+        Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: str | Path) -> CostModel:
@@ -229,6 +234,20 @@ class CostModel:
             return cls(**values)
         except CostModelError as e:
             raise CostModelError(f"cost model file {str(path)!r}: {e}") from None
+
+
+def stage_layout(layers_per_stage: list[int], lm_head_split: int | None) -> dict:
+    """What each stage computes, as a cost model file records it: decoder layers per stage, and the vocabulary
+    split point of a vocabulary-parallel LM head (None: the last stage holds the whole head)."""
+    return {"layers_per_stage": list(layers_per_stage), "lm_head_split": lm_head_split}
+
+
+def recorded_layout(path: str | Path) -> dict | None:
+    """The ``stage_layout`` a cost model file was timed on; None for a file written without one (older runs, or
+    written by hand). The file must be readable JSON (``CostModel.from_json`` checks it first)."""
+    data = json.loads(Path(path).read_text())
+    layout = data.get("layout") if isinstance(data, dict) else None
+    return layout if isinstance(layout, dict) else None
 
 
 def _nonneg_lstsq(rows: np.ndarray) -> list[float]:

@@ -320,6 +320,24 @@ def test_deadline_order_puts_an_aged_prompt_before_the_decodes_of_requests_that_
     assert slo.seqs[0].first_token_s > (1 + 64 / 112) * alone + 3 * dt
 
 
+@pytest.mark.parametrize("num_slots", [1, 2])
+@pytest.mark.parametrize("num_blocks", [28, 32, 36])
+def test_a_tight_cache_never_evicts_the_long_prompt_the_fair_order_let_short_ones_past(num_slots, num_blocks):
+    # One 100-token prompt (25 blocks of 4) that came first and six short ones with 20 outputs each: the cache holds
+    # the long prompt but not everything. Fair order admits the short prompts first; their decodes then grow. A
+    # request preempts only requests that arrived after it, so the long prompt is never the victim of their growth
+    # (it was, again and again, when age meant admission order: recomputing 100 tokens each time).
+    requests = [Request("long", tuple(range(1, 101)), SamplingParams(max_tokens=4, ignore_eos=True))]
+    requests += [Request(f"s{i}", (3 + i,) * 4, SamplingParams(max_tokens=20, ignore_eos=True)) for i in range(6)]
+    kw = dict(seed=0, num_blocks=num_blocks, block_size=4, num_slots=num_slots, token_budget=16, chunk_size=16,
+              time_balanced=False)
+    for order in ("fair", "deadline", "fcfs"):
+        planner, _ = run("sarathi", requests, **kw, prefill_order=order)
+        assert planner.seqs[0].num_preemptions == 0, order
+        assert sum(s.num_preemptions for s in planner.seqs) > 0 or order == "fcfs"  # the cache is tight
+        check_run("sarathi", requests, {**kw, "prefill_order": order})
+
+
 def test_fair_sharing_lets_short_prompts_past_a_long_one_and_fcfs_does_not():
     requests = [Request("long", tuple(range(1, 201)), SamplingParams(max_tokens=1, ignore_eos=True))]
     requests += [Request(f"s{i}", (3,) * 4, SamplingParams(max_tokens=1, ignore_eos=True), arrival_s=1e-6)

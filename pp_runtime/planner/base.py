@@ -147,10 +147,12 @@ class Planner:
         """Reserve blocks for ``num_tokens`` more tokens of running ``seq`` (after those already scheduled) and
         count one more piece of it in flight.
 
-        If the cache is short, preempts running requests admitted after ``seq`` that are not in flight, most
-        recent first, but only when that frees enough; otherwise preempts nothing and returns False, and the
+        If the cache is short, preempts running requests that arrived after ``seq`` and are not in flight, the
+        latest first, but only when that frees enough; otherwise preempts nothing and returns False, and the
         caller leaves ``seq`` for a later micro-batch. A request with a piece in flight is never preempted: its
-        blocks are still being written.
+        blocks are still being written. Age is arrival order, not admission order: a policy that admits a short
+        prompt before a long one that came first (sarathi's fair order), or readmits a preempted request, must not
+        make the earlier request the victim of the later one's growth, or a long prompt is evicted again and again.
         """
         if seq.num_scheduled + num_tokens <= len(seq.block_table) * self.blocks.block_size:
             seq.num_in_flight += 1  # fast path, most decodes: the last block has room
@@ -158,14 +160,16 @@ class Planner:
         short = self.blocks.blocks_needed(seq, num_tokens) - self.blocks.num_free
         if short > 0:
             victims = []
-            for victim in reversed(self.running):
-                if victim is seq:
-                    return False  # everyone younger is in flight or too small: wait for them to return
+            age = arrival_order(seq)
+            younger = sorted((v for v in self.running if arrival_order(v) > age), key=arrival_order, reverse=True)
+            for victim in younger:
                 if not victim.in_flight:
                     victims.append(victim)
                     short -= len(victim.block_table)
                     if short <= 0:
                         break
+            if short > 0:
+                return False  # everyone younger is in flight or too small: wait for them to return
             for victim in victims:
                 self._preempt(victim)
         self.blocks.allocate(seq, num_tokens)
@@ -283,3 +287,7 @@ class Planner:
         seq.finish_s = now
         self.finished.append(seq)
 
+
+def arrival_order(seq: Sequence) -> tuple[float, int]:
+    """Sort key of arrival (earlier first; ties by id): who may preempt whom, and who came after a prompt."""
+    return seq.request.arrival_s, seq.seq_id

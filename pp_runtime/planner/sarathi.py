@@ -30,7 +30,7 @@ prefill chunks, in the room they leave within the balancing target: the short re
 in TBT instead of in its TTFT (on issue 17's mix, one 4000-token prompt behind 16 short ones, simulated: its TTFT
 1.22x its own alone on 2 stages instead of 1.28x; the short requests' largest gap between tokens 64 ms instead
 of 20). With ``scheduler.tbt_slo_ms`` set no decode waits. Under overload many prompts are aged at once and the
-held decodes cost throughput (4-19% on real traces in pp-sim, ``scripts/bench_long_prompt.py orders``), which is
+held decodes cost throughput (4-12% on real traces in pp-sim, ``scripts/bench_long_prompt.py orders``), which is
 why it is not the default. ``prefill_order=fcfs`` serves prefills, and admits requests, in arrival order.
 """
 
@@ -40,7 +40,7 @@ import itertools
 from collections.abc import Callable
 
 from pp_runtime.plan import MicroBatch
-from pp_runtime.planner.base import Planner
+from pp_runtime.planner.base import Planner, arrival_order
 from pp_runtime.planner.fill import Fill, Limits
 from pp_runtime.planner.slots import SlotTable
 from pp_runtime.sequence import SeqStatus, Sequence
@@ -151,7 +151,7 @@ class SarathiPlanner(Planner):
 
     @staticmethod
     def _younger(seq: Sequence, than: Sequence) -> bool:
-        return (seq.request.arrival_s, seq.seq_id) > (than.request.arrival_s, than.seq_id)
+        return arrival_order(seq) > arrival_order(than)
 
     def _add_prefills(self, slot: int, fill: Fill, work: list[tuple[Sequence, int]], ready: list[Sequence]) -> None:
         if self.cfg.prefill_order == "fcfs":

@@ -36,9 +36,14 @@ def test_alone_pipelines_chunks_through_equal_stages_in_n_plus_s_minus_1_chunk_t
     assert alone_times(flat, serial, num_slots=4, prompt_len=160, num_outputs=1)[0] == pytest.approx(40e-3)
 
 
-def test_a_request_alone_in_the_simulator_has_slowdown_one():
+@pytest.mark.parametrize("balanced", [False, True])
+def test_a_request_alone_in_the_simulator_has_slowdown_one(balanced):
+    # Time-balanced chunks shrink deep into the prompt (attention over the prefix): the yardstick cuts the same
+    # chunks as the planner, or a lone prompt would read slower than itself.
     req = [Request("only", (5,) * 500, SamplingParams(max_tokens=4, ignore_eos=True))]
-    s = _sim(req, "scheduler.time_balanced=false").metrics["slowdown"]
+    res = _sim(req, f"scheduler.time_balanced={str(balanced).lower()}")
+    assert len({len(p.token_ids) for mb in res.micro_batches for p in mb.pieces if p.is_prefill}) > (1 + balanced)
+    s = res.metrics["slowdown"]
     assert s["num_requests"] == 1
     assert s["median_ttft"] == pytest.approx(1.0, rel=1e-9) and s["median_e2e"] == pytest.approx(1.0, rel=1e-9)
     assert s["jain_ttft"] == pytest.approx(1.0)

@@ -1,8 +1,9 @@
 """What a request would take alone on the pipeline, by the cost model: the yardstick of per-request slowdown.
 
-Alone, a prompt goes in chunks of ``min(chunk_size, token_budget)`` tokens (whole, for policies that never
-chunk); under sarathi up to ``max_chunks_in_flight`` of them are in flight, each entering stage 0 once stage 0
-is free, every stage serving them in order; then each further output token is one decode that crosses every
+Alone, a prompt goes in the chunks its planner would cut (``min(chunk_size, token_budget)`` tokens, fewer deep
+into a long prompt under a time-balanced planner; whole, for policies that never chunk); under sarathi up to
+``max_chunks_in_flight`` of them are in flight, each entering stage 0 once stage 0 is free, every stage serving
+them in order; then each further output token is one decode that crosses every
 stage. Links and planning are free. Slowdown = measured / alone, so 1.0 is "as if it had the pipeline to itself".
 The times come from any time model with ``num_stages`` and ``predict(pieces)``: the planner's ``CostModel`` in a
 real run, the simulated hardware's own time model in ``pp-sim``. The pieces are the run's own: only a prompt's
@@ -14,13 +15,16 @@ from __future__ import annotations
 from pp_runtime.config import SchedulerConfig
 from pp_runtime.plan import Piece
 from pp_runtime.planner.cost_model import CostModel
+from pp_runtime.planner.fill import Fill, Limits
 
 
 def alone_times(model: CostModel, cfg: SchedulerConfig, *, num_slots: int, prompt_len: int,
-                num_outputs: int) -> tuple[float, float]:
+                num_outputs: int, limits: Limits | None = None) -> tuple[float, float]:
     """(TTFT, end-to-end latency) in seconds of a request of ``prompt_len`` prompt and ``num_outputs`` output tokens
     served alone under ``cfg``'s policy with ``num_slots`` micro-batches in flight, priced by ``model`` (a
-    ``CostModel``, or a simulator time model: ``num_stages`` and ``predict(pieces)``)."""
+    ``CostModel``, or a simulator time model: ``num_stages`` and ``predict(pieces)``). ``limits``: the planner's
+    (``fill.Limits``), so that a time-balanced planner's chunks, shorter deep into a prompt, are the ones priced;
+    None: chunks of ``min(chunk_size, token_budget)``."""
     chunked = cfg.policy in ("sarathi", "fcfs", "throttle")
     chunk = min(cfg.chunk_size, cfg.token_budget) if chunked else max(prompt_len, 1)
     depth = 1
@@ -31,6 +35,8 @@ def alone_times(model: CostModel, cfg: SchedulerConfig, *, num_slots: int, promp
     start = 0
     while start < prompt_len:
         n = min(chunk, prompt_len - start)
+        if chunked and limits is not None:
+            n = Fill(limits).chunk(prefix=start, want=n)  # as the planner cuts it in an otherwise empty micro-batch
         t = back[-depth] if len(back) >= depth else 0.0  # at most `depth` chunks in flight
         chunk_piece = Piece(0, start, (0,) * n, (), is_prefill=True, sample=start + n == prompt_len)
         for s, dt in enumerate(model.predict([chunk_piece])):

@@ -266,7 +266,7 @@ class Planner:
         from pp_runtime.planner.alone import alone_times
 
         return alone_times(model or self.cost_model, self.cfg, num_slots=self.num_slots, prompt_len=seq.prompt_len,
-                           num_outputs=len(seq.output_token_ids))
+                           num_outputs=len(seq.output_token_ids), limits=getattr(self, "limits", None))
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.request.params

@@ -68,6 +68,16 @@ def test_an_slo_no_budget_meets_is_said_in_the_log_line():
     assert "warning" not in describe(ok)
 
 
+def test_a_chosen_budget_below_the_chunk_size_is_said_in_the_log_line():
+    from pp_runtime.planner.budget import describe
+
+    # t(256) = 3.56 ms fits a 4 ms SLO, t(512) does not: chunks of 512 are cut to 256.
+    _, choice = resolve_token_budget(SchedulerConfig(chunk_size=512, tbt_slo_ms=4.0), _model(1e-3, 1e-5))
+    assert choice["value"] == 256 and "below scheduler.chunk_size=512" in describe(choice)
+    _, whole = resolve_token_budget(SchedulerConfig(chunk_size=256, tbt_slo_ms=4.0), _model(1e-3, 1e-5))
+    assert "chunk_size" not in describe(whole)
+
+
 def test_tolerance_edge_is_inclusive():
     # per token: 1024 / b + 1 (units of c_tok): 3.0 at 512, 2.0 at 1024; 3.0 <= 1.5 * 2.0 exactly.
     model = _model(1024.0, 1.0)

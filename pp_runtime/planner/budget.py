@@ -108,6 +108,9 @@ def describe(choice: dict) -> str:
     slo = f", capped to {choice['slo_cap']} by scheduler.tbt_slo_ms" if choice["slo_cap"] is not None else ""
     line = (f"scheduler.token_budget=auto -> {choice['value']} (knee of the cost model: per-token time within "
             f"{choice['tolerance']:.0%} of the best budget's{slo})")
+    if choice["value"] < choice["chunk_size"]:
+        line += (f"; chunks are cut to {choice['value']} tokens, below scheduler.chunk_size={choice['chunk_size']} "
+                 f"(set scheduler.token_budget to keep them)")
     if choice.get("slo_unmet_ms") is not None:
         line += (f"; warning: even a {choice['value']}-token micro-batch is predicted at {choice['slo_unmet_ms']:g} "
                  f"ms, over scheduler.tbt_slo_ms: the SLO cannot be met on these stages (raise it, or use more "

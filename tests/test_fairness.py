@@ -12,6 +12,7 @@ import pytest
 from pp_runtime.config import SchedulerConfig
 from pp_runtime.planner import CostModel
 from pp_runtime.planner.alone import alone_times
+from pp_runtime.planner.cost_model import work
 from pp_runtime.request import Request, SamplingParams
 from pp_runtime.rundir.metrics import slowdown_metrics
 from pp_runtime.sequence import Sequence
@@ -42,6 +43,28 @@ def test_alone_pipelines_chunks_through_equal_stages_in_n_plus_s_minus_1_chunk_t
     assert ttft == pytest.approx((10 + 4 - 1) * 1e-3) and e2e == pytest.approx(ttft + 2 * 4e-3)
     serial = SchedulerConfig(chunk_size=16, token_budget=16, max_chunks_in_flight=1)
     assert alone_times(flat, serial, num_slots=4, prompt_len=160, num_outputs=1)[0] == pytest.approx(40e-3)
+
+
+def test_alone_prices_a_cost_models_decodes_at_once_as_the_per_decode_sum(monkeypatch):
+    class Opaque:  # any time model: priced one decode at a time
+        num_stages = MODEL.num_stages
+        predict = staticmethod(MODEL.predict)
+
+    cfg = SchedulerConfig(chunk_size=64, token_budget=64)
+    for prompt_len, outputs in ((100, 1), (100, 2), (1000, 300)):
+        expected = alone_times(Opaque(), cfg, num_slots=3, prompt_len=prompt_len, num_outputs=outputs)
+        calls = []
+
+        def counted(self, pieces):
+            calls.append(1)
+            return self.stage_times(*work(pieces))
+
+        monkeypatch.setattr(CostModel, "predict", counted)
+        got = alone_times(MODEL, cfg, num_slots=3, prompt_len=prompt_len, num_outputs=outputs)
+        monkeypatch.undo()
+        assert got == pytest.approx(expected, rel=1e-12)
+        # One prediction per prefill chunk, none per output token: rank 0 builds this at every request's finish.
+        assert len(calls) == -(-prompt_len // 64)
 
 
 def test_a_request_alone_in_the_simulator_has_slowdown_one():

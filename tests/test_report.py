@@ -126,7 +126,7 @@ def test_the_comparison_plot_labels_carry_order_and_fairness(monkeypatch, tmp_pa
              "slowdown": _slowdown(3.66, 0.526)},
             {"run": "b", "policy": "orca", "tokens_per_s": None, "bubbles": bubbles}]
     timeline.draw_comparison(rows, str(tmp_path / "c.png"))
-    assert ["a\n(sarathi/fcfs)\nTTFT slowdown p50 3.66, Jain 0.526", "b\n(orca)"] in seen
+    assert ["a\n(sarathi/fcfs)\nTTFT slowdown 3.66 (p50)\nJain 0.526", "b\n(orca)"] in seen
 
 
 def test_pp_report_single_run_writes_no_comparison(tmp_path, monkeypatch):

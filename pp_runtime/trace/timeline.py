@@ -138,4 +138,4 @@ def draw_comparison(rows: list[dict], path: str) -> None:
 def _fairness_label(slowdown: dict | None) -> str:
     if not slowdown or slowdown.get("jain_ttft") is None:
         return ""
-    return f"\nTTFT slowdown p50 {slowdown['median_ttft']:.2f}, Jain {slowdown['jain_ttft']:.3f}"
+    return f"\nTTFT slowdown {slowdown['median_ttft']:.2f} (p50)\nJain {slowdown['jain_ttft']:.3f}"

@@ -1,7 +1,9 @@
 """``pp-report RUN_DIR [RUN_DIR ...] [--out DIR]``: regenerate a run's bubble reports and compare runs.
 
-For each run directory, rebuilds trace.json, bubbles.json and timeline.png from events.npz. With two or more,
-also writes comparison.md and comparison.png into ``--out``.
+For each run directory, rebuilds trace.json, bubbles.json and timeline.png from events.npz, and prints the run's
+label (policy, with the prefill order under sarathi and throttle: ``sarathi/fair``), its bubble fraction and, when
+its metrics.json has ``slowdown``, the fairness line (TTFT / e2e slowdown vs alone, Jain's index). With two or
+more, also writes comparison.md and comparison.png into ``--out``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import zipfile
 import numpy as np
 import yaml
 
-from pp_runtime.trace.reports import EVENTS_FILE, load_clock_errors, load_events, write_reports
+from pp_runtime.config import ORDERED_POLICIES
+from pp_runtime.trace.reports import EVENTS_FILE, format_slowdown, load_clock_errors, load_events, write_reports
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,9 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     for run_dir, events, errors in loaded:
         policy = _policy(run_dir)
         bubbles = write_reports(run_dir, events, policy=policy, clock_errors_ns=errors, save_events=False)
-        print(f"{run_dir}: {policy}, bubble fraction {bubbles['pipeline']['bubble_fraction']:.1%}")
-        rows.append({"run": _run_name(run_dir), "policy": policy, "tokens_per_s": _tokens_per_s(run_dir),
-                     "bubbles": bubbles})
+        metrics = _metrics(run_dir)
+        label = _label(run_dir, policy, metrics)
+        slowdown = metrics.get("slowdown") if isinstance(metrics.get("slowdown"), dict) else None
+        print(f"{run_dir}: {label}, bubble fraction {bubbles['pipeline']['bubble_fraction']:.1%}")
+        if slowdown is not None:
+            print(f"  {format_slowdown(slowdown)}")
+        rows.append({"run": _run_name(run_dir), "policy": label, "tokens_per_s": _tokens_per_s(metrics),
+                     "bubbles": bubbles, "slowdown": slowdown})
     if len(rows) >= 2:
         from pp_runtime.trace.timeline import draw_comparison
 
@@ -52,18 +60,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def comparison_markdown(rows: list[dict]) -> str:
-    """A markdown table, one line per run: policy, tokens/s, bubble fraction per stage and pipeline, median bubble."""
+    """A markdown table, one line per run: label (policy/prefill order), tokens/s, bubble fraction per stage and
+    pipeline, median bubble, and TTFT / e2e slowdown median and Jain's index (blank without ``slowdown``)."""
     num_stages = max(len(r["bubbles"]["stages"]) for r in rows)
     header = ["run", "policy", "tokens/s", *(f"bubble s{s}" for s in range(num_stages)), "bubble pipeline",
-              "median bubble ms"]
+              "median bubble ms", *(label for label, _, _ in _SLOWDOWN_COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         stages, pipeline = r["bubbles"]["stages"], r["bubbles"]["pipeline"]
         cells = [r["run"], r["policy"], "" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}"]
         cells += [f"{stages[str(s)]['bubble_fraction']:.1%}" if str(s) in stages else "" for s in range(num_stages)]
         cells += [f"{pipeline['bubble_fraction']:.1%}", f"{pipeline['median_bubble_s'] * 1e3:.3f}"]
+        slowdown = r.get("slowdown") or {}
+        cells += ["" if slowdown.get(key) is None else f"{slowdown[key]:.{digits}f}"
+                  for _, key, digits in _SLOWDOWN_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# comparison.md's fairness columns: header, metrics.json "slowdown" key, decimals (as pp-sweep's summary names them)
+_SLOWDOWN_COLUMNS = (("TTFT slowdown p50", "median_ttft", 2), ("Jain TTFT", "jain_ttft", 3),
+                     ("e2e slowdown p50", "median_e2e", 2), ("Jain e2e", "jain_e2e", 3))
 
 
 class _BadRunDir(Exception):
@@ -113,14 +130,36 @@ def _policy(run_dir: str) -> str:
     return "unknown"
 
 
-def _tokens_per_s(run_dir: str) -> float | None:
+def _label(run_dir: str, policy: str, metrics: dict) -> str:
+    """``policy``, and under sarathi / throttle its prefill order as resolved (``sarathi/fcfs``): from metrics.json's
+    config, else the Hydra config (where null means fair, as ``SchedulerConfig.validate`` resolves it)."""
+    if policy not in ORDERED_POLICIES:
+        return policy
+    scheduler = (metrics.get("config") or {}).get("scheduler") if isinstance(metrics.get("config"), dict) else None
+    if not isinstance(scheduler, dict):
+        try:
+            with open(os.path.join(run_dir, ".hydra", "config.yaml")) as f:
+                scheduler = (yaml.safe_load(f) or {}).get("scheduler")
+        except (OSError, yaml.YAMLError, AttributeError):
+            scheduler = None
+    if not isinstance(scheduler, dict):
+        return policy  # no config to read the order from
+    return f"{policy}/{scheduler.get('prefill_order') or 'fair'}"
+
+
+def _metrics(run_dir: str) -> dict:
+    """The run's metrics.json, or {} when it has none (a run that died before writing it) or it is unreadable."""
     try:
         with open(os.path.join(run_dir, "metrics.json")) as f:
             metrics = json.load(f)
     except (OSError, ValueError):
-        return None
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _tokens_per_s(metrics: dict) -> float | None:
     for key in ("output_throughput", "tokens_per_s"):
-        value = metrics.get(key) if isinstance(metrics, dict) else None
+        value = metrics.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     return None

@@ -42,6 +42,8 @@ def serve_requests(job: RankJob, executor, transport, tracer, faults, *, cost_mo
                            eos_token_ids=job.eos_token_ids, cost_model=cost_model)
     tok = job.tokenizer
     model_name = os.path.basename(os.path.normpath(job.model_dir))  # Batch API lines without a body "model"
+    # What a request would take alone, by the cost model: its outputs.jsonl line and metrics.json's slowdown share it.
+    alone = planner.alone_times if cost_model else None
     progress = _progress(len(todo), cfg.runtime.progress)
     finished = 0
     faults.on_requests_finished(finished)
@@ -49,7 +51,8 @@ def serve_requests(job: RankJob, executor, transport, tracer, faults, *, cost_mo
         def on_finish(seq):
             nonlocal finished
             text = tok.decode(seq.output_token_ids, skip_special_tokens=True) if tok is not None else None
-            record = dict(request_record(seq, text), attempt=attempt)  # pp-sim --replay tells attempts apart
+            # attempt: pp-sim --replay tells attempts apart
+            record = dict(request_record(seq, text, alone=alone), attempt=attempt)
             line = output_line(record, seq.request, model=model_name, created=int(time.time()))
             outputs.write(json.dumps(line) + "\n")  # one write: a kill tears at most this line
             outputs.flush()
@@ -67,7 +70,7 @@ def serve_requests(job: RankJob, executor, transport, tracer, faults, *, cost_mo
                         on_finish=on_finish, stop=stop, drain_timeout_s=cfg.runtime.drain_timeout_s)
         wall_s = engine.run()
     progress.close()
-    metrics = compute_metrics(planner.seqs, wall_s=wall_s, alone=planner.alone_times if cost_model else None)
+    metrics = compute_metrics(planner.seqs, wall_s=wall_s, alone=alone)
     metrics["policy"] = cfg.scheduler.policy
     metrics["stages"] = job.world_size
     metrics["token_budget"] = budget_choice

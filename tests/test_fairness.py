@@ -1,13 +1,18 @@
 """Fair sharing measured: per-request slowdown against the request alone (cost model) and Jain's index, in
-metrics.json, the bubble report and the sweep summary; fair prefill order against FCFS on the issue's mix."""
+metrics.json, each request's outputs.jsonl record (pp-sim and a real run), the bubble report and the sweep summary;
+fair prefill order against FCFS on the issue's mix."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
 from pp_runtime.config import SchedulerConfig
 from pp_runtime.planner import CostModel
 from pp_runtime.planner.alone import alone_times
+from pp_runtime.planner.cost_model import work
 from pp_runtime.request import Request, SamplingParams
 from pp_runtime.rundir.metrics import slowdown_metrics
 from pp_runtime.sequence import Sequence
@@ -20,9 +25,13 @@ from tests.jobs import make_config
 MODEL = CostModel((1e-3,) * 3, (1e-5,) * 3, (1e-8,) * 3, (5e-8,) * 3)
 
 
+def _cfg(*overrides, model=MODEL):
+    return make_config([f"pipeline.stages={model.num_stages}", "scheduler=sarathi", "scheduler.token_budget=64",
+                        "scheduler.chunk_size=64", "sim.planner_time_us=0", *overrides])
+
+
 def _sim(requests, *overrides, model=MODEL):
-    cfg = make_config([f"pipeline.stages={model.num_stages}", "scheduler=sarathi", "scheduler.token_budget=64",
-                       "scheduler.chunk_size=64", "sim.planner_time_us=0", *overrides])
+    cfg = _cfg(*overrides, model=model)
     return simulate(cfg, requests, time_model=model, hidden_size=8, dtype_bytes=2, max_model_len=8192,
                     num_blocks=100_000)
 
@@ -34,6 +43,28 @@ def test_alone_pipelines_chunks_through_equal_stages_in_n_plus_s_minus_1_chunk_t
     assert ttft == pytest.approx((10 + 4 - 1) * 1e-3) and e2e == pytest.approx(ttft + 2 * 4e-3)
     serial = SchedulerConfig(chunk_size=16, token_budget=16, max_chunks_in_flight=1)
     assert alone_times(flat, serial, num_slots=4, prompt_len=160, num_outputs=1)[0] == pytest.approx(40e-3)
+
+
+def test_alone_prices_a_cost_models_decodes_at_once_as_the_per_decode_sum(monkeypatch):
+    class Opaque:  # any time model: priced one decode at a time
+        num_stages = MODEL.num_stages
+        predict = staticmethod(MODEL.predict)
+
+    cfg = SchedulerConfig(chunk_size=64, token_budget=64)
+    for prompt_len, outputs in ((100, 1), (100, 2), (1000, 300)):
+        expected = alone_times(Opaque(), cfg, num_slots=3, prompt_len=prompt_len, num_outputs=outputs)
+        calls = []
+
+        def counted(self, pieces):
+            calls.append(1)
+            return self.stage_times(*work(pieces))
+
+        monkeypatch.setattr(CostModel, "predict", counted)
+        got = alone_times(MODEL, cfg, num_slots=3, prompt_len=prompt_len, num_outputs=outputs)
+        monkeypatch.undo()
+        assert got == pytest.approx(expected, rel=1e-12)
+        # One prediction per prefill chunk, none per output token: rank 0 builds this at every request's finish.
+        assert len(calls) == -(-prompt_len // 64)
 
 
 @pytest.mark.parametrize("balanced", [False, True])
@@ -92,3 +123,46 @@ def test_the_sweep_summary_has_slowdown_and_jain_columns(tmp_path):
         JobResult(Job("0_fair", {"scheduler.prefill_order": "fair"}, ()), "ok", metrics=metrics)])
     cells = [c.strip() for c in table.splitlines()[-1].split("|")]
     assert "TTFT slowdown p50" in table and "Jain TTFT" in table and cells[-3:-1] == ["1.25", "0.900"]
+
+
+def _assert_records_match_metrics(records: list[dict], slowdown: dict) -> None:
+    """Every completed record carries a slowdown, and their stats are metrics.json's."""
+    for name in ("ttft", "e2e"):
+        x = np.asarray([r["slowdown"][name] for r in records])
+        assert len(x) == slowdown["num_requests"]
+        assert np.median(x) == pytest.approx(slowdown[f"median_{name}"], rel=1e-12)
+        assert x.max() == pytest.approx(slowdown[f"max_{name}"], rel=1e-12)
+        assert x.sum() ** 2 / (len(x) * (x * x).sum()) == pytest.approx(slowdown[f"jain_{name}"], rel=1e-12)
+
+
+def test_pp_sim_records_each_requests_slowdown_in_outputs_jsonl(tmp_path):
+    from pp_runtime.sim.output import write_sim_run
+
+    res = _sim(_mix())
+    write_sim_run(tmp_path, res, _cfg("tracer.timeline=false"))
+    records = [json.loads(line) for line in (tmp_path / "outputs.jsonl").read_text().splitlines()]
+    assert len(records) == 17
+    _assert_records_match_metrics(records, json.loads((tmp_path / "metrics.json").read_text())["slowdown"])
+    by_id = {r["id"]: r["slowdown"] for r in records}
+    assert by_id["long"]["ttft"] < by_id["s0"]["ttft"]  # the long prompt is slowed less than the short ones
+
+
+@pytest.mark.job
+def test_a_real_run_records_each_requests_slowdown_and_none_for_a_rejected_one(tmp_path):
+    from tests.jobs import read_outputs, run_job_ranks
+    from tests.tiny_models import make_tiny_model, write_jsonl
+
+    model = make_tiny_model("llama", tmp_path / "model", num_layers=2)
+    reqs = [{"id": f"s{i}", "prompt_token_ids": [5 + i] * (6 + 3 * i), "max_tokens": 3, "ignore_eos": True}
+            for i in range(3)]
+    reqs.append({"id": "huge", "prompt_token_ids": [6] * 60, "max_tokens": 3, "ignore_eos": True})  # > the cache
+    path = write_jsonl(tmp_path / "r.jsonl", reqs)
+    out = tmp_path / "run"
+    run_job_ranks(2, [f"model.path={model}", "workload=jsonl", f"workload.path={path}", f"output_dir={out}",
+                      "scheduler=sarathi", "scheduler.token_budget=16", "cache.block_size=4", "cache.num_blocks=8",
+                      "tracer.enabled=false"])
+    records = read_outputs(out)
+    assert records["huge"]["finish_reason"] == "rejected" and records["huge"]["slowdown"] is None
+    done = [r for r in records.values() if r["finish_reason"] != "rejected"]
+    assert all(r["slowdown"]["ttft"] > 0 and r["slowdown"]["e2e"] > 0 for r in done)
+    _assert_records_match_metrics(done, json.loads((out / "metrics.json").read_text())["slowdown"])

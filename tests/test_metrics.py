@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pp_runtime.request import Request
-from pp_runtime.rundir.metrics import compute_metrics, request_record
+from pp_runtime.rundir.metrics import compute_metrics, request_record, slowdown_metrics
 from pp_runtime.sequence import Sequence
 
 _STATS = ("mean", "median", "p90", "p99")
@@ -75,3 +75,19 @@ def test_request_record():
     assert request_record(c, None) == {
         "id": "r2", "prompt_tokens": 10, "output_token_ids": [], "finish_reason": "rejected", "ttft_s": None,
         "e2e_s": pytest.approx(0.0), "num_preemptions": 0, "error": "too big"}
+
+
+def test_request_record_carries_the_slowdown_that_slowdown_metrics_aggregates():
+    a, b, c = _job()
+    alone = {"r0": (0.25, 0.5), "r1": (0.1, 0.1), "r2": (1.0, 1.0)}
+    alone_times = lambda s: alone[s.request.id]  # noqa: E731
+    ra, rb, rc = (request_record(s, None, alone=alone_times) for s in (a, b, c))
+    assert ra["slowdown"] == {"ttft": pytest.approx(2.0), "e2e": pytest.approx(2.0)}  # 0.5 / 0.25, 1.0 / 0.5
+    assert rb["slowdown"] == {"ttft": pytest.approx(4.0), "e2e": pytest.approx(4.0)}
+    assert rc["slowdown"] is None  # rejected: no slowdown, though the run measures it
+    agg = slowdown_metrics([a, b], alone_times)
+    assert agg["max_ttft"] == pytest.approx(4.0) and agg["median_e2e"] == pytest.approx(3.0)
+    assert list(ra) == ["id", "prompt_tokens", "output_token_ids", "finish_reason", "ttft_s", "e2e_s", "slowdown",
+                        "num_preemptions"]  # next to the timing fields
+    failed = _seq(3, arrival=0.0, prompt=2, times=[0.4], reason="stop", error="stage 1 failed")
+    assert request_record(failed, None, alone=lambda s: (1.0, 1.0))["slowdown"] is None  # failed: none either

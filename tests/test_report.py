@@ -65,13 +65,68 @@ def test_pp_report_compares_two_runs(tmp_path, capsys):
     lines = (out / "comparison.md").read_text().strip().splitlines()
     assert len(lines) == 4  # header, rule, two runs
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-    assert cells[0][:3] == ["run", "policy", "tokens/s"] and len(cells[0]) == 3 + 3 + 2
+    assert cells[0][:3] == ["run", "policy", "tokens/s"] and len(cells[0]) == 3 + 3 + 2 + 4
     assert cells[2][:3] == ["run_a", "sarathi", "123.5"]
     assert cells[3][:3] == ["run_b", "vllm", "50.0"]
     # Run a has no gaps: only fill and drain bubbles; stage 0 is idle 2 of 6 ms.
-    assert cells[2][3] == "33.3%" and cells[2][-1] == "0.000"
-    assert cells[3][-1] == "0.500"  # median gap 0.5 ms in run b
+    assert cells[2][3] == "33.3%" and cells[2][7] == "0.000"  # median bubble ms, before the slowdown columns
+    assert cells[3][7] == "0.500" and cells[3][8:] == [""] * 4  # median gap 0.5 ms in run b; no slowdown
     assert (out / "comparison.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def _slowdown(median_ttft: float, jain_ttft: float) -> dict:
+    return {"num_requests": 6, "mean_ttft": 2.0, "median_ttft": median_ttft, "p90_ttft": 4.0, "max_ttft": 5.0,
+            "jain_ttft": jain_ttft, "mean_e2e": 1.5, "median_e2e": 1.25, "p90_e2e": 2.0, "max_e2e": 2.5,
+            "jain_e2e": 0.95}
+
+
+def test_pp_report_labels_the_prefill_order_and_prints_each_runs_fairness(tmp_path, capsys):
+    runs = {name: tmp_path / name for name in ("fair", "fcfs", "hydra_null", "orca")}
+    for run in runs.values():
+        write_reports(str(run), _events(0), policy="orca" if run.name == "orca" else "sarathi", clock_errors_ns={},
+                      timeline=False)
+    for order, jain in (("fair", 0.577), ("fcfs", 0.526)):
+        (runs[order] / "metrics.json").write_text(json.dumps({
+            "output_throughput": 22.0, "slowdown": _slowdown(3.65, jain),
+            "config": {"scheduler": {"policy": "sarathi", "prefill_order": order}}}))
+    (runs["hydra_null"] / ".hydra").mkdir()  # no metrics.json (a run that died): the order from the Hydra config
+    (runs["hydra_null"] / ".hydra" / "config.yaml").write_text("scheduler:\n  policy: sarathi\n  prefill_order: null\n")
+    (runs["orca"] / "metrics.json").write_text(json.dumps({
+        "output_throughput": 20.0, "config": {"scheduler": {"policy": "orca", "prefill_order": "fair"}}}))
+
+    assert main([*map(str, runs.values()), "--out", str(tmp_path / "cmp")]) == 0
+
+    text = capsys.readouterr().out
+    assert f"{runs['fair']}: sarathi/fair," in text and f"{runs['fcfs']}: sarathi/fcfs," in text
+    assert f"{runs['hydra_null']}: sarathi/fair," in text and f"{runs['orca']}: orca," in text
+    fairness = [line.strip() for line in text.splitlines() if "slowdown vs alone" in line]
+    assert fairness == [
+        "slowdown vs alone, 6 requests: TTFT median 3.65 p90 4.00 max 5.00; e2e median 1.25 p90 2.00 max 2.50; "
+        f"Jain's index TTFT {jain} e2e 0.950" for jain in ("0.577", "0.526")]
+    assert json.loads((runs["fcfs"] / "bubbles.json").read_text())["policy"] == "sarathi"  # bubbles.json unchanged
+    lines = (tmp_path / "cmp" / "comparison.md").read_text().strip().splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert cells[0][-4:] == ["TTFT slowdown p50", "Jain TTFT", "e2e slowdown p50", "Jain e2e"]
+    assert [row[1] for row in cells[2:]] == ["sarathi/fair", "sarathi/fcfs", "sarathi/fair", "orca"]
+    assert cells[2][-4:] == ["3.65", "0.577", "1.25", "0.950"] and cells[5][-4:] == ["", "", "", ""]
+
+
+def test_the_comparison_plot_labels_carry_order_and_fairness(monkeypatch, tmp_path):
+    from pp_runtime.trace import timeline
+    from pp_runtime.trace.bubbles import compute_bubbles
+
+    seen = []
+    import matplotlib.axes
+
+    real = matplotlib.axes.Axes.set_xticks
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xticks",
+                        lambda self, ticks, labels=None, **kw: (seen.append(labels), real(self, ticks, labels, **kw)))
+    bubbles = compute_bubbles(_events(0))
+    rows = [{"run": "a", "policy": "sarathi/fcfs", "tokens_per_s": 1.0, "bubbles": bubbles,
+             "slowdown": _slowdown(3.66, 0.526)},
+            {"run": "b", "policy": "orca", "tokens_per_s": None, "bubbles": bubbles}]
+    timeline.draw_comparison(rows, str(tmp_path / "c.png"))
+    assert ["a\n(sarathi/fcfs)\nTTFT slowdown 3.66 (p50)\nJain 0.526", "b\n(orca)"] in seen
 
 
 def test_pp_report_single_run_writes_no_comparison(tmp_path, monkeypatch):

@@ -170,6 +170,9 @@ def test_a_batch_file_job_writes_batch_output_lines_and_resumes(tmp_path):
     assert body["choices"][0]["message"]["role"] == "assistant" and body["choices"][0]["finish_reason"] == "length"
     assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
     assert records["long"]["response"]["status_code"] == 400 and records["long"]["error"]["code"] == "rejected"
+    # The Batch API's schema has no slowdown: it rides in pp-runtime's own record, null for the rejected request.
+    assert set(records["q0"]) == {"id", "custom_id", "response", "error", "pp_runtime"}
+    assert records["q0"]["pp_runtime"]["slowdown"]["ttft"] > 0 and records["long"]["pp_runtime"]["slowdown"] is None
     # The resume machinery reads Batch API lines: a rerun finds every request done.
     assert scan_outputs(out / "outputs.jsonl").totals["completed"] == 3
     again = run_job_ranks(2, job)

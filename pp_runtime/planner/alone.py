@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pp_runtime.config import SchedulerConfig
 from pp_runtime.plan import Piece
-from pp_runtime.planner.cost_model import CostModel
+from pp_runtime.planner.cost_model import CostModel, work
 from pp_runtime.planner.fill import Fill, Limits
 
 
@@ -45,6 +45,21 @@ def alone_times(model: CostModel, cfg: SchedulerConfig, *, num_slots: int, promp
         back.append(t)
         start += n
     ttft = back[-1] if back else 0.0
-    e2e = ttft + sum(sum(model.predict([Piece(0, prompt_len + i - 1, (0,), (), is_prefill=False, sample=True)]))
-                     for i in range(1, num_outputs))
-    return ttft, e2e
+    return ttft, ttft + _decodes_s(model, prompt_len, num_outputs)
+
+
+def _decodes_s(model, prompt_len: int, num_outputs: int) -> float:
+    """Seconds of the decodes after the first token, each one micro-batch crossing every stage."""
+    def decode(i: int) -> Piece:  # the decode that samples output token i + 1
+        return Piece(0, prompt_len + i - 1, (0,), (), is_prefill=False, sample=True)
+
+    if num_outputs < 2:
+        return 0.0
+    if type(model) is CostModel:
+        # Affine in the context a decode reads, which grows by one per decode: the decodes cost as many times the
+        # decode at their mean context. A request's record is built at its finish on rank 0, between micro-batches:
+        # O(1) here, not one prediction per output token (milliseconds for a long answer;
+        # scripts/bench_request_slowdown.py).
+        mean_ctx = (decode(1).context_len + decode(num_outputs - 1).context_len) / 2
+        return (num_outputs - 1) * sum(model.stage_times(*work([(1, mean_ctx)])))
+    return sum(sum(model.predict([decode(i)])) for i in range(1, num_outputs))

@@ -15,7 +15,8 @@ measured" is not mistaken for "instant"; throughputs over ``wall_s <= 0`` are 0.
 - slowdown (when an ``alone`` estimate is given, e.g. the planner's cost model): per completed request, TTFT and
   e2el divided by what the request would take alone on the pipeline; their mean / median / p90 / max, and Jain's
   fairness index ``(sum x)^2 / (n sum x^2)`` over them (1: every request slowed down alike; 1/n: one request
-  bears it all).
+  bears it all). ``request_slowdown`` is the one formula: ``slowdown_metrics`` aggregates it and ``request_record``
+  stores it on each completed request's ``outputs.jsonl`` line.
 """
 
 from __future__ import annotations
@@ -61,14 +62,8 @@ def compute_metrics(seqs: list[Sequence], *, wall_s: float,
 
 
 def slowdown_metrics(seqs: list[Sequence], alone: Callable[[Sequence], tuple[float, float]]) -> dict:
-    """Per-request slowdown (measured / alone) of TTFT and e2el over finished ``seqs``: stats and Jain's index."""
-    rows = []
-    for s in seqs:
-        if s.first_token_s is None or s.finish_s is None:
-            continue
-        a_ttft, a_e2e = alone(s)
-        if a_ttft > 0 and a_e2e > 0:
-            rows.append(((s.first_token_s - s.request.arrival_s) / a_ttft, (s.finish_s - s.request.arrival_s) / a_e2e))
+    """Per-request slowdown (``request_slowdown``) of TTFT and e2el over finished ``seqs``: stats and Jain's index."""
+    rows = [r for r in (request_slowdown(s, alone) for s in seqs) if r is not None]
     out: dict = {"num_requests": len(rows)}
     for i, name in enumerate(("ttft", "e2e")):
         x = np.asarray([r[i] for r in rows], dtype=float)
@@ -81,8 +76,25 @@ def slowdown_metrics(seqs: list[Sequence], alone: Callable[[Sequence], tuple[flo
     return out
 
 
-def request_record(seq: Sequence, text: str | None) -> dict:
-    """One ``outputs.jsonl`` line; ``text`` only when given, ``error`` only when the sequence has one."""
+def request_slowdown(seq: Sequence, alone: Callable[[Sequence], tuple[float, float]]) -> tuple[float, float] | None:
+    """``seq``'s (TTFT, e2el) slowdown: measured / ``alone(seq)`` (both in seconds, so unitless; 1.0 = as fast as
+    alone). None when it has no first token or no finish time yet, or an alone time is not positive."""
+    if seq.first_token_s is None or seq.finish_s is None:
+        return None
+    a_ttft, a_e2e = alone(seq)
+    if a_ttft <= 0 or a_e2e <= 0:
+        return None
+    arrival = seq.request.arrival_s
+    return (seq.first_token_s - arrival) / a_ttft, (seq.finish_s - arrival) / a_e2e
+
+
+def request_record(seq: Sequence, text: str | None, *,
+                   alone: Callable[[Sequence], tuple[float, float]] | None = None) -> dict:
+    """One ``outputs.jsonl`` line; ``text`` only when given, ``error`` only when the sequence has one.
+
+    With ``alone`` (the estimate ``compute_metrics`` gets), also ``slowdown``: ``{"ttft": x, "e2e": y}``
+    (``request_slowdown``) for a completed request, null for a rejected or failed one (no slowdown is measured).
+    """
     arrival = seq.request.arrival_s
     record: dict = {
         "id": seq.request.id,
@@ -95,8 +107,11 @@ def request_record(seq: Sequence, text: str | None) -> dict:
         "finish_reason": seq.finish_reason,
         "ttft_s": None if seq.first_token_s is None else seq.first_token_s - arrival,
         "e2e_s": None if seq.finish_s is None else seq.finish_s - arrival,
-        "num_preemptions": seq.num_preemptions,
     })
+    if alone is not None:
+        slowdown = request_slowdown(seq, alone) if _completed(seq) else None
+        record["slowdown"] = None if slowdown is None else {"ttft": slowdown[0], "e2e": slowdown[1]}
+    record["num_preemptions"] = seq.num_preemptions
     if seq.error is not None:
         record["error"] = seq.error
     return record

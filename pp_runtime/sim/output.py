@@ -51,7 +51,7 @@ def write_sim_run(out_dir: str | Path, result: SimResult, cfg, *, tokenizer=None
     with open(out / "outputs.jsonl", "w") as f:
         for seq in order:
             text = tokenizer.decode(seq.output_token_ids, skip_special_tokens=True) if tokenizer is not None else None
-            f.write(json.dumps(request_record(seq, text)) + "\n")
+            f.write(json.dumps(request_record(seq, text, alone=result.alone)) + "\n")
     bubbles = write_reports(str(out), result.events, policy=cfg.scheduler.policy,
                             clock_errors_ns=dict.fromkeys(result.events, 0), timeline=cfg.tracer.timeline)
     metrics = dict(result.metrics)

@@ -42,13 +42,15 @@ _NS = 1_000_000_000
 @dataclass
 class SimResult:
     """A simulated run: ``metrics`` as ``compute_metrics`` gives them (plus policy, stages, simulated=True),
-    ``events`` per stage as ``Tracer.events()`` rows, the planner's ``seqs``, and ``micro_batches`` in launch
-    order."""
+    ``events`` per stage as ``Tracer.events()`` rows, the planner's ``seqs``, ``micro_batches`` in launch
+    order, and ``alone`` (what ``metrics``' slowdown divides by)."""
 
     metrics: dict
     events: dict[int, np.ndarray]
     seqs: list[Sequence]
     micro_batches: list[MicroBatch] = field(default_factory=list)
+    # seq -> (TTFT, e2e) seconds alone, the yardstick of metrics' slowdown (outputs.jsonl records it per request)
+    alone: Callable[[Sequence], tuple[float, float]] | None = None
 
 
 def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkModel | None = None, hidden_size: int,
@@ -96,13 +98,16 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
     if getattr(time_model, "stateful", False):
         alone = planner.cost_model or fit_cost_model(time_model, token_budget=scheduler.token_budget,
                                                      max_context_len=max_model_len)
-    metrics = compute_metrics(planner.seqs, wall_s=clock.seconds(), alone=lambda s: planner.alone_times(s, alone))
+    def alone_times(seq: Sequence) -> tuple[float, float]:
+        return planner.alone_times(seq, alone)
+
+    metrics = compute_metrics(planner.seqs, wall_s=clock.seconds(), alone=alone_times)
     metrics.update(policy=cfg.scheduler.policy, stages=n, simulated=True, token_budget=budget_choice)
     if planner.cost_model is not None:  # the planner's model against the simulated hardware
         from pp_runtime.planner.cost_model import prediction_error
 
         metrics["cost_model_error"] = prediction_error(planner.cost_model, planner.mb_work, events)
-    return SimResult(metrics, events, planner.seqs, launched)
+    return SimResult(metrics, events, planner.seqs, launched, alone=alone_times)
 
 
 class _PipelineClock(VirtualClock):

@@ -61,12 +61,20 @@ def format_bubble_report(bubbles: dict, *, title: str | None = None, slowdown: d
     if "attribution" in bubbles:
         text += "\n" + format_attribution_table(bubbles["attribution"])
     if slowdown and slowdown.get("num_requests"):
-        s = slowdown
-        text += (f"\nslowdown vs alone, {s['num_requests']} requests: TTFT median {s['median_ttft']:.2f} "
-                 f"p90 {s['p90_ttft']:.2f} max {s['max_ttft']:.2f}; e2e median {s['median_e2e']:.2f} "
-                 f"p90 {s['p90_e2e']:.2f} max {s['max_e2e']:.2f}; Jain's index TTFT {s['jain_ttft']:.3f} "
-                 f"e2e {s['jain_e2e']:.3f}")
+        text += "\n" + format_slowdown(slowdown)
     return text
+
+
+def format_slowdown(slowdown: dict) -> str:
+    """One line of metrics.json's ``"slowdown"`` (``rundir.metrics.slowdown_metrics``): TTFT and e2e slowdown vs
+    alone (median, p90, max) and Jain's index over each; ``no slowdown measured`` when it counts no request."""
+    s = slowdown
+    if not s.get("num_requests"):
+        return "slowdown vs alone: no slowdown measured (no completed request)"
+    return (f"slowdown vs alone, {s['num_requests']} requests: TTFT median {s['median_ttft']:.2f} "
+            f"p90 {s['p90_ttft']:.2f} max {s['max_ttft']:.2f}; e2e median {s['median_e2e']:.2f} "
+            f"p90 {s['p90_e2e']:.2f} max {s['max_e2e']:.2f}; Jain's index TTFT {s['jain_ttft']:.3f} "
+            f"e2e {s['jain_e2e']:.3f}")
 
 
 def bubble_metrics(bubbles: dict) -> dict:

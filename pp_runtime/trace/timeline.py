@@ -102,14 +102,16 @@ def draw_timeline(events: dict[int, np.ndarray], path: str, *, title: str) -> No
 def draw_comparison(rows: list[dict], path: str) -> None:
     """Compare runs side by side and save a PNG: bubble fraction per stage per run, and tokens/s per run.
 
-    Each row is ``{"run": str, "policy": str, "tokens_per_s": float | None, "bubbles": compute_bubbles(...)}``.
+    Each row is ``{"run": str, "policy": str, "tokens_per_s": float | None, "bubbles": compute_bubbles(...)}``,
+    optionally with ``"slowdown"`` (metrics.json's): each run's label then also gives Jain's index over its TTFT
+    slowdown and the median TTFT slowdown.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['run']}\n({r['policy']})" for r in rows]
+    labels = [f"{r['run']}\n({r['policy']}){_fairness_label(r.get('slowdown'))}" for r in rows]
     num_stages = max(len(r["bubbles"]["stages"]) for r in rows)
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     width = 0.8 / len(rows)
@@ -131,3 +133,9 @@ def draw_comparison(rows: list[dict], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _fairness_label(slowdown: dict | None) -> str:
+    if not slowdown or slowdown.get("jain_ttft") is None:
+        return ""
+    return f"\nTTFT slowdown {slowdown['median_ttft']:.2f} (p50)\nJain {slowdown['jain_ttft']:.3f}"

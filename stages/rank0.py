@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from pp_runtime.job import RankJob
+from pp_runtime.model.cache_size import cache_size_keys
 from pp_runtime.planner import make_planner
 from pp_runtime.planner.budget import describe, resolve_token_budget
 from pp_runtime.request import with_run_seed
@@ -39,7 +40,8 @@ def serve_requests(job: RankJob, executor, transport, tracer, faults, *, cost_mo
     log.info("%s", describe(budget_choice))
     planner = make_planner(scheduler, num_blocks=job.num_blocks, block_size=cfg.cache.block_size,
                            num_slots=cfg.pipeline.depth, max_model_len=job.max_model_len,
-                           eos_token_ids=job.eos_token_ids, cost_model=cost_model)
+                           eos_token_ids=job.eos_token_ids, cost_model=cost_model,
+                           cache_keys=cache_size_keys(cfg.cache, job.device_memory_gib))
     tok = job.tokenizer
     model_name = os.path.basename(os.path.normpath(job.model_dir))  # Batch API lines without a body "model"
     progress = _progress(len(todo), cfg.runtime.progress)

@@ -92,3 +92,27 @@ def test_job_writes_outputs_metrics_and_reports(model, tmp_path):
     assert on_disk["config"]["pipeline"]["stages"] == 2
     for name in ("outputs.jsonl", "trace.json", "bubbles.json", "timeline.png", "events.npz"):
         assert (tmp_path / name).stat().st_size > 0, name
+
+
+@pytest.mark.parametrize("asked, stored", [(100, 1), (None, 1), (1, 1)])
+def test_metrics_store_max_chunks_in_flight_resolved_and_a_capped_value_is_logged(model, tmp_path, caplog, asked,
+                                                                                     stored):
+    # One stage: a pipeline depth of 1, so any value above 1 is capped (and null means the depth).
+    caplog.set_level("INFO", logger="pp_runtime")
+    run_job_ranks(1, [f"model.path={model}", "workload=synthetic", "workload.num_requests=2",
+                      "workload.prefill_len=12", "workload.pd_ratio=4", "scheduler=sarathi",
+                      "scheduler.time_balanced=false", "scheduler.token_budget=16", "cache.block_size=4",
+                      f"scheduler.max_chunks_in_flight={'null' if asked is None else asked}", f"output_dir={tmp_path}"])
+    config = json.loads((tmp_path / "metrics.json").read_text())["config"]
+    assert config["scheduler"]["max_chunks_in_flight"] == stored
+    capped = [r.getMessage() for r in caplog.records if "is above the pipeline depth" in r.getMessage()]
+    assert capped == ([f"scheduler.max_chunks_in_flight={asked} is above the pipeline depth: capped at 1, the "
+                       f"micro-batches in flight (pipeline.num_microbatches, default pipeline.stages)"]
+                      if asked == 100 else [])
+
+
+def test_metrics_keep_max_chunks_in_flight_null_where_the_policy_ignores_it(model, tmp_path):
+    run_job_ranks(1, [f"model.path={model}", "workload=synthetic", "workload.num_requests=2",
+                      "workload.prefill_len=12", "workload.pd_ratio=4", *BASE, f"output_dir={tmp_path}"])
+    config = json.loads((tmp_path / "metrics.json").read_text())["config"]
+    assert config["scheduler"]["max_chunks_in_flight"] is None and config["scheduler"]["policy"] == "fcfs"

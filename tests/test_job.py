@@ -75,6 +75,17 @@ def test_bad_request_fails_on_every_rank_before_they_meet(model, tmp_path, bad, 
         assert "init_process_group" not in o.error and "PipelineError" not in o.error
 
 
+def test_a_prompt_over_a_lowered_max_model_len_fails_naming_the_key_and_the_models_own_limit(model, tmp_path):
+    path = write_jsonl(tmp_path / "r.jsonl", [{"id": "ok", "prompt_token_ids": [3, 4, 5]},
+                                              {"id": "long", "prompt_token_ids": [3] * 100, "max_tokens": 3}])
+    outcomes = run_job_outcomes(2, [f"model.path={model}", "workload=jsonl", f"workload.path={path}",
+                                    "model.max_model_len=64", "cache.num_blocks=64", f"output_dir={tmp_path}", *BASE],
+                                timeout=60)
+    for o in outcomes:  # the tiny model has 256 positions
+        assert o.exitcode == 1 and "RequestError" in o.error, o.error
+        assert "raise model.max_model_len to at least 101 (the model's own limit is 256 positions" in o.error, o.error
+
+
 def test_config_with_more_stages_than_layers_fails_before_ranks_meet(model, tmp_path):
     outcomes = run_job_outcomes(3, [f"model.path={model}", "workload=synthetic", "workload.num_requests=2",
                                     "cache.num_blocks=64", f"output_dir={tmp_path}", *BASE], timeout=60)

@@ -98,7 +98,7 @@ def resolve_job(cfg: Config, *, hf_config, tokenizer, model_dir: str | None, dty
     from pp_runtime.workloads import load_workload
 
     requests = load_workload(cfg.workload, tokenizer=tokenizer, max_model_len=max_model_len,
-                             vocab_size=hf_config.vocab_size)
+                             vocab_size=hf_config.vocab_size, model_limit=limit)
     cpu = device_memory_gib is None
     head_split = resolve_head_split(cfg.pipeline.split_lm_head, vocab_size=hf_config.vocab_size,
                                     num_stages=cfg.pipeline.stages, cpu=cpu)

@@ -49,16 +49,28 @@ class Request:
         return f"Request({self.id!r}, prompt={len(self.prompt_token_ids)} tok, max_tokens={self.params.max_tokens})"
 
 
-def validate_request(req: Request, *, max_model_len: int, vocab_size: int) -> None:
-    """Raise RequestError naming the request and the field to change if the request cannot run."""
+def validate_request(req: Request, *, max_model_len: int, vocab_size: int, model_limit: int | None = None) -> None:
+    """Raise RequestError naming the request and the field to change if the request cannot run.
+
+    ``model_limit``: the model's own context length (positions); when the prompt fits it but not ``max_model_len``
+    (model.max_model_len set lower), the message names model.max_model_len as what to change. None: the same as
+    ``max_model_len``."""
     p, rid = req.params, req.id
     n = len(req.prompt_token_ids)
     if n == 0:
         raise RequestError(f"request {rid!r}: the prompt is empty; give a non-empty 'prompt' or 'prompt_token_ids'")
     if n >= max_model_len:
+        limit = max_model_len if model_limit is None else model_limit
+        if n < limit:  # model.max_model_len, set below the model's own limit, is what refuses it
+            fix = (f"raise model.max_model_len to at least {n + 1} (the model's own limit is {limit} positions; null "
+                   f"takes it), or shorten the prompt")
+        elif max_model_len < limit:
+            fix = f"shorten the prompt: even the model's own limit, {limit} positions, allows at most {limit - 1}"
+        else:
+            fix = "shorten the prompt (this is the model's own limit, max_position_embeddings)"
         raise RequestError(
-            f"request {rid!r}: prompt has {n} tokens but the model allows at most {max_model_len - 1} "
-            f"(model.max_model_len={max_model_len} includes at least one output token); shorten the prompt")
+            f"request {rid!r}: prompt has {n} tokens but the job allows at most {max_model_len - 1} "
+            f"(model.max_model_len={max_model_len} includes at least one output token); {fix}")
     bad = [t for t in req.prompt_token_ids if not 0 <= t < vocab_size]
     if bad:
         raise RequestError(f"request {rid!r}: token id {bad[0]} in 'prompt_token_ids' is outside the "

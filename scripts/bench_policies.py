@@ -29,8 +29,9 @@ from scripts.jobs import ROOT, machine, random_llama, run_torchrun  # noqa: E402
 
 # The real request traces (CSV of lengths, see pp_runtime/workloads/trace.py): not in the repository; by default the
 # shared folder next to the checkout, else PP_RUNTIME_TRACES.
-TRACES = Path(os.environ.get("PP_RUNTIME_TRACES") or ROOT.parent / "shared" / "data" / "traces")
-TRACE = TRACES / "splitwise_conv.csv"
+# A relative PP_RUNTIME_TRACES is the caller's: the jobs run from the checkout.
+TRACES = Path(os.environ.get("PP_RUNTIME_TRACES") or ROOT.parent / "shared" / "data" / "traces").absolute()
+TRACE_NAME = "splitwise_conv.csv"
 
 
 def trace_files() -> list[Path]:
@@ -41,6 +42,18 @@ def trace_files() -> list[Path]:
                          f"them (e.g. splitwise_conv.csv from https://github.com/microsoft/vidur/tree/main/data/"
                          f"processed_traces)")
     return files
+
+
+def trace_file() -> Path:
+    """The ``trace`` workload's CSV (``TRACES / TRACE_NAME``); exits at once, before any job starts, naming where it
+    looked and PP_RUNTIME_TRACES when it is not there."""
+    path = TRACES / TRACE_NAME
+    if not path.is_file():
+        source = "PP_RUNTIME_TRACES" if os.environ.get("PP_RUNTIME_TRACES") else "the default, next to the checkout"
+        raise SystemExit(f"no request traces: {path} not found (looked in {TRACES}, from {source}); set "
+                         f"PP_RUNTIME_TRACES to the folder that holds {TRACE_NAME} (from https://github.com/microsoft/"
+                         f"vidur/tree/main/data/processed_traces), or leave trace out of --workloads")
+    return path
 
 
 LONG_PROMPT_REQUESTS, LONG_PROMPT_LEN, LONG_OUTPUT_LEN = 24, 640, 47  # issue 14's long-prompt sample
@@ -54,14 +67,17 @@ def long_prompt_model(root: Path | None = None) -> Path:
 
 
 def workloads(args) -> dict[str, list[str]]:
-    """Hydra overrides per workload name; the long-prompt model is made only when ``args.workloads`` names it."""
+    """Hydra overrides per workload name; the long-prompt model is made, and the trace file looked for (exits when
+    missing), only when ``args.workloads`` names them."""
     n = args.num_requests
+    names = args.workloads.split(",")
+    trace = trace_file() if "trace" in names else TRACES / TRACE_NAME
     long = ["workload=synthetic", f"workload.num_requests={LONG_PROMPT_REQUESTS}",
             f"workload.prefill_len={LONG_PROMPT_LEN}", f"workload.pd_ratio={LONG_PROMPT_LEN / LONG_OUTPUT_LEN:.4f}"]
-    if "long" in args.workloads.split(","):
+    if "long" in names:
         long.append(f"model.path={long_prompt_model()}")
     return {
-        "trace": ["workload=trace", f"workload.path={TRACE}", f"workload.num_requests={n}",
+        "trace": ["workload=trace", f"workload.path={trace}", f"workload.num_requests={n}",
                   f"workload.length_scale={args.length_scale}"],
         "decode": ["workload=synthetic", f"workload.num_requests={n}", "workload.prefill_len=32",
                    "workload.pd_ratio=0.5"],
@@ -85,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("extra", nargs="*", help="more Hydra overrides for every run")
     args = ap.parse_args(argv)
-    out = args.out or Path(tempfile.mkdtemp(prefix="bench_policies_"))
-    all_workloads = workloads(args)
+    out = (args.out or Path(tempfile.mkdtemp(prefix="bench_policies_"))).absolute()
+    all_workloads = workloads(args)  # exits at once when the trace workload has no trace file
     print(f"machine: {machine()}; 2 stages, one thread per rank; scheduler.token_budget={args.token_budget}")
     for name in args.workloads.split(","):
         rows = []

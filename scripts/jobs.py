@@ -13,8 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_torchrun(nproc: int, overrides: list[str], out_dir: Path, *, timeout_s: float = 3600) -> dict:
-    """One job: ``torchrun --nproc_per_node=nproc -m launch.run overrides``; returns its metrics.json."""
-    out_dir = Path(out_dir)
+    """One job: ``torchrun --nproc_per_node=nproc -m launch.run overrides``; returns its metrics.json.
+
+    The job runs with this checkout as its working directory, so ``out_dir`` and the overrides' relative paths
+    (``_PATH_KEYS``) are taken against the caller's working directory and passed on absolute.
+    """
+    out_dir = Path(out_dir).absolute()
+    overrides = [_absolute_path(o) for o in overrides]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "launch.run", f"pipeline.stages={nproc}", "runtime.progress=false", "runtime.resume=false", *overrides,
            f"hydra.run.dir={out_dir}"]
@@ -28,6 +33,22 @@ def run_torchrun(nproc: int, overrides: list[str], out_dir: Path, *, timeout_s: 
     metrics = json.loads((out_dir / "metrics.json").read_text())
     metrics["job_wall_s"] = time.monotonic() - start
     return metrics
+
+
+# Override keys whose value is a path the job reads or writes (relative: against the caller's working directory).
+_PATH_KEYS = ("hydra.run.dir", "model.path", "workload.path", "scheduler.cost_model_path", "sim.cost_model_path",
+              "sim.layer_profile_path")
+
+
+def _absolute_path(override: str) -> str:
+    """``key=value`` with a relative path value made absolute against the current working directory, for the keys
+    of ``_PATH_KEYS`` (``model.path`` only when the folder exists here: else it may be a hub id)."""
+    key, sep, value = override.partition("=")
+    if not sep or key.lstrip("+~") not in _PATH_KEYS or not value or value == "null" or Path(value).is_absolute():
+        return override
+    if key.lstrip("+~") == "model.path" and not Path(value).exists():
+        return override
+    return f"{key}={Path(value).absolute()}"
 
 
 def machine() -> str:

@@ -28,6 +28,21 @@ def stage_code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+def profile_shapes(token_budget: int, *, max_context_len: int, cache_tokens: int) -> list[list[tuple[int, int]]]:
+    """The shapes ``profile_stage`` times: ``profile_points`` up to ``token_budget`` tokens and contexts up to
+    ``max_context_len``, capped by the ``cache_tokens`` the stage's KV cache holds."""
+    return profile_points(token_budget, max_context_len=min(max_context_len, cache_tokens))
+
+
+def describe_profile(shapes: list[list[tuple[int, int]]]) -> str:
+    """What a start-up profile runs, for the log line before it: the shape count, the most tokens of a micro-batch
+    and the longest context (its cost grows with that context: chunks of up to the budget over a prefix that long)."""
+    tokens = max(sum(n for n, _ in shape) for shape in shapes)
+    context = max(ctx for shape in shapes for _, ctx in shape)
+    return (f"{len(shapes)} micro-batch shapes (each run twice: warm-up, then timed) of up to {tokens} tokens, "
+            f"contexts up to {context} tokens")
+
+
 def profile_stage(stage: int, executor: StageExecutor, *, token_budget: int, max_context_len: int,
                   hidden_size: int, dtype: torch.dtype) -> list[tuple[int, int, int, int, int, float]]:
     """Rows ``(stage, num_tokens, attn_work, decode_ctx, prefill_ctx, seconds)`` (``cost_model.work``), one per shape.
@@ -35,8 +50,8 @@ def profile_stage(stage: int, executor: StageExecutor, *, token_budget: int, max
     Every shape runs once untimed before any is timed: first-call allocations, kernel selection and Triton's
     compiles (one per tile configuration, and the shapes pick different tiles) stay out of the timings."""
     cache = executor.cache
-    cap = min(max_context_len, cache.num_blocks * cache.block_size)
-    shapes = profile_points(token_budget, max_context_len=cap)
+    shapes = profile_shapes(token_budget, max_context_len=max_context_len,
+                            cache_tokens=cache.num_blocks * cache.block_size)
     batches = [_fake_microbatch(shape, cache.block_size) for shape in shapes]
 
     def hidden(mb: MicroBatch) -> torch.Tensor | None:  # [T, hidden] activations for a stage past the first

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from pp_runtime.job import RankJob
+from pp_runtime.model.cache_size import cache_size_keys
 from pp_runtime.planner import make_planner
 from pp_runtime.planner.budget import describe, resolve_token_budget
 from pp_runtime.request import with_run_seed
@@ -39,7 +40,14 @@ def serve_requests(job: RankJob, executor, transport, tracer, faults, *, cost_mo
     log.info("%s", describe(budget_choice))
     planner = make_planner(scheduler, num_blocks=job.num_blocks, block_size=cfg.cache.block_size,
                            num_slots=cfg.pipeline.depth, max_model_len=job.max_model_len,
-                           eos_token_ids=job.eos_token_ids, cost_model=cost_model)
+                           eos_token_ids=job.eos_token_ids, cost_model=cost_model,
+                           cache_keys=cache_size_keys(cfg.cache, job.device_memory_gib))
+    # sarathi and throttle: the chunks of one prompt in flight, as the planner holds it (null: the depth; at most it).
+    chunks_in_flight = getattr(planner, "max_chunks_in_flight", None)
+    asked = cfg.scheduler.max_chunks_in_flight
+    if chunks_in_flight is not None and asked is not None and asked > chunks_in_flight:
+        log.info("scheduler.max_chunks_in_flight=%d is above the pipeline depth: capped at %d, the micro-batches in "
+                 "flight (pipeline.num_microbatches, default pipeline.stages)", asked, chunks_in_flight)
     tok = job.tokenizer
     model_name = os.path.basename(os.path.normpath(job.model_dir))  # Batch API lines without a body "model"
     # What a request would take alone, by the cost model: its outputs.jsonl line and metrics.json's slowdown share it.
@@ -88,7 +96,7 @@ def serve_requests(job: RankJob, executor, transport, tracer, faults, *, cost_mo
         stopped = (f"stopped by {stop.name}: {len(scan.ids)} of {len(job.requests)} requests are in "
                    f"{out_dir / OUTPUTS_FILE}; rerun the same command to resume")
     return {"metrics": metrics, "seqs": planner.seqs, "stopped": stopped, "cost_model": cost_model,
-            "mb_work": planner.mb_work}
+            "mb_work": planner.mb_work, "max_chunks_in_flight": chunks_in_flight}
 
 
 def _progress(total: int, enabled: bool):
@@ -128,6 +136,8 @@ def finish_reports(job: RankJob, result: dict, events: dict, clock_errors: dict)
             metrics["cost_model_error"] = prediction_error(result["cost_model"], result["mb_work"], events)
         metrics["clock_error_us"] = {str(s): e / 1e3 for s, e in clock_errors.items()}
     metrics["config"] = asdict(cfg)
+    # Resolved, as scheduler.prefill_order is: the value the planner used (null only where the policy ignores it).
+    metrics["config"]["scheduler"]["max_chunks_in_flight"] = result["max_chunks_in_flight"]
     write_json(out_dir / "metrics.json", metrics, default=str)
     if cfg.workload.kind == "default":
         print_answers(result["seqs"], job.tokenizer)

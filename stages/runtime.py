@@ -133,7 +133,7 @@ def _cost_model(job: RankJob, executor: StageExecutor, transport: Transport | No
     if not needs_cost_model(cfg.scheduler):
         return None
     from pp_runtime.model import cost_cache
-    from stages.profiler import profile_stage, stage_code_digest
+    from stages.profiler import describe_profile, profile_shapes, profile_stage, stage_code_digest
 
     budget = budget_bound(cfg.scheduler)  # auto: its maximum, so the profile covers every budget it may choose
     # Time the contexts this job can reach, not more: decode attention over long contexts is memory-bound on a
@@ -159,6 +159,14 @@ def _cost_model(job: RankJob, executor: StageExecutor, transport: Transport | No
             log.info("cost model from the cache (%s; runtime.cost_model_cache=false profiles again): %s",
                      cost_cache.cache_dir(), cached)
         return cached
+    if rank == 0:
+        shapes = profile_shapes(budget, max_context_len=max_context_len,
+                                cache_tokens=job.num_blocks * cfg.cache.block_size)
+        skip = (f"the next run of this job takes it from the cache ({cost_cache.cache_dir()})"
+                if cfg.runtime.cost_model_cache else "runtime.cost_model_cache=false: profiled every run")
+        log.info("profiling the cost model on every stage before serving: %s (the longest request, prompt + "
+                 "max_tokens, at most model.max_model_len; the time grows with it); %s, or pass "
+                 "scheduler.cost_model_path=%s/cost_model.json", describe_profile(shapes), skip, cfg.output_dir)
     rows = profile_stage(rank, executor, token_budget=budget, max_context_len=max_context_len,
                          hidden_size=job.hf_config.hidden_size, dtype=job.dtype)
     if world > 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from argparse import Namespace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,3 +41,42 @@ def test_missing_traces_are_named_with_the_variable_to_set(tmp_path, monkeypatch
         bench.trace_files()
     (tmp_path / "t.csv").write_text("x\n")
     assert bench.trace_files() == [tmp_path / "t.csv"]
+
+
+def test_the_trace_workload_without_traces_exits_before_any_job_naming_where_it_looked(tmp_path, monkeypatch):
+    import scripts.bench_policies as bench
+
+    started = []
+    monkeypatch.setattr(bench, "TRACES", tmp_path / "none")
+    monkeypatch.setattr(bench, "run_torchrun", lambda *a, **k: started.append(a))
+    with pytest.raises(SystemExit, match=f"no request traces: .* in {tmp_path / 'none'}.*set PP_RUNTIME_TRACES"):
+        bench.main(["--workloads", "decode,trace", "--policies", "sarathi", "--out", str(tmp_path / "bp")])
+    assert not started
+    assert workloads(Namespace(num_requests=4, length_scale=0.1, workloads="decode"))["decode"]  # no trace needed
+
+
+def test_relative_out_and_input_paths_are_taken_from_the_callers_directory(tmp_path, monkeypatch):
+    """The jobs run from the checkout: a relative --out must neither land there nor be read back from elsewhere."""
+    import json
+    import subprocess
+
+    import scripts.jobs as jobs
+
+    seen = {}
+
+    def fake_run(cmd, *, cwd, **kwargs):  # a job that writes metrics.json where hydra.run.dir says, from cwd
+        seen["cmd"], seen["cwd"] = cmd, cwd
+        run_dir = Path(cwd) / next(a.split("=", 1)[1] for a in cmd if a.startswith("hydra.run.dir="))
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text(json.dumps({"output_throughput": 1.0}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(jobs.subprocess, "run", fake_run)
+    (tmp_path / "reqs.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path)
+    m = jobs.run_torchrun(2, ["workload=jsonl", "workload.path=reqs.jsonl", "model.path=some-org/hub-id"],
+                          Path("bp") / "run")
+    assert m["output_throughput"] == 1.0
+    assert (tmp_path / "bp" / "run" / "metrics.json").exists() and seen["cwd"] == jobs.ROOT
+    assert f"workload.path={tmp_path / 'reqs.jsonl'}" in seen["cmd"]
+    assert "model.path=some-org/hub-id" in seen["cmd"]  # not a folder here: left as given

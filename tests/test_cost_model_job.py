@@ -79,3 +79,19 @@ def test_a_second_run_takes_the_cost_model_from_the_cache(model, tmp_path, monke
         run_job_ranks(2, [f"model.path={model}", *WORKLOAD, *extra, f"output_dir={tmp_path / name}"])
         assert CostModel.from_json(tmp_path / name / "cost_model.json").c0 != (0.125, 0.25)
     assert len(list((tmp_path / "cache").glob("*.json"))) == 2 and cost_cache.cache_dir() == tmp_path / "cache"
+
+
+def test_rank_0_says_what_it_profiles_and_how_to_skip_it_before_profiling(model, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("PP_RUNTIME_COST_CACHE", str(tmp_path / "cache"))
+    caplog.set_level("INFO", logger="pp_runtime")
+    run_job_ranks(1, [f"model.path={model}", *WORKLOAD, f"output_dir={tmp_path / 'first'}"])
+    lines = [r.getMessage() for r in caplog.records]
+    (before,) = [i for i, line in enumerate(lines) if line.startswith("profiling the cost model")]
+    assert before < next(i for i, line in enumerate(lines) if line.startswith("cost model fitted"))
+    # WORKLOAD: prompts of about 12 tokens and 6 outputs (the longest request sets the context), budget 16.
+    assert "of up to 16 tokens, contexts up to" in lines[before] and "the time grows with it" in lines[before]
+    assert f"cache ({tmp_path / 'cache'})" in lines[before]
+    assert f"scheduler.cost_model_path={tmp_path / 'first'}/cost_model.json" in lines[before]
+    caplog.clear()
+    run_job_ranks(1, [f"model.path={model}", *WORKLOAD, f"output_dir={tmp_path / 'second'}"])
+    assert not any(r.getMessage().startswith("profiling") for r in caplog.records)  # from the cache: nothing run

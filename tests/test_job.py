@@ -51,7 +51,8 @@ def test_request_too_big_for_cache_is_rejected_and_others_complete(model, tmp_pa
     out = read_outputs(tmp_path)
     assert set(out) == {"small", "huge", "small2"}  # nothing silently lost
     assert out["huge"]["finish_reason"] == "rejected"
-    assert "huge" in out["huge"]["error"] and "cache.num_blocks" in out["huge"]["error"]
+    assert "huge" in out["huge"]["error"] and "needs 67 tokens" in out["huge"]["error"]
+    assert "raise cache.num_blocks, use" in out["huge"]["error"]  # the key that sizes this cache, and only it
     assert len(out["small"]["output_token_ids"]) == 4 and len(out["small2"]["output_token_ids"]) == 3
     assert metrics["rejected"] == 1 and metrics["completed"] == 2
 
@@ -74,6 +75,17 @@ def test_bad_request_fails_on_every_rank_before_they_meet(model, tmp_path, bad, 
         assert "init_process_group" not in o.error and "PipelineError" not in o.error
 
 
+def test_a_prompt_over_a_lowered_max_model_len_fails_naming_the_key_and_the_models_own_limit(model, tmp_path):
+    path = write_jsonl(tmp_path / "r.jsonl", [{"id": "ok", "prompt_token_ids": [3, 4, 5]},
+                                              {"id": "long", "prompt_token_ids": [3] * 100, "max_tokens": 3}])
+    outcomes = run_job_outcomes(2, [f"model.path={model}", "workload=jsonl", f"workload.path={path}",
+                                    "model.max_model_len=64", "cache.num_blocks=64", f"output_dir={tmp_path}", *BASE],
+                                timeout=60)
+    for o in outcomes:  # the tiny model has 256 positions
+        assert o.exitcode == 1 and "RequestError" in o.error, o.error
+        assert "raise model.max_model_len to at least 101 (the model's own limit is 256 positions" in o.error, o.error
+
+
 def test_config_with_more_stages_than_layers_fails_before_ranks_meet(model, tmp_path):
     outcomes = run_job_outcomes(3, [f"model.path={model}", "workload=synthetic", "workload.num_requests=2",
                                     "cache.num_blocks=64", f"output_dir={tmp_path}", *BASE], timeout=60)
@@ -91,3 +103,27 @@ def test_job_writes_outputs_metrics_and_reports(model, tmp_path):
     assert on_disk["config"]["pipeline"]["stages"] == 2
     for name in ("outputs.jsonl", "trace.json", "bubbles.json", "timeline.png", "events.npz"):
         assert (tmp_path / name).stat().st_size > 0, name
+
+
+@pytest.mark.parametrize("asked, stored", [(100, 1), (None, 1), (1, 1)])
+def test_metrics_store_max_chunks_in_flight_resolved_and_a_capped_value_is_logged(model, tmp_path, caplog, asked,
+                                                                                     stored):
+    # One stage: a pipeline depth of 1, so any value above 1 is capped (and null means the depth).
+    caplog.set_level("INFO", logger="pp_runtime")
+    run_job_ranks(1, [f"model.path={model}", "workload=synthetic", "workload.num_requests=2",
+                      "workload.prefill_len=12", "workload.pd_ratio=4", "scheduler=sarathi",
+                      "scheduler.time_balanced=false", "scheduler.token_budget=16", "cache.block_size=4",
+                      f"scheduler.max_chunks_in_flight={'null' if asked is None else asked}", f"output_dir={tmp_path}"])
+    config = json.loads((tmp_path / "metrics.json").read_text())["config"]
+    assert config["scheduler"]["max_chunks_in_flight"] == stored
+    capped = [r.getMessage() for r in caplog.records if "is above the pipeline depth" in r.getMessage()]
+    assert capped == ([f"scheduler.max_chunks_in_flight={asked} is above the pipeline depth: capped at 1, the "
+                       f"micro-batches in flight (pipeline.num_microbatches, default pipeline.stages)"]
+                      if asked == 100 else [])
+
+
+def test_metrics_keep_max_chunks_in_flight_null_where_the_policy_ignores_it(model, tmp_path):
+    run_job_ranks(1, [f"model.path={model}", "workload=synthetic", "workload.num_requests=2",
+                      "workload.prefill_len=12", "workload.pd_ratio=4", *BASE, f"output_dir={tmp_path}"])
+    config = json.loads((tmp_path / "metrics.json").read_text())["config"]
+    assert config["scheduler"]["max_chunks_in_flight"] is None and config["scheduler"]["policy"] == "fcfs"

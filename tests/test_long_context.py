@@ -13,12 +13,14 @@ from pp_runtime.model.cache_size import (
     CPU_CACHE_GIB,
     activation_bytes,
     bytes_per_block,
+    cache_size_keys,
     num_blocks_for_budget,
     resolve_num_blocks,
     stage_weight_bytes,
 )
 from pp_runtime.planner import make_planner
 from pp_runtime.planner.budget import budget_bound
+from pp_runtime.planner.loop import drive
 from pp_runtime.request import Request, SamplingParams
 from pp_runtime.sim.hardware import MODEL_SHAPES
 from pp_runtime.sim.sim_job import resolve_sim_job
@@ -84,8 +86,38 @@ def test_a_prompt_that_can_never_fit_is_rejected_with_tokens_needed_and_held():
     planner = make_planner(SchedulerConfig(), num_blocks=4, block_size=16, num_slots=2, max_model_len=1000)
     seq = planner.add_request(Request("big", (3,) * 70, SamplingParams(max_tokens=10)))
     assert seq.finish_reason == "rejected"
-    assert "needs 80 tokens of KV cache" in seq.error and "holds 64 tokens (4 blocks of 16)" in seq.error
-    assert "cache.gpu_memory_utilization" in seq.error and "cache.memory_gib" in seq.error
+    # 70 + 10 - 1: the last sampled token's KV is never written.
+    assert "needs 79 tokens of KV cache" in seq.error and "holds 64 tokens (4 blocks of 16)" in seq.error
+    assert "cache.memory_gib" in seq.error and "gpu_memory_utilization" not in seq.error  # the default: the CPU's
+    one = make_planner(SchedulerConfig(), num_blocks=1, block_size=16, num_slots=2, max_model_len=1000,
+                       cache_keys=cache_size_keys(CacheConfig(), device_memory_gib=80))
+    seq = one.add_request(Request("big", (3,) * 70, SamplingParams(max_tokens=10)))
+    assert "holds 16 tokens (1 block of 16); raise cache.gpu_memory_utilization, cache.memory_gib" in seq.error
+
+
+def test_the_cache_keys_named_are_those_that_act_on_the_device():
+    assert cache_size_keys(CacheConfig(), device_memory_gib=None) == "cache.memory_gib or cache.num_blocks"
+    assert "cache.gpu_memory_utilization" in cache_size_keys(CacheConfig(), device_memory_gib=80)
+    assert cache_size_keys(CacheConfig(memory_gib=2), device_memory_gib=80) == "cache.memory_gib or cache.num_blocks"
+    assert cache_size_keys(CacheConfig(num_blocks=8), device_memory_gib=80) == "cache.num_blocks"
+
+
+@pytest.mark.parametrize("policy", ["sarathi", "throttle", "orca", "vllm", "fcfs", "static"])
+@pytest.mark.parametrize("prompt_len, max_tokens, max_model_len", [(60, 5, 1000), (60, 100, 65)])
+def test_a_request_whose_kv_exactly_fits_runs_to_its_end_without_preemption(policy, prompt_len, max_tokens,
+                                                                             max_model_len):
+    # 64 tokens of KV in 4 blocks of 16: prompt + outputs - 1 (or model.max_model_len - 1); one more is rejected.
+    def planner():
+        return make_planner(SchedulerConfig(policy=policy, token_budget=64), num_blocks=4, block_size=16,
+                            num_slots=2, max_model_len=max_model_len)
+
+    p = planner()
+    seq = p.add_request(Request("fits", (3,) * prompt_len, SamplingParams(max_tokens=max_tokens)))
+    drive(p, lambda piece: 7)
+    assert (seq.finish_reason, seq.num_tokens, seq.num_preemptions) == ("length", 65, 0)
+    if max_model_len > 65:  # one prompt token more: 65 tokens of KV
+        over = planner().add_request(Request("over", (3,) * (prompt_len + 1), SamplingParams(max_tokens=max_tokens)))
+        assert over.finish_reason == "rejected" and "needs 65 tokens" in over.error
 
 
 def test_a_long_prompt_simulated_alone_has_slowdown_one():

@@ -61,3 +61,10 @@ def test_stage_0_times_its_half_of_a_split_head_with_each_shape(monkeypatch):
     for start in range(0, len(timed), 4):
         clock_a, run, head, clock_b = timed[start:start + 4]
         assert clock_a == clock_b == ("clock",) and run[0] == "run" and head == ("head", len(run[1]))
+
+
+def test_the_profile_is_described_by_its_shapes_tokens_and_longest_context():
+    shapes = profiler.profile_shapes(64, max_context_len=5000, cache_tokens=1024)  # the cache caps the context
+    assert shapes == profile_points(64, max_context_len=1024)
+    assert profiler.describe_profile(shapes) == (f"{len(shapes)} micro-batch shapes (each run twice: warm-up, then "
+                                                 f"timed) of up to 64 tokens, contexts up to 1024 tokens")

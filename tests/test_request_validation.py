@@ -57,8 +57,20 @@ def test_out_of_vocab_error_names_the_bad_token():
 
 
 def test_too_long_prompt_error_says_the_limit():
-    with pytest.raises(RequestError, match=f"{MAX_LEN} tokens but the model allows at most {MAX_LEN - 1}"):
+    with pytest.raises(RequestError, match=f"{MAX_LEN} tokens but the job allows at most {MAX_LEN - 1} .*; shorten "
+                                           f"the prompt \\(this is the model's own limit"):
         _check(_req(prompt=[1] * MAX_LEN))
+
+
+def test_a_prompt_refused_by_a_lowered_max_model_len_names_the_key_and_the_models_own_limit():
+    with pytest.raises(RequestError) as exc:
+        validate_request(_req(prompt=[1] * 20), max_model_len=MAX_LEN, vocab_size=VOCAB, model_limit=64)
+    assert "model.max_model_len=16" in str(exc.value)
+    assert "raise model.max_model_len to at least 21 (the model's own limit is 64 positions" in str(exc.value)
+    # Too long for the model itself: only shortening helps, and the message says how far.
+    with pytest.raises(RequestError, match="shorten the prompt: even the model's own limit, 64 positions, allows at "
+                                           "most 63"):
+        validate_request(_req(prompt=[1] * 64), max_model_len=MAX_LEN, vocab_size=VOCAB, model_limit=64)
 
 
 def test_negative_arrival_names_the_arrival_s_field():

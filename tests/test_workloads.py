@@ -347,3 +347,13 @@ def test_load_workload_validates_every_request():
     # ids from the char tokenizer exceed a vocabulary of 50
     with pytest.raises(RequestError, match=r"request 'demo-0'.*'prompt_token_ids'.*\[0, 50\)"):
         load_workload(WorkloadConfig(), tokenizer=CharTokenizer(), max_model_len=1000, vocab_size=50)
+
+
+def test_a_request_file_prompt_over_a_lowered_max_model_len_names_the_key_file_and_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"id": "a", "prompt_token_ids": [1] * 4}) + "\n"
+                    + json.dumps({"id": "b", "prompt_token_ids": [1] * 40}) + "\n")
+    with pytest.raises(RequestError, match=f"{path}:2: request 'b': .*raise model.max_model_len to at least 41 "
+                                           f"\\(the model's own limit is 128 positions"):
+        load_workload(WorkloadConfig(kind="jsonl", path=str(path)), max_model_len=32, vocab_size=VOCAB,
+                      model_limit=128)

@@ -66,6 +66,17 @@ def activation_bytes(hf_config, token_budget: int, *, last: bool, dtype: torch.d
     return _ACT_SLACK * act
 
 
+def cache_size_keys(cache: CacheConfig, device_memory_gib: float | None) -> str:
+    """The config keys that change the KV cache's size for ``cache`` on a device of ``device_memory_gib`` (None: the
+    CPU), as ``resolve_num_blocks`` reads them, for error messages: ``cache.gpu_memory_utilization`` only on a GPU
+    and only while ``cache.num_blocks`` and ``cache.memory_gib`` are null (the CPU ignores it)."""
+    if cache.num_blocks is not None:
+        return "cache.num_blocks"
+    if cache.memory_gib is not None or device_memory_gib is None:
+        return "cache.memory_gib or cache.num_blocks"
+    return "cache.gpu_memory_utilization, cache.memory_gib or cache.num_blocks"
+
+
 def resolve_num_blocks(cache: CacheConfig, *, hf_config, layer_ranges: list[range], token_budget: int,
                        dtype: torch.dtype, device_memory_gib: float | None, split_head: bool = False) -> int:
     """KV blocks per stage (every stage the same) for ``cache`` on a device of ``device_memory_gib`` (None: the CPU).

@@ -24,7 +24,8 @@ from pp_runtime.sequence import SeqStatus, Sequence
 
 class Planner:
     def __init__(self, cfg: SchedulerConfig, *, num_blocks: int, block_size: int, num_slots: int,
-                 max_model_len: int, eos_token_ids: Iterable[int] = (), cost_model=None):
+                 max_model_len: int, eos_token_ids: Iterable[int] = (), cost_model=None,
+                 cache_keys: str = "cache.memory_gib or cache.num_blocks"):
         if num_slots < 1:
             raise ValueError(f"num_slots={num_slots} must be >= 1 (micro-batches in flight: pipeline.depth)")
         self.cfg = cfg
@@ -33,6 +34,7 @@ class Planner:
         self.max_model_len = max_model_len
         self.eos_token_ids = frozenset(eos_token_ids)
         self.cost_model = cost_model
+        self.cache_keys = cache_keys  # the keys that size the KV cache on the job's device, for advice
         self.seqs: list[Sequence] = []
         self._future: list[tuple[float, int]] = []  # heap of (arrival_s, seq_id), not yet arrived
         self.waiting: deque[Sequence] = deque()  # arrived, not admitted (FCFS; preempted go first)
@@ -54,14 +56,15 @@ class Planner:
         """Queue a request; one that could never fit the KV cache, even alone, is finished as rejected."""
         seq = Sequence(len(self.seqs), req)
         self.seqs.append(seq)
-        total = min(seq.prompt_len + req.params.max_tokens, self.max_model_len)
+        # The KV a request writes: every token but the last sampled one, which is never fed back.
+        total = min(seq.prompt_len + req.params.max_tokens, self.max_model_len) - 1
         if not self.blocks.fits_alone(total):
             bs, nb = self.blocks.block_size, self.blocks.num_blocks
             seq.error = (f"request {req.id!r} needs {total} tokens of KV cache (prompt {seq.prompt_len} + max_tokens "
-                         f"{req.params.max_tokens}, at most model.max_model_len={self.max_model_len}) but the cache "
-                         f"holds {nb * bs} tokens ({nb} blocks of {bs}); raise cache.memory_gib, "
-                         f"cache.gpu_memory_utilization or cache.num_blocks, use more pipeline.stages, or lower "
-                         f"max_tokens")
+                         f"{req.params.max_tokens} - 1, the last token's KV is never written; at most "
+                         f"model.max_model_len={self.max_model_len} - 1) but the cache holds {nb * bs} tokens "
+                         f"({nb} block{'s' if nb != 1 else ''} of {bs}); raise {self.cache_keys}, use more "
+                         f"pipeline.stages, or lower max_tokens")
             self._finish(seq, "rejected", req.arrival_s)
             return seq
         heapq.heappush(self._future, (req.arrival_s, seq.seq_id))

@@ -33,6 +33,7 @@ class StaticPlanner(Planner):
     def _admit_batch(self) -> None:
         while self.waiting:
             seq = self.waiting[0]
-            total = min(seq.prompt_len + seq.request.params.max_tokens, self.max_model_len)
+            # KV for the prompt and every output but the last (the last sampled token's is never written).
+            total = min(seq.prompt_len + seq.request.params.max_tokens, self.max_model_len) - 1
             if not self._admit(seq, total, take=False):
                 return

@@ -55,7 +55,8 @@ class SimResult:
 
 def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkModel | None = None, hidden_size: int,
              dtype_bytes: int, sample: Callable[[Piece], int] | None = None, planner_time_s: float | None = None,
-             eos_token_ids=(), max_model_len: int, num_blocks: int, planner_cost_model=None) -> SimResult:
+             eos_token_ids=(), max_model_len: int, num_blocks: int, planner_cost_model=None,
+             cache_keys: str = "cache.memory_gib or cache.num_blocks") -> SimResult:
     """Simulate ``requests`` served by ``cfg``'s planner (policy, budget, chunk, depth) on ``cfg.pipeline.stages``.
 
     ``time_model``: any object with ``num_stages`` and ``predict(pieces) -> list[float]`` (seconds per stage).
@@ -64,7 +65,8 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
     ``planner_time_s``: seconds charged per ``schedule`` call; None: from ``cfg.sim`` (charge_planner and
     planner_time_us; a null planner_time_us measures each call). ``planner_cost_model``: the CostModel the
     planner balances with when its policy needs one; None: ``time_model`` itself if it is a CostModel, else one
-    fitted to ``time_model`` over ``profile_points``, as the runtime fits its stages.
+    fitted to ``time_model`` over ``profile_points``, as the runtime fits its stages. ``cache_keys``: the keys
+    that size the KV cache on the simulated device, named when a request can never fit it.
     """
     n = cfg.pipeline.stages
     if n is None or time_model.num_stages != n:
@@ -78,7 +80,7 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
     scheduler, budget_choice = resolve_token_budget(cfg.scheduler, planner_cost_model)
     planner = make_planner(scheduler, num_blocks=num_blocks, block_size=cfg.cache.block_size,
                            num_slots=cfg.pipeline.depth, max_model_len=max_model_len, eos_token_ids=eos_token_ids,
-                           cost_model=planner_cost_model)
+                           cost_model=planner_cost_model, cache_keys=cache_keys)
     for req in requests:
         planner.add_request(req)
     if sample is None:

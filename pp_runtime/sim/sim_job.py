@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from pp_runtime.config import Config, ConfigError
 from pp_runtime.job import Job, resolve_job
+from pp_runtime.model.cache_size import cache_size_keys
 from pp_runtime.planner.cost_model import CostModel
 from pp_runtime.sim.hardware import gpu
 from pp_runtime.sim.links import LinkModel
@@ -31,7 +32,8 @@ class SimJob(Job):
         return simulate(self.cfg, self.requests, time_model=self.time_model, links=self.links,
                         hidden_size=self.hf_config.hidden_size, dtype_bytes=self.dtype_bytes, sample=sample,
                         eos_token_ids=self.eos_token_ids, max_model_len=self.max_model_len,
-                        num_blocks=self.num_blocks, planner_cost_model=self.planner_cost_model)
+                        num_blocks=self.num_blocks, planner_cost_model=self.planner_cost_model,
+                        cache_keys=cache_size_keys(self.cfg.cache, self.device_memory_gib))
 
     def info(self) -> dict:
         """What metrics.json records under "sim": the time model, the layer split and the links."""

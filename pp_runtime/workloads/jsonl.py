@@ -53,7 +53,8 @@ _BODY = ("model", "messages", "prompt", "max_tokens", "max_completion_tokens", "
          "seed", "ignore_eos", "stop_token_ids", "n", "stream", "user")
 
 
-def load_jsonl(cfg: WorkloadConfig, *, tokenizer=None, max_model_len: int, vocab_size: int) -> list[Request]:
+def load_jsonl(cfg: WorkloadConfig, *, tokenizer=None, max_model_len: int, vocab_size: int,
+               model_limit: int | None = None) -> list[Request]:
     """Read and validate every request in ``cfg.path`` (see the module docstring for the format)."""
     path = cfg.path
     if not path or not os.path.isfile(path):
@@ -80,7 +81,7 @@ def load_jsonl(cfg: WorkloadConfig, *, tokenizer=None, max_model_len: int, vocab
             raise RequestError(f"{where}: request {req.id!r}: field {field!r} repeats the id on line {lines[req.id]}; "
                                f"ids must be unique")
         try:
-            validate_request(req, max_model_len=max_model_len, vocab_size=vocab_size)
+            validate_request(req, max_model_len=max_model_len, vocab_size=vocab_size, model_limit=model_limit)
         except RequestError as e:
             raise RequestError(f"{where}: {e}") from None
         lines[req.id] = lineno

@@ -74,3 +74,15 @@ def test_replay_refuses_an_out_directory_holding_a_real_run(tmp_path):
     run = _real_run(tmp_path / "run")
     with pytest.raises(ConfigError, match="--out="):
         replay(run, out_dir=run)
+
+
+@pytest.mark.parametrize("asked, stored", [(None, 2), (100, 2), (1, 1)])
+def test_pp_sim_stores_max_chunks_in_flight_resolved_as_a_real_run_does(tmp_path, asked, stored):
+    from launch.sim import simulate_job
+
+    model = make_tiny_model("llama", tmp_path / "llama", num_layers=2)
+    out = tmp_path / "sim"
+    simulate_job(make_config([f"model.path={model}", *JOB, "scheduler=sarathi", f"output_dir={out}",
+                              f"scheduler.max_chunks_in_flight={'null' if asked is None else asked}"]))
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert config["pipeline"]["stages"] == 2 and config["scheduler"]["max_chunks_in_flight"] == stored

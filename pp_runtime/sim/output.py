@@ -58,5 +58,7 @@ def write_sim_run(out_dir: str | Path, result: SimResult, cfg, *, tokenizer=None
     metrics.update(bubble_metrics(bubbles))
     metrics["sim"] = info or {}
     metrics["config"] = asdict(cfg)
+    # Resolved, as a real run stores it (and scheduler.prefill_order): the value the planner used.
+    metrics["config"]["scheduler"]["max_chunks_in_flight"] = result.max_chunks_in_flight
     write_json(out / "metrics.json", metrics, default=str)
     return bubbles

@@ -51,6 +51,9 @@ class SimResult:
     micro_batches: list[MicroBatch] = field(default_factory=list)
     # seq -> (TTFT, e2e) seconds alone, the yardstick of metrics' slowdown (outputs.jsonl records it per request)
     alone: Callable[[Sequence], tuple[float, float]] | None = None
+    # The chunks of one prompt the planner let in flight (scheduler.max_chunks_in_flight resolved); None: the policy
+    # ignores the key
+    max_chunks_in_flight: int | None = None
 
 
 def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkModel | None = None, hidden_size: int,
@@ -109,7 +112,8 @@ def simulate(cfg: Config, requests: list[Request], *, time_model, links: LinkMod
         from pp_runtime.planner.cost_model import prediction_error
 
         metrics["cost_model_error"] = prediction_error(planner.cost_model, planner.mb_work, events)
-    return SimResult(metrics, events, planner.seqs, launched, alone=alone_times)
+    return SimResult(metrics, events, planner.seqs, launched, alone=alone_times,
+                     max_chunks_in_flight=getattr(planner, "max_chunks_in_flight", None))
 
 
 class _PipelineClock(VirtualClock):

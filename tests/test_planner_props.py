@@ -336,6 +336,11 @@ def test_a_tight_cache_never_evicts_the_long_prompt_the_fair_order_let_short_one
         assert planner.seqs[0].num_preemptions == 0, order
         assert sum(s.num_preemptions for s in planner.seqs) > 0 or order == "fcfs"  # the cache is tight
         check_run("sarathi", requests, {**kw, "prefill_order": order})
+        # Nor is a short one readmitted into the blocks the long prompt's next chunks need, to be evicted again
+        # and again (throttle's prefill tokens follow the free room: up to 8 evictions of one request before).
+        for policy in ("sarathi", "throttle"):
+            planner, _ = run(policy, requests, **kw, prefill_order=order)
+            assert max(s.num_preemptions for s in planner.seqs) <= 3, (policy, order)
 
 
 def test_fair_sharing_lets_short_prompts_past_a_long_one_and_fcfs_does_not():

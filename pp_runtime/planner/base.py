@@ -131,10 +131,12 @@ class Planner:
         ``seq`` is the head of the queue (first come, first served) unless the policy orders admission otherwise
         (sarathi's fair prefill order looks a bounded window into the queue). Admission never preempts, and never
         happens in a build that preempted: the freed blocks are for the running requests, and readmitting a victim
-        at once would only thrash. ``take`` marks ``seq`` in flight (it goes into the micro-batch being built).
+        at once would only thrash; nor into the blocks that running requests which arrived before ``seq`` still need
+        for their prompts (``_owed_to_elders``). ``take`` marks ``seq`` in flight (it goes into the micro-batch
+        being built).
         """
         if (self._admission_closed or self._preempted_this_build or len(self.running) >= self.cfg.max_num_seqs
-                or not self.blocks.can_allocate(seq, num_tokens)):
+                or self.blocks.blocks_needed(seq, num_tokens) + self._owed_to_elders(seq) > self.blocks.num_free):
             return False
         if self.waiting[0] is seq:
             self.waiting.popleft()
@@ -145,6 +147,15 @@ class Planner:
         self.blocks.allocate(seq, num_tokens)
         seq.num_in_flight += take
         return True
+
+    def _owed_to_elders(self, seq: Sequence) -> int:
+        """Free blocks that running requests which arrived before ``seq`` still need for their prompt (or
+        recompute): admitting ``seq`` into them would only have it preempted by their next chunks, readmitted,
+        and preempted again."""
+        age = arrival_order(seq)
+        bs = self.blocks.block_size
+        return sum(max(0, -(-r.num_tokens // bs) - len(r.block_table)) for r in self.running
+                   if r.in_prefill and arrival_order(r) < age)
 
     def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
         """Reserve blocks for ``num_tokens`` more tokens of running ``seq`` (after those already scheduled) and

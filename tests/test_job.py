@@ -52,7 +52,7 @@ def test_request_too_big_for_cache_is_rejected_and_others_complete(model, tmp_pa
     assert set(out) == {"small", "huge", "small2"}  # nothing silently lost
     assert out["huge"]["finish_reason"] == "rejected"
     assert "huge" in out["huge"]["error"] and "needs 67 tokens" in out["huge"]["error"]
-    assert "raise cache.num_blocks, use" in out["huge"]["error"]  # the key that sizes this cache, and only it
+    assert "raise cache.num_blocks, or lower" in out["huge"]["error"]  # the key that sizes this cache, and only it
     assert len(out["small"]["output_token_ids"]) == 4 and len(out["small2"]["output_token_ids"]) == 3
     assert metrics["rejected"] == 1 and metrics["completed"] == 2
 

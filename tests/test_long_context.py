@@ -93,6 +93,12 @@ def test_a_prompt_that_can_never_fit_is_rejected_with_tokens_needed_and_held():
                        cache_keys=cache_size_keys(CacheConfig(), device_memory_gib=80))
     seq = one.add_request(Request("big", (3,) * 70, SamplingParams(max_tokens=10)))
     assert "holds 16 tokens (1 block of 16); raise cache.gpu_memory_utilization, cache.memory_gib" in seq.error
+    assert "use more pipeline.stages" in seq.error  # a cache sized by memory grows as each stage holds fewer layers
+    # A set cache.num_blocks is the same on any number of stages: more stages would not help.
+    fixed = make_planner(SchedulerConfig(), num_blocks=4, block_size=16, num_slots=2, max_model_len=1000,
+                         cache_keys=cache_size_keys(CacheConfig(num_blocks=4), device_memory_gib=None))
+    seq = fixed.add_request(Request("big", (3,) * 70, SamplingParams(max_tokens=10)))
+    assert "raise cache.num_blocks, or lower max_tokens" in seq.error and "pipeline.stages" not in seq.error
 
 
 def test_the_cache_keys_named_are_those_that_act_on_the_device():

@@ -65,7 +65,10 @@ def test_an_slo_no_budget_meets_is_said_in_the_log_line():
     line = describe(choice)
     assert "cannot be met" in line and "1.16 ms" in line and "scheduler.tbt_slo_ms" in line
     _, ok = resolve_token_budget(SchedulerConfig(tbt_slo_ms=4.0), _model(1e-3, 1e-5))
-    assert "warning" not in describe(ok)
+    assert "warning" not in describe(ok) and "capped to 256 by scheduler.tbt_slo_ms" in describe(ok)
+    # An SLO every budget meets caps nothing: the line does not say it did.
+    _, loose = resolve_token_budget(SchedulerConfig(tbt_slo_ms=1e5), _model(1e-3, 1e-5))
+    assert loose["value"] == loose["knee"] and "capped" not in describe(loose)
 
 
 def test_a_chosen_budget_below_the_chunk_size_is_said_in_the_log_line():

@@ -60,11 +60,13 @@ class Planner:
         total = min(seq.prompt_len + req.params.max_tokens, self.max_model_len) - 1
         if not self.blocks.fits_alone(total):
             bs, nb = self.blocks.block_size, self.blocks.num_blocks
+            # More stages hold fewer layers each, so a cache sized by memory holds more tokens; a set count does not.
+            stages = "use more pipeline.stages, " if "cache.memory_gib" in self.cache_keys else ""
             seq.error = (f"request {req.id!r} needs {total} tokens of KV cache (prompt {seq.prompt_len} + max_tokens "
                          f"{req.params.max_tokens} - 1, the last token's KV is never written; at most "
                          f"model.max_model_len={self.max_model_len} - 1) but the cache holds {nb * bs} tokens "
-                         f"({nb} block{'s' if nb != 1 else ''} of {bs}); raise {self.cache_keys}, use more "
-                         f"pipeline.stages, or lower max_tokens")
+                         f"({nb} block{'s' if nb != 1 else ''} of {bs}); raise {self.cache_keys}, "
+                         f"{stages}or lower max_tokens")
             self._finish(seq, "rejected", req.arrival_s)
             return seq
         heapq.heappush(self._future, (req.arrival_s, seq.seq_id))

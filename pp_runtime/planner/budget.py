@@ -105,7 +105,8 @@ def describe(choice: dict) -> str:
         return f"scheduler.token_budget={choice['value']}"
     if choice["source"] == "fallback":
         return f"scheduler.token_budget=auto -> {choice['value']} ({choice['why']}; the default for auto)"
-    slo = f", capped to {choice['slo_cap']} by scheduler.tbt_slo_ms" if choice["slo_cap"] is not None else ""
+    cap = choice["slo_cap"]
+    slo = f", capped to {cap} by scheduler.tbt_slo_ms" if cap is not None and cap < choice["knee"] else ""
     line = (f"scheduler.token_budget=auto -> {choice['value']} (knee of the cost model: per-token time within "
             f"{choice['tolerance']:.0%} of the best budget's{slo})")
     if choice["value"] < choice["chunk_size"]:

@@ -123,7 +123,7 @@ def resolve_rank_job(cfg: Config) -> RankJob:
 def _load_cost_model(cfg: Config, job):
     """The cost model of ``scheduler.cost_model_path``, if set: refused (ConfigError) if it has coefficients for
     another number of stages, or was timed on another layout (layers per stage, LM head split) than ``job``'s."""
-    from pp_runtime.planner.cost_model import CostModel, CostModelError, recorded_layout, stage_layout
+    from pp_runtime.planner.cost_model import CostModel, CostModelError, check_layout
 
     path = cfg.scheduler.cost_model_path
     if not path:
@@ -136,19 +136,8 @@ def _load_cost_model(cfg: Config, job):
     if model.num_stages != cfg.pipeline.stages:
         raise ConfigError(f"scheduler.cost_model_path={path!r} has coefficients for {model.num_stages} stage(s) but "
                           f"the job has pipeline.stages={cfg.pipeline.stages}; profile this layout (unset the path)")
-    recorded = recorded_layout(path)
-    mine = stage_layout([len(r) for r in job.layer_ranges], job.head_split)
-    if recorded is not None and recorded != mine:
-        def says(layout):
-            split = layout.get("lm_head_split")
-            head = "the LM head whole on the last stage" if split is None else f"the LM head split at token {split}"
-            return f"{layout.get('layers_per_stage')} layers per stage and {head}"
-
-        raise ConfigError(f"scheduler.cost_model_path={path!r} was timed on {says(recorded)}, but this job has "
-                          f"{says(mine)}: its stage times do not fit this job; profile this layout "
-                          f"(scheduler.cost_model_path=null), or set pipeline.layers_per_stage="
-                          f"{recorded.get('layers_per_stage')} and pipeline.split_lm_head="
-                          f"{str(recorded.get('lm_head_split') is not None).lower()} as when it was timed")
+    check_layout(path, key="scheduler.cost_model_path", layers_per_stage=[len(r) for r in job.layer_ranges],
+                 lm_head_split=job.head_split)
     return model
 
 

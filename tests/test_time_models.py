@@ -164,3 +164,22 @@ def test_a_split_roofline_model_reads_as_its_shape_gpu_and_split():
 
     text = repr(roofline_model(MODEL_SHAPES["llama-3.1-8b"], gpu("h100"), [10, 22]))
     assert "llama-3.1-8b" in text and "h100" in text and "[10, 22]" in text and " at 0x" not in text
+
+
+def test_a_cost_model_file_timed_on_another_layout_is_refused(tmp_path):
+    # A profiled file's stage times are the simulated stages' only on the layout it was timed on: [2, 2] layers
+    # with the head whole here; the job splits [3, 1], or keeps [2, 2] but splits the head.
+    from pp_runtime.planner.cost_model import stage_layout
+
+    hf = tiny_config("llama")
+    ranges = [range(0, 2), range(2, 4)]
+    path = str(tmp_path / "cm.json")
+    CostModel.default(2).to_json(path, layout=stage_layout([2, 2], None))
+    assert build_time_model(_cfg("profiled", cost_model_path=path), hf_config=hf, layer_ranges=ranges) == \
+        CostModel.default(2)
+    for layers, split in (([range(0, 3), range(3, 4)], None), (ranges, 64)):
+        with pytest.raises(ConfigError, match=r"sim\.cost_model_path=.*was timed on \[2, 2\] layers per stage "
+                                              r"and the LM head whole.*pipeline\.layers_per_stage=\[2, 2\] and "
+                                              r"pipeline\.split_lm_head=false"):
+            build_time_model(_cfg("profiled", cost_model_path=path), hf_config=hf, layer_ranges=layers,
+                             head_split=split)

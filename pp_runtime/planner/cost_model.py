@@ -250,6 +250,29 @@ def recorded_layout(path: str | Path) -> dict | None:
     return layout if isinstance(layout, dict) else None
 
 
+def check_layout(path: str | Path, *, key: str, layers_per_stage: list[int], lm_head_split: int | None,
+                 other: str = "profile this layout (scheduler.cost_model_path=null)") -> None:
+    """Raise ConfigError naming ``key`` if the cost model file ``path`` was timed on another ``stage_layout`` than
+    the given one (a file without a recorded layout passes). ``other`` is the alternative to suggest besides
+    setting the layout the file was timed on."""
+    from pp_runtime.config import ConfigError
+
+    recorded = recorded_layout(path)
+    mine = stage_layout(layers_per_stage, lm_head_split)
+    if recorded is None or recorded == mine:
+        return
+
+    def says(layout: dict) -> str:
+        split = layout.get("lm_head_split")
+        head = "the LM head whole on the last stage" if split is None else f"the LM head split at token {split}"
+        return f"{layout.get('layers_per_stage')} layers per stage and {head}"
+
+    raise ConfigError(f"{key}={str(path)!r} was timed on {says(recorded)}, but this job has {says(mine)}: its "
+                      f"stage times do not fit this job; {other}, or set pipeline.layers_per_stage="
+                      f"{recorded.get('layers_per_stage')} and pipeline.split_lm_head="
+                      f"{str(recorded.get('lm_head_split') is not None).lower()} as when it was timed")
+
+
 def _nonneg_lstsq(rows: np.ndarray) -> list[float]:
     """Least squares of seconds on [1, num_tokens, attn_work, decode_ctx, prefill_ctx], coefficients clamped at 0
     (active set), minimising relative error so that small micro-batches are fitted as well as large ones."""

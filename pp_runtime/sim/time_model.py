@@ -9,7 +9,7 @@ time model for a planner that balances by predicted time: ``pp_runtime.sim.fit_c
 from __future__ import annotations
 
 from pp_runtime.config import ConfigError
-from pp_runtime.planner.cost_model import CostModel, CostModelError
+from pp_runtime.planner.cost_model import CostModel, CostModelError, check_layout
 from pp_runtime.sim.parts import PartSource, SplitTimeModel
 
 
@@ -79,5 +79,8 @@ def build_time_model(cfg, *, hf_config, layer_ranges: list[range], run_cost_mode
         raise ConfigError(f"{key}={path!r} has coefficients for {model.num_stages} stage(s) but the simulated "
                           f"pipeline has {len(counts)}; set sim.cost_model_path to a cost_model.json of a "
                           f"{len(counts)}-stage run, or use sim.cost_model=layer_profile or roofline")
+    if path:  # its stage times are the simulated stages' only on the layout they were timed on
+        check_layout(path, key=key, layers_per_stage=counts, lm_head_split=head_split if len(counts) > 1 else None,
+                     other="use sim.cost_model=layer_profile or roofline, which scale to any split")
     return model
 

@@ -75,7 +75,13 @@ def run_stage(job: RankJob, *, stop=None) -> dict | None:
 
             offset, clock_error_ns = estimate_clock_offset(rank, rounds=cfg.tracer.clock_sync_rounds, group=cpu_group)
             tracer.set_clock_offset(offset, clock_error_ns)
-    cost_model = job.cost_model if job.cost_model is not None else _cost_model(job, executor, transport)
+    if job.cost_model is not None:
+        cost_model = job.cost_model
+        if rank == 0:
+            log.info("cost model from scheduler.cost_model_path=%s (not profiled): %s", cfg.scheduler.cost_model_path,
+                     cost_model)
+    else:
+        cost_model = _cost_model(job, executor, transport)
     faults = Faults(cfg.debug)
     if rank == 0:
         from stages.rank0 import serve_requests

@@ -95,3 +95,10 @@ def test_rank_0_says_what_it_profiles_and_how_to_skip_it_before_profiling(model,
     caplog.clear()
     run_job_ranks(1, [f"model.path={model}", *WORKLOAD, f"output_dir={tmp_path / 'second'}"])
     assert not any(r.getMessage().startswith("profiling") for r in caplog.records)  # from the cache: nothing run
+    caplog.clear()
+    path = tmp_path / "first" / "cost_model.json"
+    run_job_ranks(1, [f"model.path={model}", *WORKLOAD, f"scheduler.cost_model_path={path}",
+                      f"output_dir={tmp_path / 'third'}"])
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith(f"cost model from scheduler.cost_model_path={path} (not profiled)") for line in lines)
+    assert not any(line.startswith("profiling") for line in lines)

@@ -113,7 +113,11 @@ def draw_comparison(rows: list[dict], path: str) -> None:
 
     labels = [f"{r['run']}\n({r['policy']}){_fairness_label(r.get('slowdown'))}" for r in rows]
     num_stages = max(len(r["bubbles"]["stages"]) for r in rows)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    # The runs' full labels go in one legend under both plots (a run's colour is the same in both), however many.
+    ncol = min(len(rows), 4)
+    legend_rows = -(-len(rows) // ncol)
+    legend_in = 0.25 + 0.75 * legend_rows  # inches: up to five lines a label
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5 + legend_in), gridspec_kw={"width_ratios": [2, 1]})
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
         stages = r["bubbles"]["stages"]
@@ -123,14 +127,15 @@ def draw_comparison(rows: list[dict], path: str) -> None:
     left.set_ylabel("bubble fraction (idle / wall)")
     left.set_ylim(0, 1)
     left.set_title("bubble fraction per stage")
-    left.legend(fontsize="small")
     throughput = [r["tokens_per_s"] or 0.0 for r in rows]
     bars = right.bar(range(len(rows)), throughput, color=[f"C{i}" for i in range(len(rows))])
     right.bar_label(bars, [f"{t:.1f}" if r["tokens_per_s"] is not None else "n/a" for t, r in zip(throughput, rows)])
-    right.set_xticks(range(len(rows)), labels, fontsize="small")
+    right.set_xticks(range(len(rows)), [r["run"] for r in rows], fontsize="small", rotation=30, ha="right")
     right.set_ylabel("output tokens / s")
     right.set_title("throughput")
-    fig.tight_layout()
+    handles, _ = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

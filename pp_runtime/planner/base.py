@@ -38,6 +38,8 @@ class Planner:
         self.seqs: list[Sequence] = []
         self._future: list[tuple[float, int]] = []  # heap of (arrival_s, seq_id), not yet arrived
         self.waiting: deque[Sequence] = deque()  # arrived, not admitted (FCFS; preempted go first)
+        # Admitted requests that may still have prompt (or recompute) tokens to compute: _owed_to_elders prunes it.
+        self._admitted_prefills: dict[Sequence, None] = {}
         # Admitted and holding KV blocks, in admission order (a dict as an ordered set: O(1) removal).
         self.running: dict[Sequence, None] = {}
         self.finished: list[Sequence] = []
@@ -146,6 +148,7 @@ class Planner:
             self.waiting.remove(seq)
         seq.status = SeqStatus.RUNNING
         self.running[seq] = None
+        self._admitted_prefills[seq] = None
         self.blocks.allocate(seq, num_tokens)
         seq.num_in_flight += take
         return True
@@ -156,19 +159,25 @@ class Planner:
         and preempted again."""
         age = arrival_order(seq)
         bs = self.blocks.block_size
-        return sum(max(0, -(-r.num_tokens // bs) - len(r.block_table)) for r in self.running
-                   if r.in_prefill and arrival_order(r) < age)
+        owed = 0
+        for r in list(self._admitted_prefills):  # running requests admitted with prompt left; pruned here
+            if r.status is not SeqStatus.RUNNING or not r.in_prefill:
+                del self._admitted_prefills[r]
+            elif arrival_order(r) < age:
+                owed += max(0, -(-r.num_tokens // bs) - len(r.block_table))
+        return owed
 
     def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
         """Reserve blocks for ``num_tokens`` more tokens of running ``seq`` (after those already scheduled) and
         count one more piece of it in flight.
 
         If the cache is short, preempts running requests that arrived after ``seq`` and are not in flight, the
-        latest first, but only when that frees enough; otherwise preempts nothing and returns False, and the
-        caller leaves ``seq`` for a later micro-batch. A request with a piece in flight is never preempted: its
-        blocks are still being written. Age is arrival order, not admission order: a policy that admits a short
-        prompt before a long one that came first (sarathi's fair order), or readmits a preempted request, must not
-        make the earlier request the victim of the later one's growth, or a long prompt is evicted again and again.
+        most recently admitted first, but only when that frees enough; otherwise preempts nothing and returns
+        False, and the caller leaves ``seq`` for a later micro-batch. A request with a piece in flight is never
+        preempted: its blocks are still being written. Who may preempt whom is arrival order, not admission
+        order: a policy that admits a short prompt before a long one that came first (sarathi's fair order), or
+        readmits a preempted request, must not make the earlier request the victim of the later one's growth, or a
+        long prompt is evicted again and again.
         """
         if seq.num_scheduled + num_tokens <= len(seq.block_table) * self.blocks.block_size:
             seq.num_in_flight += 1  # fast path, most decodes: the last block has room
@@ -177,9 +186,8 @@ class Planner:
         if short > 0:
             victims = []
             age = arrival_order(seq)
-            younger = sorted((v for v in self.running if arrival_order(v) > age), key=arrival_order, reverse=True)
-            for victim in younger:
-                if not victim.in_flight:
+            for victim in reversed(self.running):  # the most recently admitted first
+                if not victim.in_flight and arrival_order(victim) > age:
                     victims.append(victim)
                     short -= len(victim.block_table)
                     if short <= 0:

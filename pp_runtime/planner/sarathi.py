@@ -30,7 +30,7 @@ prefill chunks, in the room they leave within the balancing target: the short re
 in TBT instead of in its TTFT (on issue 17's mix, one 4000-token prompt behind 16 short ones, simulated: its TTFT
 1.22x its own alone on 2 stages instead of 1.28x; the short requests' largest gap between tokens 64 ms instead
 of 20). With ``scheduler.tbt_slo_ms`` set no decode waits. Under overload many prompts are aged at once and the
-held decodes cost throughput (4-8% on real traces in pp-sim, ``scripts/bench_long_prompt.py orders``), which is
+held decodes cost throughput (4-11% on real traces in pp-sim, ``scripts/bench_long_prompt.py orders``), which is
 why it is not the default. ``prefill_order=fcfs`` serves prefills, and admits requests, in arrival order.
 """
 

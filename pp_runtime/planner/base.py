@@ -172,7 +172,7 @@ class Planner:
         count one more piece of it in flight.
 
         If the cache is short, preempts running requests that arrived after ``seq`` and are not in flight, the
-        most recently admitted first, but only when that frees enough; otherwise preempts nothing and returns
+        latest arrival first, but only when that frees enough; otherwise preempts nothing and returns
         False, and the caller leaves ``seq`` for a later micro-batch. A request with a piece in flight is never
         preempted: its blocks are still being written. Who may preempt whom is arrival order, not admission
         order: a policy that admits a short prompt before a long one that came first (sarathi's fair order), or
@@ -185,13 +185,15 @@ class Planner:
         short = self.blocks.blocks_needed(seq, num_tokens) - self.blocks.num_free
         if short > 0:
             victims = []
+            # The latest arrival first: not the most recently admitted, which may be an early request readmitted
+            # after an eviction (it would be evicted again and again).
             age = arrival_order(seq)
-            for victim in reversed(self.running):  # the most recently admitted first
-                if not victim.in_flight and arrival_order(victim) > age:
-                    victims.append(victim)
-                    short -= len(victim.block_table)
-                    if short <= 0:
-                        break
+            younger = [v for v in self.running if not v.in_flight and arrival_order(v) > age]
+            for victim in sorted(younger, key=arrival_order, reverse=True):
+                victims.append(victim)
+                short -= len(victim.block_table)
+                if short <= 0:
+                    break
             if short > 0:
                 return False  # everyone younger is in flight or too small: wait for them to return
             for victim in victims:

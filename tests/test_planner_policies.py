@@ -219,3 +219,20 @@ def test_throttle_slows_prefill_as_the_kv_cache_fills():
 
     # 40 pending tokens over 2 slots: 20 per micro-batch; with 10% of the cache free (below KV_FREE = 25%): 40% of it.
     assert first_prefill(0) == 20 and first_prefill(3600) == 8
+
+
+def test_a_preemption_takes_the_latest_arrival_not_the_latest_admission():
+    # A, B, C arrive in that order; C is admitted before B (as the fair order, or a readmission after an eviction,
+    # may do). When A grows into a full cache, the victim is C, the latest to arrive: B, admitted last, may be an
+    # early request readmitted after an eviction, which would then be evicted again and again.
+    planner = make_planner(SchedulerConfig(policy="fcfs", token_budget=64, chunk_size=64), num_blocks=6,
+                           block_size=4, num_slots=1, max_model_len=128)
+    a, b, c = (planner.add_request(Request(name, (3,) * 8, SamplingParams(max_tokens=4), arrival_s=t))
+               for name, t in (("a", 0.0), ("b", 0.1), ("c", 0.2)))
+    planner._release_arrivals(1.0)
+    for seq in (a, c, b):
+        assert planner._admit(seq, 8, take=False)
+    assert planner.blocks.num_free == 0
+    assert planner._reserve(a, 12)  # one more block: someone younger goes
+    assert c.status is SeqStatus.WAITING and c.num_preemptions == 1
+    assert b.status is SeqStatus.RUNNING and b.num_preemptions == 0

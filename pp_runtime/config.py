@@ -23,6 +23,9 @@ ARRIVALS = ("all", "trace", "poisson")
 DISTRIBUTIONS = ("uniform", "zipf", "lognormal")
 SIM_COST_MODELS = ("profiled", "layer_profile", "roofline")
 SIM_GPUS = ("h100", "h200", "a100", "a100-40gb")  # the presets of pp_runtime/sim/hardware.py (tested)
+# The keys whose value is a file or folder the job reads; a relative one is relative to the launch directory.
+PATH_KEYS = ("workload.path", "model.path", "scheduler.cost_model_path", "sim.cost_model_path",
+             "sim.layer_profile_path")
 SIM_LINKS = ("auto", "nvlink", "pcie", "infiniband", "gloo")
 TRANSPORTS = ("auto", "nccl", "gloo")
 

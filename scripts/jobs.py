@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from pp_runtime.config import PATH_KEYS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -36,8 +38,7 @@ def run_torchrun(nproc: int, overrides: list[str], out_dir: Path, *, timeout_s: 
 
 
 # Override keys whose value is a path the job reads or writes (relative: against the caller's working directory).
-_PATH_KEYS = ("hydra.run.dir", "model.path", "workload.path", "scheduler.cost_model_path", "sim.cost_model_path",
-              "sim.layer_profile_path")
+_PATH_KEYS = ("hydra.run.dir", *PATH_KEYS)
 
 
 def _absolute_path(override: str) -> str:

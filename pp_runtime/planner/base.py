@@ -23,6 +23,10 @@ from pp_runtime.sequence import SeqStatus, Sequence
 
 
 class Planner:
+    # The per-micro-batch caps a policy cuts prefill chunks by (``fill.Limits``; sarathi's), which the slowdown's
+    # alone estimate cuts them by too; None: chunks of the token budget.
+    limits = None
+
     def __init__(self, cfg: SchedulerConfig, *, num_blocks: int, block_size: int, num_slots: int,
                  max_model_len: int, eos_token_ids: Iterable[int] = (), cost_model=None,
                  cache_keys: str = "cache.memory_gib or cache.num_blocks"):
@@ -38,8 +42,9 @@ class Planner:
         self.seqs: list[Sequence] = []
         self._future: list[tuple[float, int]] = []  # heap of (arrival_s, seq_id), not yet arrived
         self.waiting: deque[Sequence] = deque()  # arrived, not admitted (FCFS; preempted go first)
-        # Admitted requests that may still have prompt (or recompute) tokens to compute: _owed_to_elders prunes it.
-        self._admitted_prefills: dict[Sequence, None] = {}
+        # Running requests admitted with prompt (or recompute) tokens left, in admission order (``_admit`` adds
+        # them); pruned lazily of those done with their prefill, or no longer running.
+        self._prefilling: dict[Sequence, None] = {}
         # Admitted and holding KV blocks, in admission order (a dict as an ordered set: O(1) removal).
         self.running: dict[Sequence, None] = {}
         self.finished: list[Sequence] = []
@@ -148,7 +153,7 @@ class Planner:
             self.waiting.remove(seq)
         seq.status = SeqStatus.RUNNING
         self.running[seq] = None
-        self._admitted_prefills[seq] = None
+        self._prefilling[seq] = None
         self.blocks.allocate(seq, num_tokens)
         seq.num_in_flight += take
         return True
@@ -160,9 +165,9 @@ class Planner:
         age = arrival_order(seq)
         bs = self.blocks.block_size
         owed = 0
-        for r in list(self._admitted_prefills):  # running requests admitted with prompt left; pruned here
+        for r in list(self._prefilling):
             if r.status is not SeqStatus.RUNNING or not r.in_prefill:
-                del self._admitted_prefills[r]
+                del self._prefilling[r]
             elif arrival_order(r) < age:
                 owed += max(0, -(-r.num_tokens // bs) - len(r.block_table))
         return owed
@@ -292,7 +297,7 @@ class Planner:
         from pp_runtime.planner.alone import alone_times
 
         return alone_times(model or self.cost_model, self.cfg, num_slots=self.num_slots, prompt_len=seq.prompt_len,
-                           num_outputs=len(seq.output_token_ids), limits=getattr(self, "limits", None))
+                           num_outputs=len(seq.output_token_ids), limits=self.limits)
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.request.params

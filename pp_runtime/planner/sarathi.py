@@ -30,7 +30,7 @@ prefill chunks, in the room they leave within the balancing target: the short re
 in TBT instead of in its TTFT (on issue 17's mix, one 4000-token prompt behind 16 short ones, simulated: its TTFT
 1.22x its own alone on 2 stages instead of 1.28x; the short requests' largest gap between tokens 64 ms instead
 of 20). With ``scheduler.tbt_slo_ms`` set no decode waits. Under overload many prompts are aged at once and the
-held decodes cost throughput (4-11% on real traces in pp-sim, ``scripts/bench_long_prompt.py orders``), which is
+held decodes cost throughput (4-8% on real traces in pp-sim, ``scripts/bench_long_prompt.py orders``), which is
 why it is not the default. ``prefill_order=fcfs`` serves prefills, and admits requests, in arrival order.
 """
 
@@ -60,8 +60,6 @@ class SarathiPlanner(Planner):
         self.slots = SlotTable(self.num_slots)
         limit = cfg.max_chunks_in_flight
         self.max_chunks_in_flight = self.num_slots if limit is None else min(limit, self.num_slots)
-        # Running requests with prompt (or recompute) tokens left, in admission order; pruned lazily.
-        self._prefilling: dict[Sequence, None] = {}
         self._cursor = 0  # the slot whose turn is next
         self._built_slot = -1
         # In-flight micro-batch id -> the slot it serves.
@@ -132,7 +130,7 @@ class SarathiPlanner(Planner):
             if seq.status is not SeqStatus.RUNNING:
                 continue  # preempted earlier in this build
             if not seq.in_prefill:
-                del self._prefilling[seq]
+                self._prefilling.pop(seq, None)
             elif seq.num_in_flight < self.max_chunks_in_flight and (
                     seq.num_unscheduled > 1 or (seq.num_unscheduled == 1 and not seq.output_token_ids)):
                 # A recompute's last token waits for the chunks in flight: it goes as a decode (priced as one).
@@ -220,7 +218,6 @@ class SarathiPlanner(Planner):
             if len(self.slots.members[slot]) >= self.cfg.token_budget or not self._admit(seq, n):
                 return False
             self.slots.pin(seq, slot)
-            self._prefilling[seq] = None
         fill.add_chunk(seq.num_scheduled, n)
         work.append((seq, n))
         return n == want

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pp_runtime.config import UNREAD_BY_UNORDERED, Config, ConfigError, unread_dropped
+from pp_runtime.config import PATH_KEYS, UNREAD_BY_UNORDERED, Config, ConfigError, unread_dropped
 from pp_runtime.rundir.outputs_file import OUTPUTS_FILE, scan_outputs
 from pp_runtime.sim.compare import compare_runs, load_summary, run_summary
 from pp_runtime.sim.links import Link, LinkModel
@@ -60,10 +60,6 @@ def load_run_config(run_dir: str | Path) -> Config:
     return cfg
 
 
-# Paths a run records as given on its command line: relative to the directory it was launched from.
-_PATH_KEYS = (("workload", "path"), ("model", "path"), ("scheduler", "cost_model_path"), ("sim", "cost_model_path"))
-
-
 def _resolve_launch_relative(cfg: Config, run: Path, recorded: str | None = None) -> None:
     """Make the run's relative paths (``workload.path``, ``model.path``, the cost model paths) absolute against the
     directory the run was launched from, where the file exists there, so a replay works from any directory: the
@@ -77,7 +73,7 @@ def _resolve_launch_relative(cfg: Config, run: Path, recorded: str | None = None
         dirs.append(OmegaConf.select(OmegaConf.load(run / ".hydra" / "hydra.yaml"), "hydra.runtime.cwd"))
     except Exception:  # noqa: BLE001 - no or a damaged hydra.yaml
         pass
-    for section, key in _PATH_KEYS:
+    for section, key in (k.split(".") for k in PATH_KEYS):  # as given on the run's command line
         value = getattr(getattr(cfg, section), key)
         if not value or Path(value).is_absolute():
             continue
